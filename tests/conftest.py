@@ -1,0 +1,124 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""Shared fixtures: a process reaper, paths to bundled data, and quiet torch threads.
+
+Every test that starts processes must start them in their own process group (``start_new_session=True``)
+through :func:`spawn` or register them with :func:`reap`; at the end of each test, and again at the end of
+the session, whatever is still alive is killed by process group, so hivemind's p2pd and averager children
+die with their parent. Only processes this test session started are ever killed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TERMINATE_GRACE_S = 5.0
+
+
+class ProcessReaper:
+    """Tracks process groups started by a test and kills them all when it ends."""
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen] = []
+
+    def spawn(self, args: list[str], **kwargs) -> subprocess.Popen:
+        """Start ``args`` in a new process group, with the repo on PYTHONPATH, and track it."""
+        env = dict(os.environ if kwargs.get("env") is None else kwargs["env"])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        kwargs["env"] = env
+        kwargs.setdefault("start_new_session", True)
+        proc = subprocess.Popen(args, **kwargs)
+        self._procs.append(proc)
+        return proc
+
+    def track(self, proc: subprocess.Popen) -> subprocess.Popen:
+        self._procs.append(proc)
+        return proc
+
+    def reap(self) -> None:
+        for proc in self._procs:
+            _kill_group(proc.pid, signal.SIGTERM)
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=TERMINATE_GRACE_S)
+            except subprocess.TimeoutExpired:
+                pass
+            _kill_group(proc.pid, signal.SIGKILL)
+            try:
+                proc.wait(timeout=TERMINATE_GRACE_S)
+            except subprocess.TimeoutExpired:
+                pass
+        self._procs.clear()
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@pytest.fixture
+def procs() -> Iterator[ProcessReaper]:
+    """Start subprocesses with ``procs.spawn([...])``; they are killed (whole group) after the test."""
+    reaper = ProcessReaper()
+    try:
+        yield reaper
+    finally:
+        reaper.reap()
+
+
+@pytest.fixture(scope="session")
+def python() -> str:
+    return sys.executable
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path | None:
+    """``../shared/data`` beside the repo when it exists (benchmarks' larger data), else None."""
+    path = REPO.parent / "shared" / "data"
+    return path if path.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests leave artifacts a person may want to look at (screenshots, plots)."""
+    path = REPO / "test-artifacts"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_threads() -> None:
+    """Tests share two cores with each other's subprocesses: keep torch at one intra-op thread."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return
+    torch.set_num_threads(1)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Last line of defence: kill any descendant of this pytest process that is still alive."""
+    me = psutil.Process()
+    children = me.children(recursive=True)
+    for child in children:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(children, timeout=TERMINATE_GRACE_S)
