@@ -1,0 +1,77 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""The ``lila-peer`` command: what a volunteer runs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import replace
+
+from lila_model.config import PRESETS
+
+from .hardware import DEVICE_CHOICES, HardwareError, detect_hardware
+from .plan import GIB, make_plan
+
+DEFAULT_PLAN_BATCH = 8
+
+
+def _add_plan(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "plan", help="say whether and how a model preset fits this machine (or a GPU of --memory-gb)"
+    )
+    p.add_argument("--preset", choices=PRESETS, help="model preset (default: the run config's, else debug)")
+    p.add_argument("--config", help="a run config TOML: takes preset, variant, batch and sequence length from it")
+    p.add_argument("--memory-gb", type=float, help="plan for a CUDA GPU with this much memory instead of this machine")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    p.add_argument("--batch-size", type=int, help=f"sequences per inner step (default: run config's, else {DEFAULT_PLAN_BATCH})")
+    p.add_argument("--seq-len", type=int, help="sequence length (default: the run's longest stage, else the preset's context)")
+    p.set_defaults(func=_run_plan)
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from lila_model.config import get_preset
+
+    preset, variant, batch, seq_len = args.preset, "vanilla", args.batch_size, args.seq_len
+    if args.config:
+        from lila_run.config import load_run_config
+
+        run = load_run_config(args.config)
+        preset = preset or run.model.preset
+        variant = run.model.variant
+        batch = batch or run.diloco.batch_size
+        seq_len = seq_len or max(stage.seq_len for stage in run.curriculum.stages)
+    preset = preset or "debug"
+    batch = batch or DEFAULT_PLAN_BATCH
+    seq_len = seq_len or get_preset(preset).block_size
+    try:
+        hardware = detect_hardware(args.device)
+    except HardwareError as exc:
+        print(f"lila-peer plan: {exc}", file=sys.stderr)
+        return 2
+    if args.memory_gb is not None:
+        hardware = replace(hardware, device="cuda", name=f"a {args.memory_gb:g} GB GPU",
+                           memory_bytes=int(args.memory_gb * GIB), bf16=True, fp16=True)
+    plan = make_plan(preset, hardware, batch_size=batch, seq_len=seq_len, variant=variant)
+    print(f"{hardware.name}: batch {batch} × {seq_len} tokens, variant {variant}")
+    print(plan.render())
+    return 0 if plan.fits else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lila-peer", description="Contribute compute to a LILA training run.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_plan(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

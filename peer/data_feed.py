@@ -1,0 +1,178 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""Training batches from leased shards, with exact bookkeeping of what was trained.
+
+The feed leases a shard from the coordinator, reads it with :class:`lila_data.ShardReader` from the
+lease's resume position, and hands out batches. Nothing counts as trained until the caller
+:meth:`commit`\\ s a batch after its optimizer step: only then is progress reported, and a shard whose
+last sequence was trained is completed. :meth:`release` gives every held lease back at the position
+after the last *trained* sequence, so sequences that were read but not trained are read again by the
+next holder — no token is lost or trained twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from lila_data import ResumePosition, ShardAddress, ShardReader
+from lila_data.tokenizer import LilaTokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A shard lent to this peer, and where to start reading it."""
+
+    lease_id: str
+    shard: ShardAddress
+    position: ResumePosition
+    stage_index: int
+    seq_len: int
+    doc_filter: str | None
+
+
+class LeaseClient(Protocol):
+    """What the feed needs from the coordinator (implemented over gRPC in :mod:`peer.coordinator_client`)."""
+
+    def lease(self) -> Lease | None:
+        """A new lease, or None when the curriculum has no shard left for now."""
+
+    def report_progress(self, lease: Lease, position: ResumePosition, tokens: int) -> None:
+        """``tokens`` more tokens of ``lease`` were trained; resume from ``position``."""
+
+    def complete(self, lease: Lease, position: ResumePosition, tokens: int) -> None:
+        """The shard is done (its final position), with the last ``tokens`` trained tokens."""
+
+    def release(self, lease: Lease, position: ResumePosition, tokens: int) -> None:
+        """Give the shard back; the next holder resumes at ``position``."""
+
+
+@dataclass
+class _Held:
+    lease: Lease
+    reader: ShardReader
+    sequences: Iterator
+    finished_reading: bool = False
+    trained_position: ResumePosition = field(default_factory=ResumePosition)
+    unreported_tokens: int = 0
+    pending: int = 0  # sequences handed out in batches that were not committed yet
+
+
+@dataclass(frozen=True)
+class Batch:
+    """``inputs``/``targets``: LongTensor[B, seq_len]. ``marks`` say which lease each row came from."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    marks: tuple[tuple[str, ResumePosition], ...]
+    stage_index: int
+
+    @property
+    def tokens(self) -> int:
+        return int(self.inputs.numel())
+
+
+class DataFeed:
+    """Batches of ``batch_size`` sequences from leased shards of one curriculum stage at a time."""
+
+    def __init__(self, client: LeaseClient, *, tokenizer: LilaTokenizer, batch_size: int,
+                 validation_fraction: float) -> None:
+        self._client = client
+        self._tokenizer = tokenizer
+        self._batch_size = batch_size
+        self._validation_fraction = validation_fraction
+        self._held: dict[str, _Held] = {}
+        self._order: list[str] = []  # lease ids being read, oldest first
+
+    def _open(self, lease: Lease) -> _Held:
+        reader = ShardReader(lease.shard, tokenizer=self._tokenizer, seq_len=lease.seq_len,
+                             doc_filter=lease.doc_filter, position=lease.position,
+                             validation_fraction=self._validation_fraction)
+        held = _Held(lease=lease, reader=reader, sequences=iter(reader), trained_position=lease.position)
+        self._held[lease.lease_id] = held
+        self._order.append(lease.lease_id)
+        logger.info("leased shard %s from %s", lease.shard.shard_id, lease.position)
+        return held
+
+    def next_batch(self) -> Batch | None:
+        """The next batch, or None when no shard is left. A batch never mixes curriculum stages
+        (a different sequence length); a short batch is returned at a stage boundary."""
+        inputs: list[torch.Tensor] = []
+        targets: list[torch.Tensor] = []
+        marks: list[tuple[str, ResumePosition]] = []
+        stage: int | None = None
+        while len(inputs) < self._batch_size:
+            held = self._reading()
+            if held is None:
+                lease = self._client.lease()
+                if lease is None:
+                    break
+                if stage is not None and lease.stage_index != stage:
+                    # Keep the new lease for the next batch; finish this one short.
+                    self._open(lease)
+                    break
+                held = self._open(lease)
+            if stage is None:
+                stage = held.lease.stage_index
+            elif held.lease.stage_index != stage:
+                break
+            try:
+                seq = next(held.sequences)
+            except StopIteration:
+                held.finished_reading = True
+                self._maybe_complete(held)
+                continue
+            held.pending += 1
+            inputs.append(seq.input_ids)
+            targets.append(seq.targets)
+            marks.append((held.lease.lease_id, seq.position))
+        if not inputs:
+            return None
+        return Batch(torch.stack(inputs), torch.stack(targets), tuple(marks), stage if stage is not None else 0)
+
+    def _reading(self) -> _Held | None:
+        for lease_id in self._order:
+            held = self._held[lease_id]
+            if not held.finished_reading:
+                return held
+        return None
+
+    def commit(self, batch: Batch) -> None:
+        """The batch was trained: report progress and complete shards whose last sequence it held."""
+        per_row = batch.inputs.shape[1]
+        for lease_id, position in batch.marks:
+            held = self._held[lease_id]
+            held.trained_position = position
+            held.unreported_tokens += per_row
+            held.pending -= 1
+        for lease_id in dict.fromkeys(lease_id for lease_id, _ in batch.marks):
+            held = self._held[lease_id]
+            if not self._maybe_complete(held):
+                self._client.report_progress(held.lease, held.trained_position, held.unreported_tokens)
+                held.unreported_tokens = 0
+
+    def _maybe_complete(self, held: _Held) -> bool:
+        """Complete a shard once it is read to the end and every sequence read from it was trained."""
+        if not held.finished_reading or held.pending:
+            return False
+        held.trained_position = held.reader.position  # the final position: every document consumed
+        self._client.complete(held.lease, held.trained_position, held.unreported_tokens)
+        self._forget(held.lease.lease_id)
+        return True
+
+    def release(self) -> None:
+        """Give back every held lease at the position after its last trained sequence."""
+        for lease_id in list(self._order):
+            held = self._held[lease_id]
+            self._client.release(held.lease, held.trained_position, held.unreported_tokens)
+            self._forget(lease_id)
+
+    def _forget(self, lease_id: str) -> None:
+        self._held.pop(lease_id, None)
+        if lease_id in self._order:
+            self._order.remove(lease_id)
