@@ -290,19 +290,26 @@ class RunConfig:
         return tomli_w.dumps(self.to_dict())
 
 
+def loads_run_config(text: str, *, origin: str = "run config") -> RunConfig:
+    """Parse and validate run config TOML text (e.g. the copy a coordinator sends to joining peers)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{origin} is not valid TOML: {exc}") from exc
+    try:
+        return RunConfig.from_dict(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from exc
+
+
 def load_run_config(path: str | Path) -> RunConfig:
     """Read and validate a run config TOML file."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"run config {path} does not exist; see runs/ for examples") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"run config {path} is not valid TOML: {exc}") from exc
-    try:
-        return RunConfig.from_dict(raw)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+    return loads_run_config(text, origin=str(path))
 
 
 def _section_dict(section: Any) -> dict[str, Any]:
