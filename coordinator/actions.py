@@ -1,0 +1,154 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""Actions the core returns with each new state: what happened, for the server to answer the RPC
+and for storage to append to its ledgers (completions, credits, metrics history)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from coordinator.state import Lease, PeerMetrics, PeerState, Position
+
+
+class RejectCode(str, Enum):
+    """Why an event was refused (the server maps each to a gRPC status code)."""
+
+    UNKNOWN_PEER = "unknown_peer"
+    PEER_GONE = "peer_gone"
+    BANNED = "banned"
+    UNKNOWN_LEASE = "unknown_lease"
+    BAD_POSITION = "bad_position"
+    BAD_VALUE = "bad_value"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The event was refused and the state is unchanged; ``message`` says what to do."""
+
+    code: RejectCode
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAdmitted:
+    """A peer joined (``rejoined``: it resumed an earlier identity and keeps its credit and leases)."""
+
+    peer_id: str
+    rejoined: bool
+    start_outer_step: int
+    last_report_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGranted:
+    """A lease for the peer; ``existing`` if the peer already held it (a retried request)."""
+
+    lease: Lease
+    existing: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NoWork:
+    """No shard for now; ``finished`` once the run is over."""
+
+    reason: str
+    retry_after_s: float
+    finished: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReportAccepted:
+    """A progress, complete or release report was applied (or was a ``duplicate`` and changed nothing)."""
+
+    peer_id: str
+    lease_id: str
+    credited: int
+    duplicate: bool
+    peer_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Credited:
+    """Ledger entry: ``tokens`` credited to ``peer_id`` by report ``seq`` on ``lease_id``."""
+
+    peer_id: str
+    lease_id: str
+    stage: int
+    shard_id: str
+    seq: int
+    tokens: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ShardFinished:
+    """A shard of a stage was completed (exactly once over the run)."""
+
+    stage: int
+    shard_id: str
+    peer_id: str
+    lease_id: str
+    position: Position
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseReturned:
+    """A lease ended without completion; ``requeued`` if the shard waits for a next holder at
+    ``lease.position`` (False when its stage is already over)."""
+
+    lease: Lease
+    reason: str
+    requeued: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StageAdvanced:
+    """The curriculum moved from stage ``old`` to ``new`` (``new == len(stages)``: run finished)."""
+
+    old: int
+    new: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStateChanged:
+    """A peer moved between states."""
+
+    peer_id: str
+    old: PeerState | None
+    new: PeerState
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class OuterStepAdvanced:
+    """The run's outer step grew."""
+
+    old: int
+    new: int
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsRecorded:
+    """A metrics report to append to the history (chart of loss and val bpb)."""
+
+    peer_id: str
+    metrics: PeerMetrics
+    global_tokens: int
+
+
+Action = (
+    Rejected
+    | PeerAdmitted
+    | LeaseGranted
+    | NoWork
+    | ReportAccepted
+    | Credited
+    | ShardFinished
+    | LeaseReturned
+    | StageAdvanced
+    | PeerStateChanged
+    | OuterStepAdvanced
+    | MetricsRecorded
+)

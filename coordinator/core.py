@@ -1,0 +1,576 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""The coordinator's scheduling logic as a pure state machine: ``apply(state, event, now)``.
+
+No I/O, no clock, no randomness: the same state, event and ``now`` always give the same result, so
+the server, the storage layer and the property tests all drive this one function.
+
+Rules, in short:
+
+* Work units are (stage, shard) keys. A peer asks for a lease and gets, in order of preference, a
+  shard of the current stage that was handed back (it resumes at the position where the last
+  holder stopped) or the next never-leased shard of the stage. When every shard of the stage is
+  leased, the peer is told to retry later; the stage ends when all its shards are completed or its
+  token budget is reached, and then the next stage starts. Shards of an ended stage that come back
+  are not handed out again (their remaining documents are skipped).
+* Credit: a report (progress, complete, release) carries an absolute position and a per-peer
+  sequence number. Only the tokens beyond the lease's last reported position are credited, and a
+  report whose sequence number is not above the peer's last accepted one is a duplicate: nothing
+  counts twice. A completion needs the final position to cover every document of the shard.
+* Liveness: any call of a peer renews it. After ``lease_timeout_s`` without a call the peer is
+  ``lost`` and its leases return to the queue at their last reported positions (on ``Tick``).
+* Outer step: each peer reports the outer steps it finishes; the run's outer step is the highest
+  step that ``outer_step_quorum`` peers have reached, and it never goes down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, NamedTuple, TypeVar
+
+from coordinator import actions as act
+from coordinator import events as ev
+from coordinator.plan import ShardKey
+from coordinator.state import (
+    LIVE_STATES,
+    CoordinatorState,
+    Lease,
+    PeerMetrics,
+    PeerRecord,
+    PeerState,
+    Position,
+    QueuedShard,
+)
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+LEASE_ID_PREFIX = "L"
+
+
+class Transition(NamedTuple):
+    """Result of :func:`apply`; unpacks as ``state, actions``."""
+
+    state: CoordinatorState
+    actions: list[act.Action]
+
+
+class TrackedTransition(NamedTuple):
+    """Result of :func:`apply_tracked`: also the keys written in each mapping field (``peers``,
+    ``leases``, ``returned``), so storage writes only those rows instead of diffing whole mappings."""
+
+    state: CoordinatorState
+    actions: list[act.Action]
+    dirty: dict[str, set[Any]]
+
+
+class _Reject(Exception):
+    """Raised inside a handler to refuse the event; :func:`apply` turns it into ``Rejected``."""
+
+    def __init__(self, code: act.RejectCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _TrackedDict(dict):  # type: ignore[type-arg]
+    """A dict that remembers which keys were set or deleted (only the methods the core uses)."""
+
+    def __init__(self, data: Mapping[Any, Any], keys: set[Any]) -> None:
+        super().__init__(data)
+        self.keys_written = keys
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.keys_written.add(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self.keys_written.add(key)
+        super().__delitem__(key)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        self.keys_written.add(key)
+        return super().pop(key, *default)
+
+
+class _Tx:
+    """Copy-on-write builder of the next state: mappings are copied on their first write only."""
+
+    def __init__(self, state: CoordinatorState, now: float) -> None:
+        self.base = state
+        self.now = now
+        self.changes: dict[str, Any] = {}
+        self.actions: list[act.Action] = []
+        self.dirty: dict[str, set[Any]] = {}
+
+    def get(self, name: str) -> Any:
+        return self.changes.get(name, getattr(self.base, name))
+
+    def set(self, name: str, value: Any) -> None:
+        self.changes[name] = value
+
+    def writable(self, name: str) -> _TrackedDict:
+        """A private dict copy of mapping field ``name`` (made once per transition) that records
+        the keys written or deleted in ``self.dirty[name]``."""
+        value = self.changes.get(name)
+        if value is None:
+            keys = self.dirty.setdefault(name, set())
+            value = _TrackedDict(getattr(self.base, name), keys)
+            self.changes[name] = value
+        return value
+
+    @property
+    def peers(self) -> Mapping[str, PeerRecord]:
+        return self.get("peers")
+
+    @property
+    def leases(self) -> Mapping[str, Lease]:
+        return self.get("leases")
+
+    def put_peer(self, peer: PeerRecord) -> None:
+        self.writable("peers")[peer.peer_id] = peer
+
+    def emit(self, action: act.Action) -> None:
+        self.actions.append(action)
+
+    def state(self) -> CoordinatorState:
+        if not self.changes:
+            return self.base
+        return dataclasses.replace(self.base, **self.changes)
+
+
+def apply(state: CoordinatorState, event: ev.Event, now: float) -> Transition:
+    """Apply one event at time ``now`` (seconds, wall clock); returns the new state and its actions.
+
+    A refused event returns the unchanged state and a single :class:`~coordinator.actions.Rejected`.
+    """
+    tracked = apply_tracked(state, event, now)
+    return Transition(tracked.state, tracked.actions)
+
+
+def apply_tracked(state: CoordinatorState, event: ev.Event, now: float) -> TrackedTransition:
+    """:func:`apply`, also returning the keys each mapping field had written or deleted."""
+    handler = _HANDLERS.get(type(event))
+    if handler is None:
+        raise TypeError(
+            f"apply() got {type(event).__name__}; expected one of the events in coordinator.events"
+        )
+    tx = _Tx(state, now)
+    try:
+        handler(tx, event)
+    except _Reject as exc:
+        return TrackedTransition(state, [act.Rejected(exc.code, exc.message)], {})
+    return TrackedTransition(tx.state(), tx.actions, tx.dirty)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _live_peer(tx: _Tx, peer_id: str) -> PeerRecord:
+    """The caller's record, renewed (a lost peer that calls again is active again)."""
+    peer = tx.peers.get(peer_id)
+    if peer is None:
+        raise _Reject(act.RejectCode.UNKNOWN_PEER, f"peer {peer_id} is unknown to this run: call Join again")
+    if peer.state is PeerState.BANNED:
+        raise _Reject(
+            act.RejectCode.BANNED, f"peer {peer_id} is banned ({peer.ban_reason}); it may not take part"
+        )
+    if peer.state is PeerState.LEFT:
+        raise _Reject(act.RejectCode.PEER_GONE, f"peer {peer_id} left the run: call Join again to come back")
+    updates: dict[str, Any] = {"last_seen": max(peer.last_seen, tx.now)}
+    if peer.state is PeerState.LOST:
+        updates["state"] = PeerState.ACTIVE
+        tx.emit(
+            act.PeerStateChanged(peer_id, PeerState.LOST, PeerState.ACTIVE, "called again after being lost")
+        )
+    peer = dataclasses.replace(peer, **updates)
+    tx.put_peer(peer)
+    return peer
+
+
+def _held_lease(tx: _Tx, peer_id: str, lease_id: str) -> Lease:
+    lease = tx.leases.get(lease_id)
+    if lease is None or lease.peer_id != peer_id:
+        raise _Reject(
+            act.RejectCode.UNKNOWN_LEASE,
+            f"lease {lease_id} is not held by peer {peer_id} (it expired, was completed or never existed): "
+            "drop that shard and call LeaseShard",
+        )
+    return lease
+
+
+def _replace_tuple(values: tuple[int, ...], index: int, value: int) -> tuple[int, ...]:
+    return (*values[:index], value, *values[index + 1 :])
+
+
+def _credit(tx: _Tx, peer: PeerRecord, lease: Lease, seq: int, position: Position) -> tuple[PeerRecord, int]:
+    """Move ``lease`` to ``position`` and credit the new tokens; returns the updated peer and the credit."""
+    spec = tx.base.plan.shard(lease.key)
+    assert spec is not None, "a lease always points into the plan"
+    if not position.covers(lease.position):
+        raise _Reject(
+            act.RejectCode.BAD_POSITION,
+            f"position ({position.docs_consumed} docs, {position.tokens_consumed} tokens) is behind the last "
+            f"reported ({lease.position.docs_consumed} docs, {lease.position.tokens_consumed} tokens) of lease "
+            f"{lease.lease_id}: report absolute positions that never go back",
+        )
+    if position.docs_consumed > spec.num_docs:
+        raise _Reject(
+            act.RejectCode.BAD_POSITION,
+            f"position.docs_consumed={position.docs_consumed} exceeds the {spec.num_docs} documents of shard "
+            f"{lease.shard_id}",
+        )
+    credited = position.tokens_consumed - lease.position.tokens_consumed
+    peer = dataclasses.replace(peer, tokens=peer.tokens + credited, last_report_seq=seq)
+    tx.put_peer(peer)
+    if credited:
+        tx.set("global_tokens", tx.get("global_tokens") + credited)
+        stage_tokens = tx.get("stage_tokens")
+        tx.set(
+            "stage_tokens", _replace_tuple(stage_tokens, lease.stage, stage_tokens[lease.stage] + credited)
+        )
+        tx.emit(
+            act.Credited(peer.peer_id, lease.lease_id, lease.stage, lease.shard_id, seq, credited, tx.now)
+        )
+    return peer, credited
+
+
+def _return_lease(tx: _Tx, lease: Lease, reason: str) -> None:
+    """End a lease without completing it; requeue the shard if its stage is still running."""
+    leases = tx.writable("leases")
+    del leases[lease.lease_id]
+    requeue = lease.stage >= tx.get("stage_index")
+    if requeue:
+        counter = tx.get("queue_counter")
+        tx.writable("returned")[lease.key] = QueuedShard(lease.position, counter)
+        tx.set("queue_counter", counter + 1)
+    tx.emit(act.LeaseReturned(lease, reason, requeue))
+
+
+def _finish_shard(tx: _Tx, lease: Lease, position: Position) -> None:
+    del tx.writable("leases")[lease.lease_id]
+    completed = tx.get("stage_completed")
+    tx.set("stage_completed", _replace_tuple(completed, lease.stage, completed[lease.stage] + 1))
+    tx.emit(act.ShardFinished(lease.stage, lease.shard_id, lease.peer_id, lease.lease_id, position, tx.now))
+
+
+def _stage_drained(tx: _Tx, stage: int) -> bool:
+    """True if stage ``stage`` has no shard left to hand out and none in flight."""
+    if tx.get("cursors")[stage] < len(tx.base.plan.stages[stage].shards):
+        return False
+    if any(key[0] == stage for key in tx.get("returned")):
+        return False
+    return not any(lease.stage == stage for lease in tx.leases.values())
+
+
+def _advance_stages(tx: _Tx) -> None:
+    """Move past every stage that reached its budget or ran out of shards."""
+    stages = tx.base.plan.stages
+    while tx.get("stage_index") < len(stages):
+        index = tx.get("stage_index")
+        budget = stages[index].token_budget
+        if budget is not None and tx.get("stage_tokens")[index] >= budget:
+            reason = f"stage {stages[index].name!r} reached its budget of {budget} tokens"
+        elif _stage_drained(tx, index):
+            reason = f"every shard of stage {stages[index].name!r} is completed"
+        else:
+            return
+        tx.set("stage_index", index + 1)
+        stale = [key for key in tx.get("returned") if key[0] <= index]
+        if stale:
+            returned = tx.writable("returned")
+            for key in stale:
+                del returned[key]
+        tx.emit(act.StageAdvanced(index, index + 1, reason))
+
+
+def _check_seq(tx: _Tx, peer: PeerRecord, lease_id: str, seq: int) -> bool:
+    """True if the report is new; emits the duplicate acknowledgement otherwise."""
+    if seq < 1:
+        raise _Reject(act.RejectCode.BAD_VALUE, f"report_seq={seq}: sequence numbers start at 1")
+    if seq <= peer.last_report_seq:
+        tx.emit(act.ReportAccepted(peer.peer_id, lease_id, 0, True, peer.tokens))
+        return False
+    return True
+
+
+def _end_peer_leases(tx: _Tx, peer_id: str, reason: str) -> None:
+    for lease in [lease for lease in tx.leases.values() if lease.peer_id == peer_id]:
+        _return_lease(tx, lease, reason)
+
+
+def _set_state(tx: _Tx, peer: PeerRecord, new: PeerState, reason: str, **extra: Any) -> PeerRecord:
+    updated = dataclasses.replace(peer, state=new, **extra)
+    tx.put_peer(updated)
+    if new is not peer.state:
+        tx.emit(act.PeerStateChanged(peer.peer_id, peer.state, new, reason))
+    return updated
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def _on_joined(tx: _Tx, event: ev.PeerJoined) -> None:
+    old = tx.peers.get(event.peer_id)
+    if old is not None and old.state is PeerState.BANNED:
+        raise _Reject(
+            act.RejectCode.BANNED, f"peer {event.peer_id} is banned ({old.ban_reason}); it may not rejoin"
+        )
+    outer = tx.get("outer_step")
+    if old is None:
+        peer = PeerRecord(
+            peer_id=event.peer_id,
+            name=event.name,
+            hardware=event.hardware,
+            client_version=event.client_version,
+            metrics_address=event.metrics_address,
+            state=PeerState.JOINING,
+            joined_at=tx.now,
+            last_seen=tx.now,
+            start_outer_step=outer,
+        )
+        tx.put_peer(peer)
+        tx.emit(act.PeerStateChanged(peer.peer_id, None, PeerState.JOINING, "joined"))
+    else:
+        peer = _set_state(
+            tx,
+            old,
+            PeerState.JOINING,
+            "rejoined",
+            name=event.name,
+            hardware=event.hardware,
+            client_version=event.client_version,
+            metrics_address=event.metrics_address,
+            last_seen=max(old.last_seen, tx.now),
+            start_outer_step=outer,
+        )
+    tx.emit(act.PeerAdmitted(peer.peer_id, old is not None, outer, peer.last_report_seq))
+
+
+def _on_heartbeat(tx: _Tx, event: ev.Heartbeat) -> None:
+    peer = _live_peer(tx, event.peer_id)
+    if event.phase != peer.phase:
+        tx.put_peer(dataclasses.replace(peer, phase=event.phase))
+
+
+def _on_lease_requested(tx: _Tx, event: ev.LeaseRequested) -> None:
+    peer = _live_peer(tx, event.peer_id)
+    if peer.state is PeerState.JOINING:
+        peer = _set_state(tx, peer, PeerState.ACTIVE, "asked for data")
+    held = [lease for lease in tx.leases.values() if lease.peer_id == peer.peer_id]
+    if len(held) >= tx.base.config.max_leases_per_peer:
+        tx.emit(act.LeaseGranted(held[0], existing=True))
+        return
+    stages = tx.base.plan.stages
+    stage = tx.get("stage_index")
+    if stage >= len(stages):
+        tx.emit(
+            act.NoWork(
+                "the run is finished: every curriculum stage is done", tx.base.config.retry_after_s, True
+            )
+        )
+        return
+    position = Position()
+    queued = next((key for key in tx.get("returned") if key[0] == stage), None)
+    if queued is not None:
+        key: ShardKey = queued
+        position = tx.writable("returned").pop(key).position
+    else:
+        cursor = tx.get("cursors")[stage]
+        if cursor >= len(stages[stage].shards):
+            in_flight = sum(1 for lease in tx.leases.values() if lease.stage == stage)
+            tx.emit(
+                act.NoWork(
+                    f"every shard of stage {stages[stage].name!r} is leased; waiting for {in_flight} to finish",
+                    tx.base.config.retry_after_s,
+                    False,
+                )
+            )
+            return
+        key = (stage, stages[stage].shards[cursor].shard_id)
+        tx.set("cursors", _replace_tuple(tx.get("cursors"), stage, cursor + 1))
+    number = tx.get("lease_counter") + 1
+    tx.set("lease_counter", number)
+    lease = Lease(
+        lease_id=f"{LEASE_ID_PREFIX}{number}",
+        stage=key[0],
+        shard_id=key[1],
+        peer_id=peer.peer_id,
+        start=position,
+        position=position,
+        granted_at=tx.now,
+        renewed_at=tx.now,
+    )
+    tx.writable("leases")[lease.lease_id] = lease
+    tx.emit(act.LeaseGranted(lease, existing=False))
+
+
+def _on_progress(tx: _Tx, event: ev.ProgressReported) -> None:
+    peer = _live_peer(tx, event.peer_id)
+    if not _check_seq(tx, peer, event.lease_id, event.seq):
+        return
+    lease = _held_lease(tx, peer.peer_id, event.lease_id)
+    peer, credited = _credit(tx, peer, lease, event.seq, event.position)
+    tx.writable("leases")[lease.lease_id] = dataclasses.replace(
+        lease, position=event.position, renewed_at=tx.now
+    )
+    tx.emit(act.ReportAccepted(peer.peer_id, lease.lease_id, credited, False, peer.tokens))
+    _advance_stages(tx)
+
+
+def _on_completed(tx: _Tx, event: ev.ShardCompleted) -> None:
+    peer = _live_peer(tx, event.peer_id)
+    if not _check_seq(tx, peer, event.lease_id, event.seq):
+        return
+    lease = _held_lease(tx, peer.peer_id, event.lease_id)
+    spec = tx.base.plan.shard(lease.key)
+    assert spec is not None, "a lease always points into the plan"
+    if event.position.docs_consumed != spec.num_docs:
+        raise _Reject(
+            act.RejectCode.BAD_POSITION,
+            f"position.docs_consumed={event.position.docs_consumed} but shard {lease.shard_id} has "
+            f"{spec.num_docs} documents: report progress (or release) until the shard is fully consumed",
+        )
+    peer, credited = _credit(tx, peer, lease, event.seq, event.position)
+    _finish_shard(tx, lease, event.position)
+    tx.emit(act.ReportAccepted(peer.peer_id, lease.lease_id, credited, False, peer.tokens))
+    _advance_stages(tx)
+
+
+def _on_released(tx: _Tx, event: ev.ShardReleased) -> None:
+    peer = _live_peer(tx, event.peer_id)
+    if not _check_seq(tx, peer, event.lease_id, event.seq):
+        return
+    lease = _held_lease(tx, peer.peer_id, event.lease_id)
+    peer, credited = _credit(tx, peer, lease, event.seq, event.position)
+    spec = tx.base.plan.shard(lease.key)
+    assert spec is not None, "a lease always points into the plan"
+    moved = dataclasses.replace(lease, position=event.position)
+    if event.position.docs_consumed == spec.num_docs:
+        _finish_shard(tx, moved, event.position)
+    else:
+        _return_lease(tx, moved, "released")
+    tx.emit(act.ReportAccepted(peer.peer_id, lease.lease_id, credited, False, peer.tokens))
+    _advance_stages(tx)
+
+
+def _on_left(tx: _Tx, event: ev.PeerLeft) -> None:
+    peer = _live_peer(tx, event.peer_id)
+    _end_peer_leases(tx, peer.peer_id, "peer left")
+    _set_state(tx, peer, PeerState.LEFT, "left")
+    _advance_stages(tx)
+
+
+def _expire(tx: _Tx) -> None:
+    """Mark silent peers lost and return leases whose holder went silent or stalled."""
+    config = tx.base.config
+    now = tx.now
+    for peer in list(tx.peers.values()):
+        if peer.state in LIVE_STATES and now - peer.last_seen > config.lease_timeout_s:
+            _set_state(tx, peer, PeerState.LOST, f"no call for over {config.lease_timeout_s:g} s")
+    peers = tx.peers
+    for lease in list(tx.leases.values()):
+        holder = peers[lease.peer_id]
+        if holder.state not in LIVE_STATES:
+            _return_lease(tx, lease, f"holder is {holder.state.value}")
+        elif now - lease.renewed_at > config.stall_timeout_s:
+            _return_lease(tx, lease, f"no progress for over {config.stall_timeout_s:g} s")
+    _advance_stages(tx)
+
+
+def _on_tick(tx: _Tx, event: ev.Tick) -> None:
+    _expire(tx)
+
+
+def _on_restarted(tx: _Tx, event: ev.Restarted) -> None:
+    for peer in list(tx.peers.values()):
+        if peer.state in LIVE_STATES and peer.last_seen < tx.now:
+            tx.put_peer(dataclasses.replace(peer, last_seen=tx.now))
+    for lease in list(tx.leases.values()):
+        if lease.renewed_at < tx.now:
+            tx.writable("leases")[lease.lease_id] = dataclasses.replace(lease, renewed_at=tx.now)
+
+
+def _on_metrics(tx: _Tx, event: ev.MetricsReported) -> None:
+    peer = _live_peer(tx, event.peer_id)
+    metrics = PeerMetrics(
+        outer_step=event.outer_step,
+        loss=event.loss,
+        val_bpb=event.val_bpb,
+        tokens_per_s=event.tokens_per_s,
+        tokens_processed=event.tokens_processed,
+        bytes_sent=event.bytes_sent,
+        bytes_received=event.bytes_received,
+        reported_at=tx.now,
+    )
+    tx.put_peer(dataclasses.replace(peer, metrics=metrics))
+    tx.emit(act.MetricsRecorded(peer.peer_id, metrics, tx.get("global_tokens")))
+
+
+def _run_outer_step(tx: _Tx) -> int:
+    """Highest step reached by ``outer_step_quorum`` peers that are not banned."""
+    steps = sorted(
+        (p.outer_step for p in tx.peers.values() if p.state is not PeerState.BANNED and p.outer_step >= 0),
+        reverse=True,
+    )
+    quorum = tx.base.config.outer_step_quorum
+    return steps[quorum - 1] if len(steps) >= quorum else -1
+
+
+def _on_outer_step(tx: _Tx, event: ev.OuterStepReported) -> None:
+    if event.outer_step < 0:
+        raise _Reject(act.RejectCode.BAD_VALUE, f"outer_step={event.outer_step} must be >= 0")
+    peer = _live_peer(tx, event.peer_id)
+    if event.outer_step > peer.outer_step:
+        tx.put_peer(dataclasses.replace(peer, outer_step=event.outer_step))
+    old = tx.get("outer_step")
+    new = max(old, _run_outer_step(tx))
+    if new > old:
+        tx.set("outer_step", new)
+        tx.emit(act.OuterStepAdvanced(old, new))
+
+
+def _ban(tx: _Tx, peer: PeerRecord, reason: str) -> None:
+    _end_peer_leases(tx, peer.peer_id, "peer banned")
+    _set_state(tx, peer, PeerState.BANNED, reason, ban_reason=reason)
+    _advance_stages(tx)
+
+
+def _known_peer(tx: _Tx, peer_id: str) -> PeerRecord:
+    peer = tx.peers.get(peer_id)
+    if peer is None:
+        raise _Reject(act.RejectCode.UNKNOWN_PEER, f"peer {peer_id} is unknown to this run")
+    return peer
+
+
+def _on_struck(tx: _Tx, event: ev.PeerStruck) -> None:
+    peer = _known_peer(tx, event.peer_id)
+    if peer.state is PeerState.BANNED:
+        return
+    peer = dataclasses.replace(peer, strikes=peer.strikes + 1)
+    tx.put_peer(peer)
+    if peer.strikes >= tx.base.config.strikes_to_ban:
+        _ban(tx, peer, f"{peer.strikes} strikes, last: {event.reason}")
+
+
+def _on_banned(tx: _Tx, event: ev.PeerBanned) -> None:
+    peer = _known_peer(tx, event.peer_id)
+    if peer.state is not PeerState.BANNED:
+        _ban(tx, peer, event.reason)
+
+
+_HANDLERS: dict[type, Any] = {
+    ev.PeerJoined: _on_joined,
+    ev.Heartbeat: _on_heartbeat,
+    ev.LeaseRequested: _on_lease_requested,
+    ev.ProgressReported: _on_progress,
+    ev.ShardCompleted: _on_completed,
+    ev.ShardReleased: _on_released,
+    ev.PeerLeft: _on_left,
+    ev.Tick: _on_tick,
+    ev.Restarted: _on_restarted,
+    ev.MetricsReported: _on_metrics,
+    ev.OuterStepReported: _on_outer_step,
+    ev.PeerStruck: _on_struck,
+    ev.PeerBanned: _on_banned,
+}

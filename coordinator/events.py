@@ -1,0 +1,143 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""Events the coordinator core reacts to. Each is a plain frozen value; the server builds them from
+validated requests (peer ids, lease ids, positions), the clock builds ``Tick``.
+
+Report events (progress, complete, release) carry the peer's report sequence number ``seq`` (>= 1,
+strictly increasing per peer): a report whose ``seq`` is not above the last accepted one is a
+duplicate and changes nothing, so a retried RPC never counts twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from coordinator.state import Hardware, Position
+
+
+@dataclass(frozen=True, slots=True)
+class PeerJoined:
+    """A peer presented a valid join token (new ``peer_id``) or resumed an earlier session (known one)."""
+
+    peer_id: str
+    name: str
+    hardware: Hardware = field(default_factory=Hardware)
+    client_version: str = ""
+    metrics_address: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """The peer is alive; ``phase`` is free text for the status page."""
+
+    peer_id: str
+    phase: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRequested:
+    """The peer asks for a shard (gets its current one back if it already holds the maximum)."""
+
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressReported:
+    """The peer reached ``position`` (absolute) in the shard of ``lease_id``."""
+
+    peer_id: str
+    lease_id: str
+    seq: int
+    position: Position
+
+
+@dataclass(frozen=True, slots=True)
+class ShardCompleted:
+    """The peer consumed the whole shard of ``lease_id``; ``position`` is the final one."""
+
+    peer_id: str
+    lease_id: str
+    seq: int
+    position: Position
+
+
+@dataclass(frozen=True, slots=True)
+class ShardReleased:
+    """The peer gives the shard back; the next holder resumes at ``position``."""
+
+    peer_id: str
+    lease_id: str
+    seq: int
+    position: Position
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLeft:
+    """The peer left cleanly."""
+
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed: expire leases and peers whose deadlines are behind ``now``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Restarted:
+    """The coordinator restarted: every live peer and lease gets a fresh deadline from ``now``, so the
+    coordinator's own downtime never expires anyone."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsReported:
+    """Training metrics from a peer (validated by the server: finite, non-negative)."""
+
+    peer_id: str
+    outer_step: int
+    loss: float
+    val_bpb: float | None
+    tokens_per_s: float
+    tokens_processed: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OuterStepReported:
+    """The peer finished outer step ``outer_step``."""
+
+    peer_id: str
+    outer_step: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStruck:
+    """The trust policy rejected a contribution of the peer; enough strikes ban it."""
+
+    peer_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerBanned:
+    """Ban the peer now (its leases go back to the queue; its credit stays on the record)."""
+
+    peer_id: str
+    reason: str
+
+
+Event = (
+    PeerJoined
+    | Heartbeat
+    | LeaseRequested
+    | ProgressReported
+    | ShardCompleted
+    | ShardReleased
+    | PeerLeft
+    | Tick
+    | Restarted
+    | MetricsReported
+    | OuterStepReported
+    | PeerStruck
+    | PeerBanned
+)

@@ -1,0 +1,452 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""The coordinator's gRPC service (``lila.v1.Coordinator``) on ``grpc.aio``.
+
+Every call goes through one wrapper that, in order: checks the session token (all methods but
+Join; UNAUTHENTICATED with what to do), applies the per-peer rate limit (RESOURCE_EXHAUSTED with
+the wait), parses the request bytes itself (INVALID_ARGUMENT naming the message on garbage),
+validates fields (INVALID_ARGUMENT naming the field), bounds the handler's time
+(DEADLINE_EXCEEDED), maps core refusals to status codes, and records count and latency. Any
+unexpected error becomes INTERNAL for that call only: the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from coordinator import actions as act
+from coordinator import events as ev
+from coordinator import validation as check
+from coordinator.auth import AuthError, SessionClaims, SessionSigner, check_join_token
+from coordinator.engine import Engine, StorageUnavailable
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.ratelimit import RateLimiter
+from coordinator.settings import ServerSettings
+from coordinator.state import Hardware, Lease, PeerState
+from coordinator.status import StatusBoard
+from lila_proto import coordinator_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "lila.v1.Coordinator"
+AUTH_METADATA_KEY = "authorization"
+BEARER_PREFIX = "Bearer "
+PEER_ID_BYTES = 8
+STOP_GRACE_S = 2.0
+
+_STATE_TO_PROTO = {
+    PeerState.JOINING: pb.PEER_STATE_JOINING,
+    PeerState.ACTIVE: pb.PEER_STATE_ACTIVE,
+    PeerState.LOST: pb.PEER_STATE_LOST,
+    PeerState.LEFT: pb.PEER_STATE_LEFT,
+    PeerState.BANNED: pb.PEER_STATE_BANNED,
+}
+_REJECT_TO_STATUS = {
+    act.RejectCode.UNKNOWN_PEER: grpc.StatusCode.UNAUTHENTICATED,
+    act.RejectCode.PEER_GONE: grpc.StatusCode.UNAUTHENTICATED,
+    act.RejectCode.BANNED: grpc.StatusCode.PERMISSION_DENIED,
+    act.RejectCode.UNKNOWN_LEASE: grpc.StatusCode.FAILED_PRECONDITION,
+    act.RejectCode.BAD_POSITION: grpc.StatusCode.INVALID_ARGUMENT,
+    act.RejectCode.BAD_VALUE: grpc.StatusCode.INVALID_ARGUMENT,
+}
+
+
+class RpcError(Exception):
+    """End the call with ``code`` and a message for the caller."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+if sys.version_info >= (3, 11):
+
+    def _time_limit(seconds: float) -> Any:
+        return asyncio.timeout(seconds)
+else:  # pragma: no cover - Python 3.10
+
+    @contextlib.asynccontextmanager
+    async def _time_limit(seconds: float) -> Any:
+        yield  # 3.10 has no cheap per-call timeout; the client deadline still applies
+
+
+@dataclass(frozen=True)
+class RunDescription:
+    """What Join hands out besides the session."""
+
+    run_config_toml: str
+    dht_initial_peers: Sequence[str] = ()
+
+
+class CoordinatorService:
+    """Implements every RPC on top of an :class:`~coordinator.engine.Engine`."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        signer: SessionSigner,
+        settings: ServerSettings,
+        description: RunDescription,
+        metrics: CoordinatorMetrics,
+        status: StatusBoard,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.signer = signer
+        self.settings = settings
+        self.description = description
+        self.metrics = metrics
+        self.status = status
+        self._clock = clock
+        self._monotonic = monotonic
+        self._peer_limiter = RateLimiter(
+            rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst
+        )
+        self._join_limiter = RateLimiter(
+            rate_per_s=settings.join_rate_limit_per_s, burst=settings.join_rate_limit_burst
+        )
+        self.revoked_token_ids: set[str] = set()
+        self._methods: dict[str, tuple[type[Message], Callable[..., Awaitable[Message]], bool]] = {
+            "Join": (pb.JoinRequest, self._join, False),
+            "Heartbeat": (pb.HeartbeatRequest, self._heartbeat, True),
+            "LeaseShard": (pb.LeaseShardRequest, self._lease_shard, True),
+            "ReportProgress": (pb.ReportProgressRequest, self._report_progress, True),
+            "CompleteShard": (pb.CompleteShardRequest, self._complete_shard, True),
+            "ReleaseShard": (pb.ReleaseShardRequest, self._release_shard, True),
+            "ReportMetrics": (pb.ReportMetricsRequest, self._report_metrics, True),
+            "ReportOuterStep": (pb.ReportOuterStepRequest, self._report_outer_step, True),
+            "Leave": (pb.LeaveRequest, self._leave, True),
+            "GetStatus": (pb.GetStatusRequest, self._get_status, True),
+        }
+
+    # ------------------------------------------------------------------ plumbing
+
+    def generic_handler(self) -> grpc.GenericRpcHandler:
+        """The handler to add to a ``grpc.aio`` server (requests arrive as raw bytes)."""
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(
+                self._wrap(name), request_deserializer=None, response_serializer=_serialize
+            )
+            for name in self._methods
+        }
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+    def _wrap(self, name: str) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]:
+        request_type, method, authenticated = self._methods[name]
+        timeout = self.settings.handler_timeout_s
+
+        async def handler(raw: bytes, context: grpc.aio.ServicerContext) -> Message:
+            started = time.perf_counter()
+            code, message, response = grpc.StatusCode.OK, "", None
+            try:
+                async with _time_limit(timeout):
+                    claims = self._authenticate(context) if authenticated else None
+                    self._limit(claims.peer_id if claims else _client_address(context), authenticated)
+                    request = self._parse(request_type, raw)
+                    response = await method(request, claims, context)
+            except RpcError as exc:
+                code, message = exc.code, exc.message
+            except check.InvalidArgument as exc:
+                code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+            except AuthError as exc:
+                code, message = grpc.StatusCode.UNAUTHENTICATED, str(exc)
+            except StorageUnavailable as exc:
+                code, message = grpc.StatusCode.UNAVAILABLE, f"{exc}; retry in a few seconds"
+            except TimeoutError:
+                code = grpc.StatusCode.DEADLINE_EXCEEDED
+                message = f"{name} took longer than {timeout:g} s inside the coordinator; retry with backoff"
+            except Exception:
+                logger.exception("%s failed", name)
+                code, message = (
+                    grpc.StatusCode.INTERNAL,
+                    f"{name} hit an internal error in the coordinator; retry later",
+                )
+            self.metrics.observe_rpc(name, code.name, time.perf_counter() - started)
+            if code is not grpc.StatusCode.OK:
+                await context.abort(code, message)
+            return response
+
+        return handler
+
+    def _authenticate(self, context: grpc.aio.ServicerContext) -> SessionClaims:
+        token = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == AUTH_METADATA_KEY:
+                token = value if isinstance(value, str) else value.decode(errors="replace")
+                break
+        if not token.startswith(BEARER_PREFIX):
+            raise AuthError(
+                f"no session token: send metadata '{AUTH_METADATA_KEY}: {BEARER_PREFIX}<session token from Join>' "
+                "(call Join first)"
+            )
+        claims = self.signer.verify(token[len(BEARER_PREFIX) :], now=self._clock())
+        if claims.token_id in self.revoked_token_ids:
+            raise AuthError(
+                f"join token {claims.token_id} of this session was revoked: ask the organizer for a new one"
+            )
+        return claims
+
+    def _limit(self, key: str, peer: bool) -> None:
+        limiter = self._peer_limiter if peer else self._join_limiter
+        wait = limiter.acquire(key, self._monotonic())
+        if wait > 0:
+            what = "peer" if peer else "client address (Join)"
+            raise RpcError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"rate limit of {limiter.rate_per_s:g} calls/s per {what} exceeded: retry in {wait:.2f} s",
+            )
+
+    @staticmethod
+    def _parse(request_type: type[Message], raw: bytes) -> Message:
+        try:
+            return request_type.FromString(raw)
+        except (DecodeError, RuntimeWarning, ValueError) as exc:
+            raise check.InvalidArgument(
+                f"request is not a valid {request_type.DESCRIPTOR.full_name} message ({exc}); "
+                "regenerate your client from proto/lila/v1/coordinator.proto"
+            ) from None
+
+    async def _submit(self, event: ev.Event) -> list[act.Action]:
+        actions = await self.engine.submit(event)
+        for action in actions:
+            if isinstance(action, act.Rejected):
+                raise RpcError(_REJECT_TO_STATUS[action.code], action.message)
+        return actions
+
+    def _lease_message(self, lease: Lease) -> pb.Lease:
+        plan = self.engine.state.plan
+        spec = plan.shard(lease.key)
+        stage = plan.stages[lease.stage]
+        assert spec is not None
+        return pb.Lease(
+            lease_id=lease.lease_id,
+            shard=pb.ShardAddress(
+                shard_id=spec.shard_id,
+                source=spec.source,
+                file=spec.file,
+                row_start=spec.row_start,
+                row_stop=spec.row_stop,
+            ),
+            stage_index=lease.stage,
+            stage_name=stage.name,
+            position=pb.ResumePosition(
+                docs_consumed=lease.position.docs_consumed, tokens_consumed=lease.position.tokens_consumed
+            ),
+            seq_len=stage.seq_len,
+            doc_filter=stage.doc_filter or "",
+        )
+
+    # ------------------------------------------------------------------ methods
+
+    async def _join(
+        self, request: pb.JoinRequest, _: None, context: grpc.aio.ServicerContext
+    ) -> pb.JoinResponse:
+        name = check.text("peer_name", request.peer_name, max_chars=check.MAX_NAME_CHARS, required=True)
+        hw = request.hardware
+        hardware = Hardware(
+            device_type=check.text(
+                "hardware.device_type", hw.device_type, max_chars=check.MAX_SHORT_TEXT_CHARS
+            ),
+            device_name=check.text(
+                "hardware.device_name", hw.device_name, max_chars=check.MAX_SHORT_TEXT_CHARS
+            ),
+            memory_bytes=check.count("hardware.memory_bytes", hw.memory_bytes),
+            cpu_cores=check.count("hardware.cpu_cores", hw.cpu_cores),
+        )
+        version = check.text("client_version", request.client_version, max_chars=check.MAX_NAME_CHARS)
+        metrics_address = check.host_port("metrics_address", request.metrics_address)
+        now = self._clock()
+        row = check_join_token(self.engine.storage, request.join_token, now=now)
+        if request.previous_session_token:
+            try:
+                peer_id = self.signer.decode(request.previous_session_token).peer_id
+            except AuthError as exc:
+                raise check.InvalidArgument(
+                    f"previous_session_token: {exc} (or leave it empty to join as a new peer)"
+                ) from None
+        else:
+            peer_id = f"p-{secrets.token_hex(PEER_ID_BYTES)}"
+        actions = await self._submit(ev.PeerJoined(peer_id, name, hardware, version, metrics_address))
+        admitted = next(a for a in actions if isinstance(a, act.PeerAdmitted))
+        state = self.engine.state
+        logger.info("peer %s (%s) %s", peer_id, name, "rejoined" if admitted.rejoined else "joined")
+        return pb.JoinResponse(
+            peer_id=peer_id,
+            session_token=self.signer.issue(peer_id, row.token_id, now=now),
+            session_ttl_s=self.signer.ttl_s,
+            run_config_toml=self.description.run_config_toml,
+            dht_initial_peers=list(self.description.dht_initial_peers),
+            current_outer_step=state.outer_step,
+            start_outer_step=admitted.start_outer_step,
+            heartbeat_interval_s=self.settings.heartbeat_interval_s,
+            lease_timeout_s=self.settings.lease_timeout_s,
+            last_report_seq=admitted.last_report_seq,
+        )
+
+    async def _heartbeat(
+        self, request: pb.HeartbeatRequest, claims: SessionClaims, _: Any
+    ) -> pb.HeartbeatResponse:
+        phase = check.text("phase", request.phase, max_chars=check.MAX_PHASE_CHARS)
+        await self._submit(ev.Heartbeat(claims.peer_id, phase))
+        state = self.engine.state
+        peer = state.peers[claims.peer_id]
+        return pb.HeartbeatResponse(
+            lease_ids=[lease.lease_id for lease in state.leases_of(claims.peer_id)],
+            current_outer_step=state.outer_step,
+            stage_index=state.stage_index,
+            run_finished=state.finished,
+            state=_STATE_TO_PROTO[peer.state],
+        )
+
+    async def _lease_shard(
+        self, request: pb.LeaseShardRequest, claims: SessionClaims, _: Any
+    ) -> pb.LeaseShardResponse:
+        actions = await self._submit(ev.LeaseRequested(claims.peer_id))
+        for action in actions:
+            if isinstance(action, act.LeaseGranted):
+                return pb.LeaseShardResponse(lease=self._lease_message(action.lease), granted=True)
+            if isinstance(action, act.NoWork):
+                return pb.LeaseShardResponse(
+                    granted=False,
+                    reason=action.reason,
+                    retry_after_s=action.retry_after_s,
+                    run_finished=action.finished,
+                )
+        raise RuntimeError(f"LeaseRequested gave neither a lease nor a refusal: {actions}")
+
+    async def _report(self, event: ev.Event) -> act.ReportAccepted:
+        actions = await self._submit(event)
+        return next(a for a in actions if isinstance(a, act.ReportAccepted))
+
+    async def _report_progress(
+        self, request: pb.ReportProgressRequest, claims: SessionClaims, _: Any
+    ) -> Message:
+        accepted = await self._report(
+            ev.ProgressReported(
+                claims.peer_id,
+                check.lease_id(request.lease_id),
+                check.report_seq(request.report_seq),
+                check.position("position", request.position, request.HasField("position")),
+            )
+        )
+        return pb.ReportProgressResponse(
+            credited_tokens=accepted.credited,
+            duplicate=accepted.duplicate,
+            peer_tokens_total=accepted.peer_tokens,
+        )
+
+    async def _complete_shard(
+        self, request: pb.CompleteShardRequest, claims: SessionClaims, _: Any
+    ) -> Message:
+        accepted = await self._report(
+            ev.ShardCompleted(
+                claims.peer_id,
+                check.lease_id(request.lease_id),
+                check.report_seq(request.report_seq),
+                check.position("position", request.position, request.HasField("position")),
+            )
+        )
+        return pb.CompleteShardResponse(
+            credited_tokens=accepted.credited,
+            duplicate=accepted.duplicate,
+            peer_tokens_total=accepted.peer_tokens,
+        )
+
+    async def _release_shard(self, request: pb.ReleaseShardRequest, claims: SessionClaims, _: Any) -> Message:
+        accepted = await self._report(
+            ev.ShardReleased(
+                claims.peer_id,
+                check.lease_id(request.lease_id),
+                check.report_seq(request.report_seq),
+                check.position("position", request.position, request.HasField("position")),
+            )
+        )
+        return pb.ReleaseShardResponse(credited_tokens=accepted.credited, duplicate=accepted.duplicate)
+
+    async def _report_metrics(
+        self, request: pb.ReportMetricsRequest, claims: SessionClaims, _: Any
+    ) -> Message:
+        event = ev.MetricsReported(
+            claims.peer_id,
+            outer_step=check.count("outer_step", request.outer_step),
+            loss=check.number("loss", request.loss),
+            val_bpb=check.number("val_bpb", request.val_bpb) if request.HasField("val_bpb") else None,
+            tokens_per_s=check.number("tokens_per_s", request.tokens_per_s),
+            tokens_processed=check.count("tokens_processed", request.tokens_processed),
+            bytes_sent=check.count("bytes_sent", request.bytes_sent),
+            bytes_received=check.count("bytes_received", request.bytes_received),
+        )
+        await self._submit(event)
+        return pb.ReportMetricsResponse()
+
+    async def _report_outer_step(
+        self, request: pb.ReportOuterStepRequest, claims: SessionClaims, _: Any
+    ) -> Message:
+        await self._submit(
+            ev.OuterStepReported(claims.peer_id, check.count("outer_step", request.outer_step))
+        )
+        return pb.ReportOuterStepResponse(current_outer_step=self.engine.state.outer_step)
+
+    async def _leave(self, request: pb.LeaveRequest, claims: SessionClaims, _: Any) -> Message:
+        reason = check.text("reason", request.reason, max_chars=check.MAX_REASON_CHARS)
+        await self._submit(ev.PeerLeft(claims.peer_id))
+        logger.info("peer %s left: %s", claims.peer_id, reason or "no reason given")
+        return pb.LeaveResponse(peer_tokens_total=self.engine.state.peers[claims.peer_id].tokens)
+
+    async def _get_status(self, request: pb.GetStatusRequest, claims: SessionClaims, _: Any) -> Message:
+        snap = self.status.snapshot or self.status.refresh()
+        return pb.GetStatusResponse(
+            run_name=snap["run"]["name"],
+            model_preset=snap["run"]["model_preset"],
+            outer_step=snap["outer_step"],
+            stage_index=snap["stage_index"],
+            stage_name=snap["stage_name"],
+            global_tokens=snap["global_tokens"],
+            peers_by_state=snap["peers_by_state"],
+            run_finished=snap["finished"],
+            snapshot_json=self.status.snapshot_json.decode(),
+        )
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+def _client_address(context: grpc.aio.ServicerContext) -> str:
+    """The caller's address without its port ("ipv4:203.0.113.5:4242" -> "ipv4:203.0.113.5")."""
+    peer = context.peer() or "unknown"
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
+
+
+async def start_grpc_server(
+    service: CoordinatorService, *, host: str, port: int
+) -> tuple[grpc.aio.Server, int]:
+    """Start a ``grpc.aio`` server for ``service`` on ``host:port`` (0: any free port); returns it and its port."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", service.settings.max_message_bytes),
+            ("grpc.max_send_message_length", service.settings.max_send_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    server.add_generic_rpc_handlers((service.generic_handler(),))
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(
+            f"cannot listen for gRPC on {host}:{port}: the address is in use or not local; pick another --grpc"
+        )
+    await server.start()
+    return server, bound

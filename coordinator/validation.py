@@ -1,0 +1,86 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""Checks of request fields; each failure names the field and what a valid value looks like."""
+
+from __future__ import annotations
+
+import math
+
+from coordinator.state import Position
+
+MAX_NAME_CHARS = 64
+MAX_SHORT_TEXT_CHARS = 128
+MAX_PHASE_CHARS = 32
+MAX_REASON_CHARS = 200
+MAX_LEASE_ID_CHARS = 64
+MAX_PORT = 65535
+MAX_COUNT = 2**62
+
+
+class InvalidArgument(ValueError):
+    """A request field is invalid; the message starts with the field's name."""
+
+
+def text(field: str, value: str, *, max_chars: int, required: bool = False) -> str:
+    """A printable string of at most ``max_chars`` characters (non-empty if ``required``)."""
+    if required and not value.strip():
+        raise InvalidArgument(f"{field} is empty: it is required")
+    if len(value) > max_chars:
+        raise InvalidArgument(f"{field} has {len(value)} characters; at most {max_chars} are allowed")
+    if not value.isprintable():
+        raise InvalidArgument(f"{field} contains control characters; use printable text")
+    return value
+
+
+def count(field: str, value: int) -> int:
+    """A non-negative integer (protobuf int64 fields can carry negatives)."""
+    if not 0 <= value <= MAX_COUNT:
+        raise InvalidArgument(f"{field}={value}: must be between 0 and {MAX_COUNT}")
+    return value
+
+
+def number(field: str, value: float) -> float:
+    """A finite, non-negative float."""
+    if not math.isfinite(value) or value < 0:
+        raise InvalidArgument(f"{field}={value}: must be a finite number >= 0")
+    return value
+
+
+def host_port(field: str, value: str) -> str:
+    """Empty, or ``host:port`` with a port in 1..65535."""
+    text(field, value, max_chars=MAX_SHORT_TEXT_CHARS)
+    if not value:
+        return value
+    host, sep, port = value.rpartition(":")
+    if (
+        not sep
+        or not host
+        or not port.isdigit()
+        or not 1 <= int(port) <= MAX_PORT
+        or any(c.isspace() for c in host)
+    ):
+        raise InvalidArgument(f"{field}={value!r}: use host:port, e.g. 203.0.113.5:9100, or leave it empty")
+    return value
+
+
+def position(field: str, message, present: bool) -> Position:
+    """A ResumePosition message that must be set."""
+    if not present:
+        raise InvalidArgument(f"{field} is missing: send the absolute position reached in the shard")
+    return Position(
+        count(f"{field}.docs_consumed", message.docs_consumed),
+        count(f"{field}.tokens_consumed", message.tokens_consumed),
+    )
+
+
+def lease_id(value: str) -> str:
+    """A lease id as handed out by LeaseShard."""
+    return text("lease_id", value, max_chars=MAX_LEASE_ID_CHARS, required=True)
+
+
+def report_seq(value: int) -> int:
+    """A report sequence number (starts at 1)."""
+    if value < 1:
+        raise InvalidArgument(
+            f"report_seq={value}: sequence numbers start at 1 and increase with every report"
+        )
+    return value

@@ -1,0 +1,200 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""The coordinator's HTTP side (aiohttp): status page, JSON snapshot, Prometheus metrics and targets.
+
+Every route serves bytes prepared when the status snapshot was last rebuilt (see
+:class:`~coordinator.status.StatusBoard`); no request touches the scheduler or the database.
+
+* ``/`` — the status page (server-rendered HTML; the chart is drawn by ``/static/chart.js``).
+* ``/api/status`` — the snapshot as JSON.
+* ``/metrics`` — Prometheus text format.
+* ``/api/prometheus-targets`` — Prometheus ``file_sd``/``http_sd`` JSON listing the metrics endpoints
+  live peers declared at Join, one target group per peer with ``peer_id`` and ``peer_name`` labels.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import json
+import logging
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from aiohttp import web
+
+from coordinator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.status import StatusBoard
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+STATIC_DIR = PACKAGE_DIR / "static"
+TEMPLATE_PATH = PACKAGE_DIR / "templates" / "status.html"
+STATIC_TYPES = {".js": "application/javascript", ".css": "text/css"}
+PAGE_REFRESH_S = 10
+PEER_TARGET_JOB = "lila-peer"
+LIVE_PEER_STATES = ("joining", "active")
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _tokens(n: float) -> str:
+    for limit, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= limit:
+            return f"{n / limit:.2f} {suffix}"
+    return f"{n:.0f}"
+
+
+def _optional(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def _rows(rows: list[str], columns: int, empty: str) -> str:
+    return "\n".join(rows) if rows else f'<tr><td colspan="{columns}">{_esc(empty)}</td></tr>'
+
+
+def render_page(snapshot: dict[str, Any], *, refresh_s: int = PAGE_REFRESH_S) -> str:
+    """The status page HTML for ``snapshot`` (every value escaped)."""
+    stage_rows = []
+    for s in snapshot["stages"]:
+        pct = 100.0 * s["progress"]
+        budget = f" / {_tokens(s['token_budget'])}" if s["token_budget"] else ""
+        stage_rows.append(
+            f'<tr class="stage-{_esc(s["status"])}"><td>{s["index"]}</td><td>{_esc(s["name"])}</td><td>{_esc(s["status"])}</td>'
+            f'<td><span class="bar" title="{pct:.1f}%"><div style="width:{pct:.1f}%"></div></span> {pct:.1f}%</td>'
+            f'<td class="num">{_tokens(s["tokens"])}{budget}</td>'
+            f'<td class="num">{s["shards_completed"]} / {s["shards_leased"]} / {s["shards_total"]}</td></tr>'
+        )
+    peer_rows = [
+        f'<tr class="peer"><td>{_esc(p["name"])}</td><td>{_esc(p["device"]) or "–"}</td>'
+        f'<td class="state-{_esc(p["state"])}">{_esc(p["state"])}</td><td class="num">{p["tokens_per_s"]:.1f}</td>'
+        f'<td>{_ago(p["last_seen_s"])}</td><td class="num">{_tokens(p["tokens"])}</td><td class="num">{max(p["outer_step"], 0)}</td></tr>'
+        for p in snapshot["peers"]
+    ]
+    leader_rows = [
+        f'<tr><td>{i}</td><td>{_esc(p["name"])}</td><td class="num">{_tokens(p["tokens"])}</td></tr>'
+        for i, p in enumerate(snapshot["leaderboard"], start=1)
+    ]
+    banned_rows = [
+        f"<tr><td>{_esc(p['name'])}</td><td>{_esc(p['peer_id'])}</td><td>{_esc(p['reason'])}</td></tr>"
+        for p in snapshot["banned"]
+    ]
+    run = snapshot["run"]
+    model = run["model_preset"] + (f" ({run['model_variant']})" if run["model_variant"] else "")
+    history = json.dumps(snapshot["history"], separators=(",", ":")).replace("<", "\\u003c")
+    updated = datetime.datetime.fromtimestamp(snapshot["generated_at"], tz=datetime.timezone.utc)
+    return Template(TEMPLATE_PATH.read_text(encoding="utf-8")).substitute(
+        refresh_s=refresh_s,
+        run_name=_esc(run["name"]),
+        finished_badge='<span class="badge">finished</span>' if snapshot["finished"] else "",
+        model=_esc(model),
+        stage_name=_esc(snapshot["stage_name"] or "–"),
+        updated=updated.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        outer_step=snapshot["outer_step"],
+        global_tokens=_tokens(snapshot["global_tokens"]),
+        tokens_per_s=f"{snapshot['tokens_per_s']:.1f}",
+        peers_active=snapshot["peers_by_state"].get("active", 0),
+        peer_count=snapshot["peer_count"],
+        loss=_optional(snapshot["loss"]),
+        val_bpb=_optional(snapshot["val_bpb"]),
+        stage_rows=_rows(stage_rows, 6, "no stages"),
+        history_json=history,
+        peer_rows=_rows(peer_rows, 7, "no peer has joined yet"),
+        leader_rows=_rows(leader_rows, 3, "no contributions yet"),
+        banned_rows=_rows(banned_rows, 3, "nobody is banned"),
+    )
+
+
+def prometheus_targets(snapshot: dict[str, Any]) -> list[dict[str, Any]]:
+    """Prometheus service-discovery target groups of live peers that declared a metrics address."""
+    return [
+        {
+            "targets": [p["metrics_address"]],
+            "labels": {"job": PEER_TARGET_JOB, "peer_id": p["peer_id"], "peer_name": p["name"]},
+        }
+        for p in snapshot["peers"]
+        if p["metrics_address"] and p["state"] in LIVE_PEER_STATES
+    ]
+
+
+class StatusWeb:
+    """The aiohttp application; re-renders its cached bodies whenever ``board`` refreshes."""
+
+    def __init__(
+        self, *, board: StatusBoard, metrics: CoordinatorMetrics, page_refresh_s: int = PAGE_REFRESH_S
+    ) -> None:
+        self.board = board
+        self.metrics = metrics
+        self.page_refresh_s = page_refresh_s
+        self._page = b"<!DOCTYPE html><title>starting</title><p>The coordinator is starting.</p>"
+        self._targets = b"[]"
+        self._static = {
+            p.name: (p.read_bytes(), STATIC_TYPES[p.suffix])
+            for p in STATIC_DIR.iterdir()
+            if p.suffix in STATIC_TYPES
+        }
+        self._runner: web.AppRunner | None = None
+        board.listeners.append(self._on_snapshot)
+
+    def _on_snapshot(self, snapshot: dict[str, Any]) -> None:
+        self._page = render_page(snapshot, refresh_s=self.page_refresh_s).encode()
+        self._targets = json.dumps(prometheus_targets(snapshot)).encode()
+
+    def app(self) -> web.Application:
+        """The routes (for tests with aiohttp's test client, or :meth:`start`)."""
+        app = web.Application()
+        app.router.add_get("/", self._index)
+        app.router.add_get("/api/status", self._status)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/api/prometheus-targets", self._prom_targets)
+        app.router.add_get("/static/{name}", self._static_file)
+        app.router.add_get("/healthz", self._health)
+        return app
+
+    async def _index(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._page, content_type="text/html", charset="utf-8")
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.board.snapshot_json, content_type="application/json")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    async def _prom_targets(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._targets, content_type="application/json")
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def _static_file(self, request: web.Request) -> web.Response:
+        found = self._static.get(request.match_info["name"])
+        if found is None:
+            raise web.HTTPNotFound(text=f"no static file {request.match_info['name']!r}")
+        body, content_type = found
+        return web.Response(body=body, content_type=content_type)
+
+    async def start(self, *, host: str, port: int) -> int:
+        """Listen on ``host:port`` (0: any free port); returns the bound port."""
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_port=False)
+        await site.start()
+        return int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        """Close every connection and stop listening."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
