@@ -1,0 +1,373 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""Who averages with whom in round k: DHT announcements, a deterministic leader, authorized joins.
+
+For round ``k`` every peer:
+
+1. reads the round's published group record; if a group already formed without it, it sits out ("late");
+2. announces itself under ``lila/{run}/avg/{k}/peers`` (subkey = its peer id, with an expiration);
+3. waits ``matchmaking_time``, then reads the announced candidates;
+4. elects the smallest candidate id that is not in client mode as leader. The leader keeps its group open until every candidate it
+   saw has joined or ``join_timeout`` passes, fixes the member list (sorted ids, at most ``max_group_size``),
+   answers every joiner with it and publishes it. The others send a JOIN request (with their credential)
+   to the leader and adopt the list it answers (carrying the leader's credential, checked too).
+   A leader that refuses, is unreachable or unauthorized is dropped and the next smallest candidate is
+   tried (``max_leader_attempts``), so an intruder or a dead peer with the smallest id cannot stall a round.
+   A peer whose leader says the group is closed or full sits the round out and reports why.
+
+A group of one (nobody else announced or joined) is a valid outcome: the caller skips communication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import secrets
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from peer.averaging.config import AveragingConfig, check_run_id
+from peer.averaging.dht_keys import announce_key, group_key, protocol
+from peer.averaging.rpc import Endpoint, Refused, Reply, call, serve
+from peer.averaging.stats import ByteCounter
+from peer.averaging.wire import Limits, RemoteError, WireError, require
+
+logger = logging.getLogger(__name__)
+
+PEER_ID_PATTERN = re.compile(r"^[1-9A-HJ-NP-Za-km-z]{20,128}$")  # base58 alphabet
+GROUP_ID_BYTES = 8
+GROUP_ID_PATTERN = re.compile(rf"^[0-9a-f]{{{2 * GROUP_ID_BYTES}}}$")
+MAX_ANNOUNCEMENT_BYTES = 256
+MAX_ROUNDS_IN_FLIGHT = 8
+MAX_GROUP_RECORD_BYTES = 1 << 20
+
+ERR_NOT_LEADER = "not_leader"
+ERR_CLOSED = "group_closed"
+ERR_FULL = "group_full"
+ERR_NOT_READY = "not_ready"
+ERR_BUSY = "busy"
+ERR_WRONG_RUN = "wrong_run"
+
+
+def is_peer_id(value: Any) -> bool:
+    return isinstance(value, str) and bool(PEER_ID_PATTERN.match(value))
+
+
+@dataclass(frozen=True)
+class Group:
+    """The fixed member list of one round.
+
+    ``members`` (sorted peer ids) all contribute and receive the average; ``owners`` (the members that
+    accept incoming streams, i.e. not in client mode; sorted) own the parts: part ``j`` is ``owners[j]``'s.
+    """
+
+    round_index: int
+    group_id: str
+    leader: str
+    members: tuple[str, ...]
+    owners: tuple[str, ...]
+
+    def index_of(self, peer_id: str) -> int:
+        return self.members.index(peer_id)
+
+    def part_of(self, peer_id: str) -> int | None:
+        """The part ``peer_id`` owns, or None for a client-mode member."""
+        return self.owners.index(peer_id) if peer_id in self.owners else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "round": self.round_index,
+            "group_id": self.group_id,
+            "leader": self.leader,
+            "members": list(self.members),
+            "owners": list(self.owners),
+        }
+
+
+def parse_group(header: dict[str, Any], *, round_index: int, max_group_size: int) -> Group:
+    """Validate a group record/reply; raises WireError naming the bad field."""
+    if require(header, "round", int) != round_index:
+        raise WireError(f"group is for round {header['round']}, expected {round_index}")
+    group_id = require(header, "group_id", str)
+    if not GROUP_ID_PATTERN.match(group_id):
+        raise WireError(f"group_id {group_id[:40]!r} is not {2 * GROUP_ID_BYTES} lowercase hex digits")
+    leader = require(header, "leader", str)
+    members = require(header, "members", list)
+    if not 1 <= len(members) <= max_group_size:
+        raise WireError(f"group has {len(members)} members, allowed 1..{max_group_size}")
+    if not all(is_peer_id(member) for member in members):
+        raise WireError("group members must be base58 peer ids")
+    if members != sorted(set(members)):
+        raise WireError("group members must be sorted and unique")
+    if leader not in members:
+        raise WireError("group leader is not among its members")
+    owners = require(header, "owners", list)
+    if not owners or owners != sorted(set(owners)) or not set(owners) <= set(members):
+        raise WireError("group owners must be a sorted, unique, non-empty subset of the members")
+    if leader not in owners:
+        raise WireError("group leader is not among its owners")
+    return Group(round_index, group_id, leader, tuple(members), tuple(owners))
+
+
+def announcement(client: bool) -> bytes:
+    """DHT value announcing a peer for a round (``client``: it cannot accept incoming streams)."""
+    return json.dumps({"v": 1, "client": client}, separators=(",", ":")).encode()
+
+
+def parse_announcements(records: dict[str, bytes]) -> dict[str, bool]:
+    """``peer id -> client mode`` of the well-formed announcements; the others are ignored."""
+    candidates = {}
+    for peer, value in records.items():
+        if not is_peer_id(peer) or len(value) > MAX_ANNOUNCEMENT_BYTES:
+            continue
+        try:
+            parsed = json.loads(value.decode())
+        except (UnicodeDecodeError, ValueError):
+            continue
+        if isinstance(parsed, dict) and isinstance(parsed.get("client"), bool):
+            candidates[peer] = parsed["client"]
+    return candidates
+
+
+class SlotState(Enum):
+    PENDING = "pending"  # not decided yet (waiting, or trying to join a leader)
+    LEADING = "leading"  # this peer leads and accepts joiners
+    FIXED = "fixed"  # this peer led and its group is fixed
+    FOLLOWING = "following"  # this peer joined another leader's group
+    FAILED = "failed"  # this peer sits the round out
+
+
+@dataclass
+class _Slot:
+    counter: ByteCounter
+    condition: asyncio.Condition = field(default_factory=asyncio.Condition)
+    state: SlotState = SlotState.PENDING
+    expected: set[str] = field(default_factory=set)
+    joiners: dict[str, bool] = field(default_factory=dict)  # peer id -> client mode
+    all_joined: asyncio.Event = field(default_factory=asyncio.Event)
+    group: asyncio.Future | None = None
+
+    async def set_state(self, state: SlotState) -> None:
+        async with self.condition:
+            self.state = state
+            self.condition.notify_all()
+
+
+@dataclass(frozen=True)
+class MatchOutcome:
+    """``group`` is None when this peer sits the round out; ``reason`` says why or how the group formed
+    ("led", "joined", "alone", or a sentence for a sit-out)."""
+
+    group: Group | None
+    reason: str
+
+
+class Matchmaker:
+    """Forms the group of each round; one per peer and run. Call :meth:`start` once on the loop."""
+
+    def __init__(self, endpoint: Endpoint, *, run_id: str, config: AveragingConfig) -> None:
+        self.endpoint = endpoint
+        self.run_id = check_run_id(run_id)
+        self.config = config
+        self._slots: dict[int, _Slot] = {}
+        self._background: set[asyncio.Future] = set()  # strong references: the loop keeps only weak ones
+
+    @property
+    def me(self) -> str:
+        return self.endpoint.transport.peer_id
+
+    async def start(self) -> None:
+        limits = Limits(self.config.max_credential_bytes, self.config.max_header_bytes, 0)
+        await serve(self.endpoint, protocol(self.run_id, "join"), self._on_join, limits=limits)
+
+    def _slot(self, round_index: int, counter: ByteCounter | None) -> _Slot | None:
+        slot = self._slots.get(round_index)
+        if slot is not None and counter is not None and slot.state is not SlotState.PENDING:
+            slot = None  # a new attempt at a round this peer already went through
+        if slot is None:
+            if counter is None and len(self._slots) >= MAX_ROUNDS_IN_FLIGHT:
+                return None  # a joiner asks about a round we have not reached and we track enough already
+            while len(self._slots) >= MAX_ROUNDS_IN_FLIGHT:
+                del self._slots[min(self._slots)]
+            slot = _Slot(counter=counter or ByteCounter())
+            slot.group = asyncio.get_running_loop().create_future()
+            self._slots[round_index] = slot
+        elif counter is not None:
+            counter.add(slot.counter.received, slot.counter.sent)  # bytes counted before we reached the round
+            slot.counter = counter
+        return slot
+
+    def forget_before(self, round_index: int) -> None:
+        """Drop the state of rounds older than ``round_index``."""
+        for old in [k for k in self._slots if k < round_index]:
+            del self._slots[old]
+
+    @property
+    def _join_wait(self) -> float:
+        """Longest time a leader may take to answer a join: its own wait plus its failed attempts."""
+        cfg = self.config
+        return cfg.matchmaking_time + (cfg.max_leader_attempts + 1) * (cfg.join_timeout + cfg.request_timeout)
+
+    # ------------------------------------------------------------------ member/leader side
+    async def form_group(self, round_index: int, counter: ByteCounter) -> MatchOutcome:
+        cfg, transport, me = self.config, self.endpoint.transport, self.me
+        loop = asyncio.get_running_loop()
+        for group in await self._published_groups(round_index):
+            if me not in group.members:
+                slot = self._slot(round_index, counter)
+                if slot is not None:
+                    await slot.set_state(SlotState.FAILED)
+                return MatchOutcome(None, f"late: the group of round {round_index} was already formed")
+        slot = self._slot(round_index, counter)
+        assert slot is not None
+        started = loop.time()
+        expiration = transport.now() + self._join_wait + cfg.join_timeout
+        client = transport.client_mode
+        key = announce_key(self.run_id, round_index)
+        await transport.dht_store(key, me, announcement(client), expiration)
+        await asyncio.sleep(max(0.0, started + cfg.matchmaking_time - loop.time()))
+        candidates = parse_announcements(await transport.dht_get_subkeys(key))
+        candidates[me] = client
+        excluded: set[str] = set()
+        for attempt in range(cfg.max_leader_attempts):
+            leaders = [
+                peer for peer, is_client in candidates.items() if not is_client and peer not in excluded
+            ]
+            if not leaders:
+                await slot.set_state(SlotState.FAILED)
+                return MatchOutcome(None, "no reachable leader: every candidate is in client mode or failed")
+            leader = min(leaders)
+            if leader == me:
+                group = await self._lead(round_index, slot, expected=set(candidates) - excluded - {me})
+                return MatchOutcome(group, "alone" if len(group.members) == 1 else "led")
+            try:
+                result = await call(
+                    self.endpoint,
+                    leader,
+                    protocol(self.run_id, "join"),
+                    header={"run": self.run_id, "round": round_index, "client": client},
+                    timeout=self._join_wait,
+                )
+                counter.add(result.bytes_received, result.bytes_sent)
+                group = parse_group(
+                    result.frame.header, round_index=round_index, max_group_size=cfg.max_group_size
+                )
+                if group.leader != leader or me not in group.members:
+                    raise WireError("the leader answered a group that does not contain it or us")
+            except RemoteError as error:
+                if error.code in (ERR_CLOSED, ERR_FULL):
+                    await slot.set_state(SlotState.FAILED)
+                    return MatchOutcome(None, f"leader {leader} refused to admit us: {error.code}")
+                logger.info(
+                    "round %d: leader %s answered %s; trying the next one", round_index, leader, error.code
+                )
+                excluded.add(leader)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # timeout, vanished peer, refused credential, malformed reply
+                logger.info(
+                    "round %d: leader %s failed (attempt %d): %r", round_index, leader, attempt + 1, error
+                )
+                excluded.add(leader)
+            else:
+                if not slot.group.done():
+                    slot.group.set_result(group)
+                await slot.set_state(SlotState.FOLLOWING)
+                return MatchOutcome(group, "joined")
+        await slot.set_state(SlotState.FAILED)
+        return MatchOutcome(None, f"no leader admitted us after {cfg.max_leader_attempts} attempts")
+
+    async def _lead(self, round_index: int, slot: _Slot, *, expected: set[str]) -> Group:
+        slot.expected = expected
+        if expected.issubset(slot.joiners):
+            slot.all_joined.set()
+        await slot.set_state(SlotState.LEADING)
+        if expected:
+            try:
+                await asyncio.wait_for(slot.all_joined.wait(), timeout=self.config.join_timeout)
+            except asyncio.TimeoutError:
+                missing = sorted(expected - set(slot.joiners))
+                logger.info(
+                    "round %d: fixing the group without %d announced peers: %s",
+                    round_index,
+                    len(missing),
+                    missing,
+                )
+        admitted = sorted(slot.joiners)[: self.config.max_group_size - 1]
+        members = tuple(sorted([self.me, *admitted]))
+        owners = tuple(peer for peer in members if peer == self.me or not slot.joiners[peer])
+        group = Group(round_index, secrets.token_hex(GROUP_ID_BYTES), self.me, members, owners)
+        slot.group.set_result(group)
+        await slot.set_state(SlotState.FIXED)
+        if len(group.members) > 1:
+            task = asyncio.ensure_future(self._publish_group(group))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            task.add_done_callback(_log_task_failure)
+        return group
+
+    async def _publish_group(self, group: Group) -> None:
+        value = json.dumps(group.to_json(), separators=(",", ":")).encode()
+        expiration = self.endpoint.transport.now() + self._join_wait + self.config.allreduce_deadline
+        await self.endpoint.transport.dht_store(
+            group_key(self.run_id, group.round_index), self.me, value, expiration
+        )
+
+    async def _published_groups(self, round_index: int) -> list[Group]:
+        groups = []
+        records = await self.endpoint.transport.dht_get_subkeys(group_key(self.run_id, round_index))
+        for leader, value in records.items():
+            try:
+                if len(value) > MAX_GROUP_RECORD_BYTES:
+                    raise WireError("group record too large")
+                header = json.loads(value.decode())
+                if not isinstance(header, dict):
+                    raise WireError("group record is not a JSON object")
+                group = parse_group(
+                    header, round_index=round_index, max_group_size=self.config.max_group_size
+                )
+                if group.leader != leader:
+                    raise WireError("group record published under another peer's id")
+                groups.append(group)
+            except (WireError, ValueError) as error:
+                logger.warning("ignoring malformed group record from %s: %s", leader, error)
+        return groups
+
+    # ------------------------------------------------------------------ leader side handler
+    async def _on_join(self, peer_id: str, frame: Any) -> Reply:
+        if require(frame.header, "run", str) != self.run_id:
+            raise Refused(ERR_WRONG_RUN, f"this peer averages run {self.run_id!r}")
+        round_index = require(frame.header, "round", int)
+        if round_index < 0:
+            raise WireError("round must be >= 0")
+        joiner_is_client = require(frame.header, "client", bool)
+        slot = self._slot(round_index, None)
+        if slot is None:
+            raise Refused(ERR_BUSY, "too many rounds in flight")
+        slot.counter.add(frame.wire_bytes, 0)
+        try:
+            async with slot.condition:
+                await asyncio.wait_for(
+                    slot.condition.wait_for(lambda: slot.state is not SlotState.PENDING),
+                    timeout=self._join_wait,
+                )
+        except asyncio.TimeoutError:
+            raise Refused(ERR_NOT_READY, f"this peer has not reached round {round_index}") from None
+        if slot.state is SlotState.LEADING:
+            slot.joiners[peer_id] = joiner_is_client
+            if slot.expected.issubset(slot.joiners):
+                slot.all_joined.set()
+            group = await asyncio.shield(slot.group)
+            if peer_id not in group.members:
+                raise Refused(ERR_FULL, f"the group is full ({self.config.max_group_size} members)")
+            return Reply(header=group.to_json(), account=lambda received, sent: slot.counter.add(0, sent))
+        if slot.state is SlotState.FIXED:
+            raise Refused(ERR_CLOSED, f"the group of round {round_index} is already fixed")
+        raise Refused(ERR_NOT_LEADER, f"this peer does not lead round {round_index}")
+
+
+def _log_task_failure(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("background matchmaking task failed: %r", task.exception())

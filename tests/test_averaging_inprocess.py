@@ -1,0 +1,167 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""Matchmaking edge cases with several peers inside the test process (each with its own hivemind DHT):
+a peer alone, an unauthorized peer that holds the smallest id (it would be elected leader), a late peer,
+a peer in client mode."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from peer.averaging import (
+    Averager,
+    AveragingConfig,
+    RoundResult,
+    StaticTokenAuthorizer,
+    Transport,
+    get_aggregator,
+)
+
+RUN_ID = "inproc"
+GOOD = b"good-token"
+NUMEL = 999
+CONFIG = AveragingConfig(
+    matchmaking_time=1.5, join_timeout=1.5, request_timeout=1.0, part_timeout=3.0, result_timeout=3.0
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Fp32Codec:
+    def encode(self, tensor: torch.Tensor, *, seed: int = 0) -> bytes:
+        return tensor.detach().to(torch.float32).contiguous().numpy().tobytes()
+
+    def decode(self, payload: bytes) -> torch.Tensor:
+        return torch.frombuffer(bytearray(payload), dtype=torch.float32)
+
+
+@pytest.fixture
+def transports() -> Iterator[list[Transport]]:
+    torch.set_num_threads(1)
+    logging.getLogger("hivemind").setLevel(logging.WARNING)
+    started: list[Transport] = []
+    try:
+        started.append(Transport.create())
+        for _ in range(2):
+            started.append(Transport.create(initial_peers=started[0].visible_maddrs()))
+        yield sorted(started, key=lambda transport: transport.peer_id)
+    finally:
+        for transport in started:
+            transport.shutdown()
+        gc.collect()  # free hivemind's shared-memory futures while torch_shm_manager still runs
+
+
+def run_together(jobs: dict[str, Any]) -> dict[str, RoundResult]:
+    results: dict[str, RoundResult] = {}
+    errors: list[BaseException] = []
+
+    def run(name: str, job: Any) -> None:
+        try:
+            results[name] = job()
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=item) for item in jobs.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def test_alone_intruder_with_smallest_id_late_peer_and_client_mode_peer(
+    transports: list[Transport],
+) -> None:
+    intruder_t, first_t, second_t = transports  # sorted by peer id: the intruder would be elected leader
+    authorize = StaticTokenAuthorizer([GOOD])
+    first, second = (
+        Averager(t, run_id=RUN_ID, credential=GOOD, authorize=authorize, max_numel=NUMEL, config=CONFIG)
+        for t in (first_t, second_t)
+    )
+    intruder = Averager(
+        intruder_t,
+        run_id=RUN_ID,
+        credential=b"forged",
+        authorize=lambda *_: True,
+        max_numel=NUMEL,
+        config=CONFIG,
+    )
+    codec, mean = Fp32Codec(), get_aggregator("mean")
+    vectors = [torch.randn(NUMEL, generator=torch.Generator().manual_seed(seed)) for seed in range(3)]
+
+    # round 0: nobody else shows up -> a group of one, no traffic, the vector comes back as is
+    alone = first.average(0, vectors[0], codec=codec, aggregator=mean)
+    assert (alone.status, alone.group_size, alone.bytes_sent, alone.bytes_received) == ("alone", 1, 0, 0)
+    assert alone.ok and torch.equal(alone.average, vectors[0])
+
+    # round 1: the intruder has the smallest id and leads; the honest peers refuse its answer and regroup
+    results = run_together(
+        {
+            name: (
+                lambda averager=averager, vector=vector: averager.average(
+                    1, vector, codec=codec, aggregator=mean
+                )
+            )
+            for name, averager, vector in zip(
+                ("intruder", "first", "second"), (intruder, first, second), vectors, strict=True
+            )
+        }
+    )
+    honest = sorted([first_t.peer_id, second_t.peer_id])
+    for name in ("first", "second"):
+        assert results[name].status == "ok", results[name].reason
+        assert list(results[name].group.members) == honest
+    assert torch.equal(results["first"].average, results["second"].average)
+    torch.testing.assert_close(results["first"].average, (vectors[1] + vectors[2]) / 2, rtol=0, atol=1e-6)
+    assert not results["intruder"].ok  # it led a group whose members never sent it anything
+
+    # round 2: two peers average; a third arrives after the group was formed and published -> sits out
+    done = run_together(
+        {
+            "first": lambda: first.average(2, vectors[1], codec=codec, aggregator=mean),
+            "second": lambda: second.average(2, vectors[2], codec=codec, aggregator=mean),
+        }
+    )
+    assert done["first"].ok and done["second"].ok
+    late = intruder.average(2, vectors[0], codec=codec, aggregator=mean)
+    assert late.status == "sat_out" and late.average is None
+    assert late.reason.startswith("late")
+
+    # round 3: a peer in client mode (behind NAT) contributes and receives but owns no part
+    client_t = Transport.create(initial_peers=first_t.visible_maddrs(), client_mode=True)
+    try:
+        client = Averager(
+            client_t, run_id=RUN_ID, credential=GOOD, authorize=authorize, max_numel=NUMEL, config=CONFIG
+        )
+        done = run_together(
+            {
+                name: (
+                    lambda averager=averager, vector=vector: averager.average(
+                        3, vector, codec=codec, aggregator=mean
+                    )
+                )
+                for name, averager, vector in zip(
+                    ("client", "first", "second"), (client, first, second), vectors, strict=True
+                )
+            }
+        )
+        for result in done.values():
+            assert result.status == "ok", result.reason
+            assert list(result.group.members) == sorted([client_t.peer_id, *honest])
+            assert list(result.group.owners) == honest
+        assert torch.equal(done["client"].average, done["first"].average)
+        assert torch.equal(done["client"].average, done["second"].average)
+        torch.testing.assert_close(done["client"].average, torch.stack(vectors).mean(0), rtol=0, atol=1e-6)
+        client.shutdown()
+    finally:
+        client_t.shutdown()
+    for averager in (first, second, intruder):
+        averager.shutdown()
