@@ -197,7 +197,9 @@ class CoordinatorSection:
 
     A lease expires ``lease_timeout_s`` after the holder's last heartbeat; too short and a slow peer loses
     its shard while still working, too long and a crashed peer's shard waits idle. Keep it at least three
-    heartbeat intervals.
+    heartbeat intervals. ``max_leases_per_peer`` 2 lets a peer start the next shard while the last
+    sequences of the previous one are still in its current batch; 1 makes batches end short at every
+    shard boundary.
     """
 
     heartbeat_interval_s: float = 5.0
@@ -207,8 +209,11 @@ class CoordinatorSection:
     rate_limit_per_s: float = 20.0
     rate_limit_burst: int = 40
     status_refresh_s: float = 1.0
+    max_leases_per_peer: int = 2
 
     def validate(self) -> None:
+        if self.max_leases_per_peer < 1:
+            raise ConfigError(f"coordinator.max_leases_per_peer={self.max_leases_per_peer}: must be >= 1")
         if self.heartbeat_interval_s <= 0:
             raise ConfigError(f"coordinator.heartbeat_interval_s={self.heartbeat_interval_s}: must be > 0")
         if self.lease_timeout_s < 3 * self.heartbeat_interval_s:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from lila_model.config import PRESETS
 
@@ -58,11 +60,47 @@ def _run_plan(args: argparse.Namespace) -> int:
     return 0 if plan.fits else 1
 
 
+def _add_join(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("join", help="join a run and train until it ends (Ctrl+C leaves cleanly)")
+    p.add_argument("coordinator", help="the coordinator's gRPC address, HOST:PORT")
+    p.add_argument("--token", default=os.environ.get("LILA_JOIN_TOKEN", ""),
+                   help="join token from the run's organizer (or set LILA_JOIN_TOKEN)")
+    p.add_argument("--name", default="", help="name shown on the status page (default: host name)")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0 picks a free one)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address to serve /metrics on")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address this peer listens on for other peers (0.0.0.0 to accept from the network)")
+    p.add_argument("--client-mode", action="store_true",
+                   help="behind NAT: only make outgoing connections (this peer then never owns a part)")
+    p.add_argument("--max-outer-steps", type=int, help="leave after this many outer steps")
+    p.add_argument("--workdir", type=Path, default=Path("lila-peer-workdir"), help="checkpoints and logs")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.set_defaults(func=_run_join)
+
+
+def _run_join(args: argparse.Namespace) -> int:
+    from .node import PeerNode, PeerOptions
+    from .shutdown import GracefulStop
+
+    if not args.token:
+        print("lila-peer join: no join token: pass --token or set LILA_JOIN_TOKEN "
+              "(the run's organizer creates one with `lila-coordinator token create`)", file=sys.stderr)
+        return 2
+    stop = GracefulStop().install()
+    options = PeerOptions(coordinator=args.coordinator, token=args.token, name=args.name, device=args.device,
+                          workdir=args.workdir, metrics_host=args.metrics_host, metrics_port=args.metrics_port,
+                          max_outer_steps=args.max_outer_steps, host=args.host, client_mode=args.client_mode,
+                          threads=args.threads)
+    return PeerNode(options, stop=stop.event).run()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lila-peer", description="Contribute compute to a LILA training run.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_plan(subparsers)
+    _add_join(subparsers)
     return parser
 
 

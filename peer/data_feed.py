@@ -112,6 +112,10 @@ class DataFeed:
                 lease = self._client.lease()
                 if lease is None:
                     break
+                if lease.lease_id in self._held:
+                    # The coordinator handed back a lease we hold (we are at its per-peer maximum):
+                    # end this batch short; committing it completes the finished shard.
+                    break
                 if stage is not None and lease.stage_index != stage:
                     # Keep the new lease for the next batch; finish this one short.
                     self._open(lease)

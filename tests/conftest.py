@@ -112,10 +112,19 @@ def _torch_threads() -> None:
     torch.set_num_threads(1)
 
 
+def _name(proc: psutil.Process) -> str:
+    try:
+        return proc.name()
+    except psutil.Error:
+        return ""
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Last line of defence: kill any descendant of this pytest process that is still alive."""
     me = psutil.Process()
-    children = me.children(recursive=True)
+    # torch_shm_manager serves shared-memory tensors still referenced in this process (hivemind's
+    # futures); killing it makes a later garbage collection abort the interpreter.
+    children = [c for c in me.children(recursive=True) if _name(c) != "torch_shm_manager"]
     for child in children:
         try:
             child.kill()

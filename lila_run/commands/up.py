@@ -1,0 +1,99 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""``lila up``: a local LILA network (coordinator + N peers) on the bundled data, until Ctrl+C or K outer steps."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from lila_run.local_network import LocalNetwork, NetworkOptions
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "runs" / "cpu-demo.toml"
+STATUS_EVERY_S = 5.0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("up", help="run a local network: a coordinator and N peers on this machine")
+    p.add_argument("--peers", type=int, default=2, help="number of peer processes (default 2)")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="run config (default: the CPU demo)")
+    p.add_argument("--preset", help="override the run config's model preset (e.g. debug)")
+    p.add_argument("--data", help="override the data source spec (e.g. parquet:/path/to/dir)")
+    p.add_argument("--max-outer-steps", type=int, help="stop after this many outer steps per peer")
+    p.add_argument("--workdir", type=Path, default=Path("workdir"), help="logs, database, checkpoints")
+    p.add_argument("--no-dht", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
+
+
+def _effective_config(args: argparse.Namespace) -> Path:
+    """The run config, with --preset/--data applied, written into the workdir."""
+    from dataclasses import replace
+
+    from lila_run.config import load_run_config
+
+    config = load_run_config(args.config)
+    if args.preset:
+        config = replace(config, model=replace(config.model, preset=args.preset))
+    if args.data:
+        config = replace(config, data=replace(config.data, sources={name: args.data for name in config.data.sources}))
+    config.validate()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    path = args.workdir / "run.toml"
+    path.write_text(config.to_toml())
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.peers < 1:
+        print("lila up: --peers must be at least 1")
+        return 2
+    config = _effective_config(args)
+    network = LocalNetwork(NetworkOptions(config=config, workdir=args.workdir, peers=args.peers,
+                                          max_outer_steps=args.max_outer_steps, dht=not args.no_dht))
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        ready = network.start_coordinator()
+        print(f"coordinator  gRPC {ready['grpc']}")
+        print(f"status page  http://{ready['http']}/")
+        print(f"metrics      http://{ready['http']}/metrics")
+        for index in range(args.peers):
+            network.start_peer(index)
+        print(f"{args.peers} peers started; logs in {args.workdir}/ (Ctrl+C stops everything)")
+        while not stop.wait(STATUS_EVERY_S):
+            status = network.status()
+            if status is not None:
+                print(_status_line(status), flush=True)
+            if network.peers_running() == 0:
+                break
+        codes = [p.poll() for p in network.peers]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        network.stop()
+    checkpoint = network.collect_checkpoint()
+    if checkpoint is not None:
+        print(f"checkpoint   {checkpoint}  (lila eval --checkpoint {checkpoint} / lila generate --checkpoint {checkpoint})")
+    else:
+        print("no checkpoint was written (no outer step finished)")
+    failed = [i for i, code in enumerate(codes) if code not in (0, None)]
+    if failed and not stop.is_set():
+        print(f"peers {failed} exited with an error; see {args.workdir}/peer-N.log")
+        return 1
+    return 0
+
+
+def _status_line(status: dict) -> str:
+    peers = status.get("peers_by_state") or {}
+    active = peers.get("active", peers.get("ACTIVE", 0)) if isinstance(peers, dict) else 0
+    parts = [f"outer step {status.get('outer_step', '?')}", f"tokens {status.get('global_tokens', '?')}",
+             f"peers {active}"]
+    if status.get("loss") is not None:
+        parts.append(f"loss {status['loss']:.4f}")
+    if status.get("val_bpb") is not None:
+        parts.append(f"val bpb {status['val_bpb']:.4f}")
+    return " | ".join(parts)

@@ -1,0 +1,181 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""A whole LILA network on one machine: a coordinator and N peers as separate processes on 127.0.0.1.
+
+Every process runs in its own process group, so stopping one also stops its hivemind children (p2pd).
+:meth:`LocalNetwork.stop` asks the peers to leave (SIGINT: they release their leases at the exact resume
+positions and say goodbye), waits, then stops the coordinator; anything still alive after the grace
+period is killed. The newest peer checkpoint is copied to ``WORKDIR/checkpoint`` — a regular LILA
+checkpoint for ``lila eval`` and ``lila generate``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coordinator.launch import serve_command, wait_for_ready
+
+logger = logging.getLogger(__name__)
+
+PEER_LEAVE_GRACE_S = 20.0
+COORDINATOR_STOP_GRACE_S = 10.0
+STATUS_TIMEOUT_S = 2.0
+CHECKPOINT_FILES = ("model.safetensors", "config.json", "extra.json")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkOptions:
+    """What ``lila up`` starts. ``threads_per_peer`` defaults to the cores divided among the peers."""
+
+    config: Path
+    workdir: Path
+    peers: int = 2
+    max_outer_steps: int | None = None
+    threads_per_peer: int | None = None
+    dht: bool = True
+    extra_peer_args: tuple[str, ...] = ()
+
+
+@dataclass
+class LocalNetwork:
+    options: NetworkOptions
+    python: str = sys.executable
+    coordinator: subprocess.Popen | None = None
+    peers: list[subprocess.Popen] = field(default_factory=list)
+    ready: dict[str, Any] = field(default_factory=dict)
+    token: str = ""
+
+    # ------------------------------------------------------------------ start
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def _log(self, name: str):
+        return open(self.options.workdir / f"{name}.log", "ab")
+
+    def start_coordinator(self) -> dict[str, Any]:
+        workdir = self.options.workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        db = workdir / "coordinator.db"
+        token = subprocess.run(
+            [self.python, "-m", "coordinator.cli", "token", "create", "--db", str(db), "--label", "lila-up"],
+            capture_output=True, text=True, check=True, timeout=60, env=self._env(),
+        )
+        self.token = token.stdout.strip().splitlines()[-1]
+        ready_file = workdir / "coordinator.ready.json"
+        ready_file.unlink(missing_ok=True)
+        argv = serve_command(config=self.options.config, db=db, ready_file=ready_file, dht=self.options.dht,
+                             python=self.python)
+        with self._log("coordinator") as log:
+            self.coordinator = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self._env(),
+                                                start_new_session=True)
+        self.ready = wait_for_ready(self.coordinator, ready_file, log=workdir / "coordinator.log")
+        return self.ready
+
+    def peer_command(self, index: int) -> list[str]:
+        threads = self.options.threads_per_peer or max(1, (os.cpu_count() or 1) // self.options.peers)
+        argv = [self.python, "-m", "peer.cli", "join", self.ready["grpc"], "--name", f"peer-{index}",
+                "--workdir", str(self.options.workdir / f"peer-{index}"), "--threads", str(threads),
+                "--metrics-port", "0"]
+        if self.options.max_outer_steps is not None:
+            argv += ["--max-outer-steps", str(self.options.max_outer_steps)]
+        return [*argv, *self.options.extra_peer_args]
+
+    def start_peer(self, index: int) -> subprocess.Popen:
+        env = self._env()
+        env["LILA_JOIN_TOKEN"] = self.token  # not on the command line, where `ps` would show it
+        with self._log(f"peer-{index}") as log:
+            proc = subprocess.Popen(self.peer_command(index), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
+        self.peers.append(proc)
+        return proc
+
+    def start(self) -> None:
+        self.start_coordinator()
+        for index in range(self.options.peers):
+            self.start_peer(index)
+
+    # ------------------------------------------------------------------ watch
+    def status(self) -> dict[str, Any] | None:
+        """The coordinator's cached status snapshot, or None when it does not answer."""
+        try:
+            with urllib.request.urlopen(f"http://{self.ready['http']}/api/status", timeout=STATUS_TIMEOUT_S) as r:
+                return json.loads(r.read())
+        except (OSError, ValueError):
+            return None
+
+    def peers_running(self) -> int:
+        return sum(1 for p in self.peers if p.poll() is None)
+
+    def wait_peers(self, timeout_s: float | None = None) -> list[int | None]:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for proc in self.peers:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                proc.wait(timeout=remaining)
+            except subprocess.TimeoutExpired:
+                pass
+        return [p.poll() for p in self.peers]
+
+    # ------------------------------------------------------------------ stop
+    def stop(self) -> None:
+        for proc in self.peers:
+            _signal_group(proc, signal.SIGINT)
+        self.wait_peers(PEER_LEAVE_GRACE_S)
+        for proc in self.peers:
+            _signal_group(proc, signal.SIGKILL)
+        if self.coordinator is not None:
+            _signal_group(self.coordinator, signal.SIGTERM)
+            try:
+                self.coordinator.wait(timeout=COORDINATOR_STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(self.coordinator, signal.SIGKILL)
+        for proc in [*self.peers, *([self.coordinator] if self.coordinator else [])]:
+            try:
+                proc.wait(timeout=COORDINATOR_STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                logger.warning("process %d did not exit", proc.pid)
+
+    def collect_checkpoint(self) -> Path | None:
+        """Copy the newest verified peer checkpoint to ``WORKDIR/checkpoint``; None when there is none."""
+        from peer.checkpoints import CheckpointStore
+
+        best: tuple[int, Path] | None = None
+        for index in range(len(self.peers)):
+            path = CheckpointStore(self.options.workdir / f"peer-{index}" / "checkpoints").latest_path()
+            if path is not None:
+                step = int(path.name.split("-")[-1])
+                if best is None or step > best[0]:
+                    best = (step, path)
+        if best is None:
+            return None
+        target = self.options.workdir / "checkpoint"
+        tmp = self.options.workdir / ".checkpoint.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name in CHECKPOINT_FILES:
+            if (best[1] / name).exists():
+                shutil.copy2(best[1] / name, tmp / name)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        return target
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Signal the process's whole group: its hivemind children may outlive it."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
