@@ -65,13 +65,16 @@ def pick_tokenizer(requested: str | None, extra: dict[str, Any], vocab_size: int
 
 
 def _load_model(checkpoint: str, device: str) -> tuple[Any, dict[str, Any]]:
-    from lila_model.checkpoint import CheckpointError, load_checkpoint
+    from lila_codec.export import ExportError, load_model
+    from lila_model.checkpoint import CheckpointError
 
     if not Path(checkpoint).exists():
-        raise DataError(f"checkpoint {checkpoint} does not exist; pass a directory written by training")
+        raise DataError(
+            f"checkpoint {checkpoint} does not exist; pass a directory written by training or a `lila export` file"
+        )
     try:
-        return load_checkpoint(checkpoint, map_location=device)
-    except CheckpointError as exc:
+        return load_model(checkpoint, map_location=device)
+    except (CheckpointError, ExportError) as exc:
         raise DataError(str(exc)) from exc
 
 

@@ -45,11 +45,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
+    from lila_codec.export import load_model
     from lila_data import load_tokenizer
-    from lila_model.checkpoint import load_checkpoint
     from lila_model.generate import generate
 
-    model, extra = load_checkpoint(args.checkpoint, map_location=args.device)
+    model, extra = load_model(args.checkpoint, map_location=args.device)  # checkpoint dir or export file
     name = args.tokenizer or extra.get("tokenizer")
     tokenizer = load_tokenizer(name) if name else load_tokenizer()
     if tokenizer.vocab_size > model.config.vocab_size:
