@@ -48,9 +48,11 @@ def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
-    text = re.sub(r"\\\n", " ", "\n".join(
-        line for line in dockerfile.read_text().splitlines() if not line.lstrip().startswith("#")
-    ))
+    text = re.sub(
+        r"\\\n",
+        " ",
+        "\n".join(line for line in dockerfile.read_text().splitlines() if not line.lstrip().startswith("#")),
+    )
     result = []
     for line in text.splitlines():
         if line.strip():
@@ -80,12 +82,18 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path):
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfile_contract(dockerfile):
     steps = _instructions(dockerfile)
-    args = {value.split("=", 1)[0]: value.split("=", 1)[1] for kw, value in steps if kw == "ARG" and "=" in value}
-    bases = [re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], value.split()[0]) for kw, value in steps if kw == "FROM"]
+    args = {
+        value.split("=", 1)[0]: value.split("=", 1)[1] for kw, value in steps if kw == "ARG" and "=" in value
+    }
+    bases = [
+        re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], value.split()[0])
+        for kw, value in steps
+        if kw == "FROM"
+    ]
     for base in bases:
         image, _, tag = base.rpartition(":")
         assert image and tag and tag != "latest", f"{dockerfile.name}: pin {base!r} by tag"
-    final = steps[max(i for i, (kw, _) in enumerate(steps) if kw == "FROM"):]
+    final = steps[max(i for i, (kw, _) in enumerate(steps) if kw == "FROM") :]
     kinds = [kw for kw, _ in final]
     users = [value for kw, value in final if kw == "USER"]
     assert users == [f"{NON_ROOT_UID}:{NON_ROOT_UID}"], "the final image must run as the non-root lila user"
@@ -110,8 +118,12 @@ def _dockerignore_allows(path: str) -> bool:
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_every_copied_path_exists_and_is_in_the_build_context(dockerfile):
     copies = [value.split() for kw, value in _instructions(dockerfile) if kw == "COPY"]
-    sources = [src for parts in copies if not any(p.startswith("--from") for p in parts)
-               for src in [p for p in parts if not p.startswith("--")][:-1]]
+    sources = [
+        src
+        for parts in copies
+        if not any(p.startswith("--from") for p in parts)
+        for src in [p for p in parts if not p.startswith("--")][:-1]
+    ]
     assert sources, f"{dockerfile.name} copies nothing from the repository"
     for src in sources:
         src = src.removeprefix("./")
@@ -124,12 +136,19 @@ def test_coordinator_image_command_parses():
     steps = dict(_instructions(DEPLOY / "docker" / "coordinator.Dockerfile"))
     assert yaml.safe_load(steps["ENTRYPOINT"]) == ["lila-coordinator"]
     args = coordinator_parser().parse_args(yaml.safe_load(steps["CMD"]))
-    assert (args.command, args.grpc, args.http, args.db) == ("serve", "0.0.0.0:50051", "0.0.0.0:8080", "/data/run.db")
+    assert (args.command, args.grpc, args.http, args.db) == (
+        "serve",
+        "0.0.0.0:50051",
+        "0.0.0.0:8080",
+        "/data/run.db",
+    )
     assert Path(args.config).name in {p.name for p in (REPO / "runs").glob("*.toml")}
 
 
 def test_compose_file_matches_the_compose_spec():
-    run = _run([_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(DEPLOY / "compose.yaml")])
+    run = _run(
+        [_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(DEPLOY / "compose.yaml")]
+    )
     assert run.returncode == 0, run.stdout + run.stderr
 
 
@@ -187,7 +206,9 @@ def test_compose_coordinator_command_parses_and_targets_follow_it():
     targets = _fetch_targets().build_parser().parse_args(services["targets"]["command"])
     assert targets.coordinator == f"http://coordinator:{http_port}"
     assert services["targets"]["entrypoint"] == ["python", "/opt/lila/bin/fetch_targets.py"]
-    sync_volume = next(m for m in services["targets"]["volumes"] if m.endswith(":" + targets.out.parent.as_posix()))
+    sync_volume = next(
+        m for m in services["targets"]["volumes"] if m.endswith(":" + targets.out.parent.as_posix())
+    )
     assert f"{sync_volume.split(':')[0]}:/etc/prometheus/targets:ro" in services["prometheus"]["volumes"]
     prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     static = {j["job_name"]: j for j in prometheus["scrape_configs"]}["lila-coordinator"]["static_configs"]
@@ -200,8 +221,12 @@ def test_peer_entrypoint_builds_a_join_command_the_cli_accepts(tmp_path):
     fake = bin_dir / "lila-peer"
     fake.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\n')
     fake.chmod(0o755)
-    env = {"PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin", "LILA_COORDINATOR": "coordinator:50051",
-           "LILA_METRICS_HOST": "peer", "LILA_DEVICE": "cpu"}
+    env = {
+        "PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin",
+        "LILA_COORDINATOR": "coordinator:50051",
+        "LILA_METRICS_HOST": "peer",
+        "LILA_DEVICE": "cpu",
+    }
     script = str(DEPLOY / "docker" / "peer-entrypoint.sh")
     run = _run(["sh", script, "--name", "demo", "--metrics-port", "9500"], env=env)
     assert run.returncode == 0, run.stderr
@@ -275,7 +300,9 @@ def test_systemd_unit_runs_the_right_command(unit):
     elif exec_start[0].endswith("python"):
         assert expanded[0] == "/opt/lila/src/deploy/prometheus/fetch_targets.py"
         args = _fetch_targets().build_parser().parse_args(expanded[1:])
-        coordinator = re.search(r"^ExecStart=.* --http (\S+)", (DEPLOY / "systemd" / "lila-coordinator.service").read_text(), re.M)
+        coordinator = re.search(
+            r"^ExecStart=.* --http (\S+)", (DEPLOY / "systemd" / "lila-coordinator.service").read_text(), re.M
+        )
         assert args.coordinator == "http://127.0.0.1:" + coordinator.group(1).rsplit(":", 1)[1]
         assert args.out.parent.as_posix() in text  # ReadWritePaths: the only place it may write
         assert args.out.parent.name == "targets" and not args.once

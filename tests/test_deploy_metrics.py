@@ -33,14 +33,28 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "lila.json"
 GRID_COLUMNS = 24
 # Labels Prometheus or the coordinator's service discovery put on every scraped series.
 TARGET_LABELS = {"job", "instance", "peer_id", "peer_name"}
-PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "offset", "and", "or", "unless", "bool"}
+PROMQL_WORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "offset",
+    "and",
+    "or",
+    "unless",
+    "bool",
+}
 METRIC_RE = re.compile(r"\blila_[a-z0-9_]+\b")
 SELECTOR_RE = re.compile(r"\b(lila_[a-z0-9_]+)\{([^}]*)\}")
 MATCHER_RE = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)")
 
 
 def _peer_script():
-    spec = importlib.util.spec_from_file_location("deploy_peer_metrics", REPO / "tests" / "deploy_peer_metrics.py")
+    spec = importlib.util.spec_from_file_location(
+        "deploy_peer_metrics", REPO / "tests" / "deploy_peer_metrics.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -50,10 +64,18 @@ def _peer_script():
 def exported() -> dict[str, set[str]]:
     """Every series name the coordinator and a peer expose, mapped to its label names."""
     config = load_run_config(REPO / "runs" / "cpu-demo.toml")
-    history = [MetricsRow(at=1.0, peer_id="p-1", outer_step=1, global_tokens=1000, loss=4.5, val_bpb=1.9,
-                          tokens_per_s=100.0)]
-    snapshot = build_snapshot(initial_state(plan_from_config(config), CoreConfig()), history,
-                              run=RunInfo(config.run.name, config.model.preset), now=2.0, tokens_per_s=50.0)
+    history = [
+        MetricsRow(
+            at=1.0, peer_id="p-1", outer_step=1, global_tokens=1000, loss=4.5, val_bpb=1.9, tokens_per_s=100.0
+        )
+    ]
+    snapshot = build_snapshot(
+        initial_state(plan_from_config(config), CoreConfig()),
+        history,
+        run=RunInfo(config.run.name, config.model.preset),
+        now=2.0,
+        tokens_per_s=50.0,
+    )
     coordinator = CoordinatorMetrics()
     coordinator.set_snapshot(snapshot)
     coordinator.observe_rpc("Join", "OK", 0.01)
@@ -69,7 +91,9 @@ def exported() -> dict[str, set[str]]:
 def _dashboard_queries() -> list[tuple[str, str]]:
     """(where, PromQL) of every query in the dashboard: panel targets and template variables."""
     dashboard = json.loads(DASHBOARD.read_text())
-    queries = [(f"panel {p['title']!r}", t["expr"]) for p in dashboard["panels"] for t in p.get("targets", [])]
+    queries = [
+        (f"panel {p['title']!r}", t["expr"]) for p in dashboard["panels"] for t in p.get("targets", [])
+    ]
     for var in dashboard["templating"]["list"]:
         if var["type"] == "query":
             queries.append((f"variable {var['name']}", var["query"]["query"]))
@@ -83,9 +107,18 @@ def _alert_queries() -> list[tuple[str, str]]:
 
 def test_registries_export_the_expected_families():
     names = exported()
-    for expected in ("lila_peers", "lila_tokens_total", "lila_loss", "lila_val_bpb", "lila_rpc_latency_seconds_bucket",
-                     "lila_peer_tokens_total", "lila_peer_round_duration_seconds_sum",
-                     "lila_peer_layer_stable_rank", "lila_peer_layer_condition_number", "lila_peer_rounds_total"):
+    for expected in (
+        "lila_peers",
+        "lila_tokens_total",
+        "lila_loss",
+        "lila_val_bpb",
+        "lila_rpc_latency_seconds_bucket",
+        "lila_peer_tokens_total",
+        "lila_peer_round_duration_seconds_sum",
+        "lila_peer_layer_stable_rank",
+        "lila_peer_layer_condition_number",
+        "lila_peer_rounds_total",
+    ):
         assert expected in names
     assert names["lila_peer_layer_stable_rank"] == {"layer"}
     assert names["lila_peers"] == {"state"}
@@ -98,7 +131,9 @@ def test_every_queried_metric_is_exported(source):
     used = set()
     for where, expr in queries:
         for metric in METRIC_RE.findall(expr):
-            assert metric in names, f"{where} queries {metric}, which neither the coordinator nor a peer exports"
+            assert metric in names, (
+                f"{where} queries {metric}, which neither the coordinator nor a peer exports"
+            )
             used.add(metric)
     assert used, f"the {source} queries no lila_* metric"
 
@@ -110,20 +145,33 @@ def test_every_label_matcher_names_a_real_label(source):
     for where, expr in queries:
         for metric, matchers in SELECTOR_RE.findall(expr):
             for label, _op in MATCHER_RE.findall(matchers):
-                assert label in names[metric] | TARGET_LABELS | {"le"}, f"{where}: {metric} has no label {label!r}"
+                assert label in names[metric] | TARGET_LABELS | {"le"}, (
+                    f"{where}: {metric} has no label {label!r}"
+                )
         for grouping in re.findall(r"\bby\s*\(([^)]*)\)", expr):
             for label in filter(None, (x.strip() for x in grouping.split(","))):
                 metrics = METRIC_RE.findall(expr)
                 known = set().union(*(names[m] for m in metrics)) | TARGET_LABELS | {"le"}
-                assert label in known and label not in PROMQL_WORDS, f"{where}: groups by unknown label {label!r}"
+                assert label in known and label not in PROMQL_WORDS, (
+                    f"{where}: groups by unknown label {label!r}"
+                )
 
 
 def test_dashboard_covers_what_the_issue_asks_for():
     queries = " ".join(expr for _, expr in _dashboard_queries())
-    for metric in ("lila_tokens_per_second", "lila_peer_tokens_per_second", "lila_loss", "lila_val_bpb",
-                   "lila_peer_val_bpb", "lila_peers", "lila_peer_bytes_sent_total", "lila_peer_bytes_received_total",
-                   "lila_peer_round_duration_seconds_bucket", "lila_peer_layer_stable_rank",
-                   "lila_peer_layer_condition_number"):
+    for metric in (
+        "lila_tokens_per_second",
+        "lila_peer_tokens_per_second",
+        "lila_loss",
+        "lila_val_bpb",
+        "lila_peer_val_bpb",
+        "lila_peers",
+        "lila_peer_bytes_sent_total",
+        "lila_peer_bytes_received_total",
+        "lila_peer_round_duration_seconds_bucket",
+        "lila_peer_layer_stable_rank",
+        "lila_peer_layer_condition_number",
+    ):
         assert metric in queries, f"the dashboard shows no {metric}"
 
 

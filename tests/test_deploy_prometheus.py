@@ -54,7 +54,9 @@ PROCESS_TIMEOUT_S = 180.0
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not PROMETHEUS.exists(), reason=f"{PROMETHEUS} is missing: apt-get install -y prometheus"),
+    pytest.mark.skipif(
+        not PROMETHEUS.exists(), reason=f"{PROMETHEUS} is missing: apt-get install -y prometheus"
+    ),
 ]
 
 
@@ -107,7 +109,9 @@ def test_config_copy_changes_only_addresses_and_timing(tmp_path):
     config, rules = _test_copies(tmp_path, coordinator="127.0.0.1:1", prometheus="127.0.0.1:2")
     shipped = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
     copy = yaml.safe_load(config.read_text())
-    assert [j["job_name"] for j in copy["scrape_configs"]] == [j["job_name"] for j in shipped["scrape_configs"]]
+    assert [j["job_name"] for j in copy["scrape_configs"]] == [
+        j["job_name"] for j in shipped["scrape_configs"]
+    ]
     assert copy["rule_files"] == shipped["rule_files"] == ["alerts.yml"]
     assert copy["scrape_configs"][1]["file_sd_configs"] == shipped["scrape_configs"][1]["file_sd_configs"]
     shipped_rules = yaml.safe_load((PROM_DIR / "alerts.yml").read_text())["groups"][0]["rules"]
@@ -150,7 +154,9 @@ class _Heartbeats:
     def _run(self, stub: pb_grpc.CoordinatorStub, metadata: tuple) -> None:
         while not self._stop.wait(HEARTBEAT_EVERY_S):
             try:
-                stub.Heartbeat(pb.HeartbeatRequest(phase="training"), metadata=metadata, timeout=RPC_TIMEOUT_S)
+                stub.Heartbeat(
+                    pb.HeartbeatRequest(phase="training"), metadata=metadata, timeout=RPC_TIMEOUT_S
+                )
             except grpc.RpcError:
                 return
 
@@ -186,16 +192,24 @@ def test_real_prometheus_scrapes_coordinator_and_peer_and_fires_alert(procs, pyt
         )
     info = wait_for_ready(coordinator, ready, log=log)
     peer_address = "127.0.0.1:{}".format(
-        _wait_for("the peer metrics server", lambda: peer.poll() is None and peer_ready.exists()
-                  and json.loads(peer_ready.read_text())["port"])
+        _wait_for(
+            "the peer metrics server",
+            lambda: (
+                peer.poll() is None and peer_ready.exists() and json.loads(peer_ready.read_text())["port"]
+            ),
+        )
     )
 
     # The peer joins (declaring its metrics address), asks for data (so it is active) and stays alive.
     channel = grpc.insecure_channel(info["grpc"])
     stub = pb_grpc.CoordinatorStub(channel)
     joined = stub.Join(
-        pb.JoinRequest(join_token=token, peer_name=PEER_NAME, metrics_address=peer_address,
-                       hardware=pb.Hardware(device_type="cpu", device_name="deploy test")),
+        pb.JoinRequest(
+            join_token=token,
+            peer_name=PEER_NAME,
+            metrics_address=peer_address,
+            hardware=pb.Hardware(device_type="cpu", device_name="deploy test"),
+        ),
         timeout=RPC_TIMEOUT_S,
     )
     metadata = (("authorization", f"Bearer {joined.session_token}"),)
@@ -215,26 +229,40 @@ def test_real_prometheus_scrapes_coordinator_and_peer_and_fires_alert(procs, pyt
         def synced() -> list:
             run = subprocess.run(
                 [python, str(fetch), "--coordinator", coordinator_http, "--out", str(targets_file), "--once"],
-                capture_output=True, text=True, timeout=WAIT_S,
+                capture_output=True,
+                text=True,
+                timeout=WAIT_S,
             )
             assert run.returncode == 0, run.stderr
             return json.loads(targets_file.read_text())
 
-        groups = _wait_for("the coordinator to list both peers' metrics targets", lambda: len(g := synced()) == 2 and g)
+        groups = _wait_for(
+            "the coordinator to list both peers' metrics targets", lambda: len(g := synced()) == 2 and g
+        )
         assert sorted(groups, key=lambda g: g["labels"]["peer_name"]) == [
-            {"targets": [peer_address],
-             "labels": {"job": "lila-peer", "peer_id": joined.peer_id, "peer_name": PEER_NAME}},
-            {"targets": [WILDCARD_PEER[1]],
-             "labels": {"job": "lila-peer", "peer_id": wildcard.peer_id, "peer_name": WILDCARD_PEER[0]}},
+            {
+                "targets": [peer_address],
+                "labels": {"job": "lila-peer", "peer_id": joined.peer_id, "peer_name": PEER_NAME},
+            },
+            {
+                "targets": [WILDCARD_PEER[1]],
+                "labels": {"job": "lila-peer", "peer_id": wildcard.peer_id, "peer_name": WILDCARD_PEER[0]},
+            },
         ]
 
         # Prometheus from the (rewritten) shipped config.
         base = f"http://127.0.0.1:{prom_port}"
         with open(tmp_path / "prometheus.log", "ab") as out:
             prometheus = procs.spawn(
-                [str(PROMETHEUS), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
-                stdout=out, stderr=subprocess.STDOUT,
+                [
+                    str(PROMETHEUS),
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{prom_port}",
+                    "--log.level=warn",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
 
         def all_up() -> dict[str, str]:
@@ -245,23 +273,28 @@ def test_real_prometheus_scrapes_coordinator_and_peer_and_fires_alert(procs, pyt
         _wait_for("every scrape target to be up", all_up)
         # The wildcard address was dropped by relabelling, not scraped and reported down.
         targets = _get_json(f"{base}/api/v1/targets")["data"]
-        assert [t["labels"]["peer_name"] for t in targets["activeTargets"] if t["labels"]["job"] == "lila-peer"] == [
-            PEER_NAME
-        ]
+        assert [
+            t["labels"]["peer_name"] for t in targets["activeTargets"] if t["labels"]["job"] == "lila-peer"
+        ] == [PEER_NAME]
         dropped = [t["discoveredLabels"]["__address__"] for t in targets["droppedTargets"]]
         assert dropped == [WILDCARD_PEER[1]]
 
         # A query over the coordinator's metrics ...
-        active = _wait_for("lila_peers{state=active} == 1",
-                           lambda: _query(base, 'lila_peers{state="active"} == 1'))
-        assert active[0]["metric"] == {"__name__": "lila_peers", "state": "active", "job": "lila-coordinator",
-                                       "instance": info["http"]}
+        active = _wait_for(
+            "lila_peers{state=active} == 1", lambda: _query(base, 'lila_peers{state="active"} == 1')
+        )
+        assert active[0]["metric"] == {
+            "__name__": "lila_peers",
+            "state": "active",
+            "job": "lila-coordinator",
+            "instance": info["http"],
+        }
         assert [float(r["value"][1]) for r in _query(base, "lila_outer_step")] == [0.0]
         # ... and over the peer's, labelled by the coordinator's service discovery.
         loss = _query(base, "lila_peer_loss")
-        assert [(r["metric"]["peer_name"], r["metric"]["peer_id"], r["metric"]["instance"]) for r in loss] == [
-            (PEER_NAME, joined.peer_id, peer_address)
-        ]
+        assert [
+            (r["metric"]["peer_name"], r["metric"]["peer_id"], r["metric"]["instance"]) for r in loss
+        ] == [(PEER_NAME, joined.peer_id, peer_address)]
         assert float(loss[0]["value"][1]) == peer_values.GAUGES["loss"]
         rank = _query(base, f'lila_peer_layer_stable_rank{{layer="{peer_values.LAYER}"}}')
         assert [float(r["value"][1]) for r in rank] == [peer_values.STABLE_RANK]
@@ -273,8 +306,13 @@ def test_real_prometheus_scrapes_coordinator_and_peer_and_fires_alert(procs, pyt
         stub.Leave(pb.LeaveRequest(reason="deploy test"), metadata=metadata, timeout=RPC_TIMEOUT_S)
         fired = _wait_for(f"{STAGED_ALERT} to fire", lambda: _firing(base, STAGED_ALERT))
         assert len(fired) == 1
-        assert fired[0]["labels"] == {"alertname": STAGED_ALERT, "severity": "warning", "state": "active",
-                                      "job": "lila-coordinator", "instance": info["http"]}
+        assert fired[0]["labels"] == {
+            "alertname": STAGED_ALERT,
+            "severity": "warning",
+            "state": "active",
+            "job": "lila-coordinator",
+            "instance": info["http"],
+        }
         assert float(fired[0]["value"]) == 0.0
         assert fired[0]["annotations"]["summary"] == "Active peers dropped to 0"
     finally:

@@ -19,7 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 HEALTHCHECK = REPO / "deploy" / "docker" / "healthcheck.py"
 FETCH = REPO / "deploy" / "prometheus" / "fetch_targets.py"
 RUN_TIMEOUT_S = 30
-GROUPS = [{"targets": ["10.0.0.5:9400"], "labels": {"job": "lila-peer", "peer_id": "p-1", "peer_name": "alice"}}]
+GROUPS = [
+    {"targets": ["10.0.0.5:9400"], "labels": {"job": "lila-peer", "peer_id": "p-1", "peer_name": "alice"}}
+]
 
 
 def _load(name: str, path: Path) -> Any:
@@ -66,7 +68,9 @@ def server() -> Iterator[_Server]:
 
 
 def _run(python: str, script: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([python, str(script), *args], capture_output=True, text=True, timeout=RUN_TIMEOUT_S, **kwargs)
+    return subprocess.run(
+        [python, str(script), *args], capture_output=True, text=True, timeout=RUN_TIMEOUT_S, **kwargs
+    )
 
 
 def test_healthcheck_exit_codes(server, python):
@@ -122,9 +126,13 @@ def test_fetch_targets_keeps_the_last_good_file_on_failure(server, python, tmp_p
 
 
 def test_fetch_targets_rejects_bad_options(python, tmp_path):
-    run = _run(python, FETCH, "--coordinator", "coordinator:8080", "--out", str(tmp_path / "x.json"), "--once")
+    run = _run(
+        python, FETCH, "--coordinator", "coordinator:8080", "--out", str(tmp_path / "x.json"), "--once"
+    )
     assert run.returncode == 2 and "use the HTTP base URL" in run.stderr
-    run = _run(python, FETCH, "--coordinator", "http://x", "--out", str(tmp_path / "x.json"), "--interval", "0")
+    run = _run(
+        python, FETCH, "--coordinator", "http://x", "--out", str(tmp_path / "x.json"), "--interval", "0"
+    )
     assert run.returncode == 2 and "--interval and --timeout must be > 0" in run.stderr
 
 
