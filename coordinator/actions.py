@@ -138,6 +138,38 @@ class MetricsRecorded:
     global_tokens: int
 
 
+@dataclass(frozen=True, slots=True)
+class CredentialGranted:
+    """The peer may get a credential for ``libp2p_id`` (the server signs it)."""
+
+    peer_id: str
+    libp2p_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StrikeRecorded:
+    """Ledger entry: ``reporter`` reported ``accused`` (libp2p id ``libp2p_id``) in round ``round_index``.
+
+    ``accused`` is empty when no admitted peer holds that libp2p id (the evidence is then ignored and
+    not written to the ledger). ``witnesses`` counts distinct reporters of the accused in that round so
+    far; ``struck`` is True when this report completed a strike; ``strikes`` and ``banned`` describe the
+    accused after it.
+    """
+
+    reporter: str
+    accused: str
+    libp2p_id: str
+    round_index: int
+    part: int
+    reason: str
+    norm_ratio: float | None
+    witnesses: int
+    struck: bool
+    strikes: int
+    banned: bool
+    at: float
+
+
 Action = (
     Rejected
     | PeerAdmitted
@@ -151,4 +183,6 @@ Action = (
     | PeerStateChanged
     | OuterStepAdvanced
     | MetricsRecorded
+    | CredentialGranted
+    | StrikeRecorded
 )

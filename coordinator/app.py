@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 
 from coordinator.auth import SessionSigner
+from coordinator.credentials import CredentialAuthority
 from coordinator.dht import DhtNode, start_dht
 from coordinator.engine import Engine
 from coordinator.metrics import CoordinatorMetrics
@@ -27,6 +28,7 @@ from coordinator.web import StatusWeb
 logger = logging.getLogger(__name__)
 
 LOOP_LAG_PROBE_S = 0.05
+AUTHORITY_SECRET_NAME = "averaging_ed25519"
 
 
 @dataclass
@@ -74,6 +76,7 @@ class CoordinatorApp:
         self.service: CoordinatorService | None = None
         self.metrics = CoordinatorMetrics()
         self.dht: DhtNode | None = None
+        self.authority: CredentialAuthority | None = None
         self._grpc: grpc.aio.Server | None = None
         self._web: StatusWeb | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -82,12 +85,16 @@ class CoordinatorApp:
     async def start(self, *, grpc_host: str, grpc_port: int, http_host: str, http_port: int) -> Addresses:
         """Open the database, start the DHT node (first: it forks), the engine, gRPC and HTTP."""
         self.storage = Storage(self.db_path)
+        self.authority = CredentialAuthority(
+            self.storage.secret(AUTHORITY_SECRET_NAME), run=self.run.name, ttl_s=self.settings.credential_ttl_s
+        )
         addresses = Addresses(grpc="", http="")
         if self.dht_options.enabled:
             self.dht = start_dht(
                 host=self.dht_options.host or grpc_host,
                 port=self.dht_options.port,
                 identity_path=self.dht_options.identity_path,
+                authority=self.authority if self.settings.dht_auth else None,
             )
             addresses.dht_maddrs, addresses.dht_start_s = self.dht.maddrs, self.dht.start_seconds
             addresses.dht_import_s = self.dht.import_seconds
@@ -118,6 +125,7 @@ class CoordinatorApp:
             description=RunDescription(self.run_config_toml, tuple(addresses.dht_maddrs)),
             metrics=self.metrics,
             status=board,
+            authority=self.authority,
         )
         self.service.revoked_token_ids = self.storage.revoked_token_ids()
         self._grpc, port = await start_grpc_server(self.service, host=grpc_host, port=grpc_port)
@@ -148,6 +156,11 @@ class CoordinatorApp:
                 self.service.revoked_token_ids = self.storage.revoked_token_ids()
             except Exception:
                 logger.exception("reading revoked join tokens failed; keeping the previous list")
+            if self.dht is not None:
+                try:
+                    self.dht.refresh(self.service.revoked_libp2p_ids(), now=time.time())
+                except Exception:
+                    logger.exception("refreshing the DHT node's credential and ban list failed")
 
     async def stop(self) -> None:
         """Stop accepting calls, finish in-flight ones, commit what is queued, close everything."""

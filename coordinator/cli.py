@@ -55,7 +55,9 @@ async def _serve(args: argparse.Namespace) -> int:
     http_host, http_port = parse_host_port(args.http, flag="--http")
     config = load_run_config(args.config)
     settings = ServerSettings.from_run_config(config).with_overrides(
-        join_rate_limit_per_s=args.join_rate_limit, join_rate_limit_burst=args.join_rate_burst
+        join_rate_limit_per_s=args.join_rate_limit,
+        join_rate_limit_burst=args.join_rate_burst,
+        dht_auth=False if args.no_dht_auth else None,
     )
     plan = plan_from_config(config)
     app = CoordinatorApp(
@@ -162,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--dht-port", type=int, default=0, help="TCP port for the DHT node (0: any free port)")
     serve.add_argument(
         "--dht-identity", help="file keeping the DHT node's key, so its peer id survives restarts"
+    )
+    serve.add_argument(
+        "--no-dht-auth",
+        action="store_true",
+        help="let any peer use the DHT node (only for peers too old to present averaging credentials)",
     )
     serve.add_argument("--join-rate-limit", type=float, help="Join calls per second per client address")
     serve.add_argument("--join-rate-burst", type=int, help="Join calls at once per client address")

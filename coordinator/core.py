@@ -20,6 +20,12 @@ Rules, in short:
   ``lost`` and its leases return to the queue at their last reported positions (on ``Tick``).
 * Outer step: each peer reports the outer steps it finishes; the run's outer step is the highest
   step that ``outer_step_quorum`` peers have reached, and it never goes down.
+* Trust: a peer gets averaging credentials for at most ``MAX_IDENTITIES_PER_PEER`` libp2p identities
+  (one per process start). Part owners report the contributions they rejected; a round counts as a
+  strike against a peer once ``strike_witnesses`` distinct peers reported it for that round, and
+  ``strikes_to_ban`` strikes ban it (its leases go back, every later call is refused, and its libp2p
+  ids are published for the other peers to refuse). Reports must be about rounds within
+  ``STRIKE_WINDOW_ROUNDS`` of the run's outer step; older tallies are dropped.
 """
 
 from __future__ import annotations
@@ -40,12 +46,15 @@ from coordinator.state import (
     PeerState,
     Position,
     QueuedShard,
+    StrikeTally,
 )
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 LEASE_ID_PREFIX = "L"
+MAX_IDENTITIES_PER_PEER = 4
+STRIKE_WINDOW_ROUNDS = 16
 
 
 class Transition(NamedTuple):
@@ -559,6 +568,98 @@ def _on_banned(tx: _Tx, event: ev.PeerBanned) -> None:
         _ban(tx, peer, event.reason)
 
 
+def _on_credential(tx: _Tx, event: ev.CredentialIssued) -> None:
+    peer = _live_peer(tx, event.peer_id)
+    for other in tx.peers.values():
+        if other.peer_id != peer.peer_id and event.libp2p_id in other.libp2p_ids:
+            raise _Reject(
+                act.RejectCode.BAD_VALUE,
+                f"libp2p identity {event.libp2p_id[:16]}... belongs to another peer: start with a fresh identity",
+            )
+    ids = (*(x for x in peer.libp2p_ids if x != event.libp2p_id), event.libp2p_id)[-MAX_IDENTITIES_PER_PEER:]
+    if ids != peer.libp2p_ids:
+        tx.put_peer(dataclasses.replace(peer, libp2p_ids=ids))
+    tx.emit(act.CredentialGranted(peer.peer_id, event.libp2p_id))
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _strike_record(
+    tx: _Tx,
+    reporter: str,
+    round_index: int,
+    item: ev.StrikeEvidence,
+    accused: PeerRecord | None,
+    witnesses: int,
+    struck: bool,
+) -> act.StrikeRecorded:
+    return act.StrikeRecorded(
+        reporter=reporter,
+        accused="" if accused is None else accused.peer_id,
+        libp2p_id=item.libp2p_id,
+        round_index=round_index,
+        part=item.part,
+        reason=item.reason,
+        norm_ratio=item.norm_ratio,
+        witnesses=witnesses,
+        struck=struck,
+        strikes=0 if accused is None else accused.strikes,
+        banned=accused is not None and accused.state is PeerState.BANNED,
+        at=tx.now,
+    )
+
+
+def _on_strike_reported(tx: _Tx, event: ev.StrikeReported) -> None:
+    reporter = _live_peer(tx, event.reporter_id)
+    outer = tx.get("outer_step")
+    if abs(event.round_index - outer) > STRIKE_WINDOW_ROUNDS:
+        raise _Reject(
+            act.RejectCode.BAD_VALUE,
+            f"round={event.round_index} is more than {STRIKE_WINDOW_ROUNDS} rounds away from the run's outer "
+            f"step {outer}: report rejections right after the round",
+        )
+    owners = {lid: p.peer_id for p in tx.peers.values() for lid in p.libp2p_ids}
+    config = tx.base.config
+    for item in event.evidence:
+        accused_id = owners.get(item.libp2p_id)
+        if accused_id is None or accused_id == reporter.peer_id:
+            tx.emit(_strike_record(tx, reporter.peer_id, event.round_index, item, None, 0, False))
+            continue
+        accused = tx.peers[accused_id]
+        key = (accused_id, event.round_index)
+        reports = tx.writable("strike_reports")
+        tally = reports.get(key) or StrikeTally(frozenset())
+        reporters = tally.reporters | {reporter.peer_id}
+        struck = (
+            not tally.counted
+            and len(reporters) >= config.strike_witnesses
+            and accused.state is not PeerState.BANNED
+        )
+        if struck:
+            latest = sorted({*accused.strike_rounds, event.round_index})
+            rounds = tuple(r for r in latest if latest[-1] - r < config.strike_memory_rounds)[-config.strikes_to_ban :]
+            accused = dataclasses.replace(accused, strikes=accused.strikes + 1, strike_rounds=rounds)
+            tx.put_peer(accused)
+            if len(rounds) >= config.strikes_to_ban:
+                ratio = "" if item.norm_ratio is None else f", norm ratio {item.norm_ratio:.3g}"
+                _ban(
+                    tx,
+                    accused,
+                    f"{_plural(len(rounds), 'strike')} in {'rounds' if len(rounds) > 1 else 'round'} "
+                    f"{', '.join(map(str, rounds))}: {item.reason}{ratio}",
+                )
+                accused = tx.peers[accused_id]
+        reports[key] = StrikeTally(reporters, tally.counted or struck)
+        tx.emit(_strike_record(tx, reporter.peer_id, event.round_index, item, accused, len(reporters), struck))
+    stale = [key for key in tx.get("strike_reports") if key[1] < outer - STRIKE_WINDOW_ROUNDS]
+    if stale:
+        reports = tx.writable("strike_reports")
+        for key in stale:
+            del reports[key]
+
+
 _HANDLERS: dict[type, Any] = {
     ev.PeerJoined: _on_joined,
     ev.Heartbeat: _on_heartbeat,
@@ -573,4 +674,6 @@ _HANDLERS: dict[type, Any] = {
     ev.OuterStepReported: _on_outer_step,
     ev.PeerStruck: _on_struck,
     ev.PeerBanned: _on_banned,
+    ev.CredentialIssued: _on_credential,
+    ev.StrikeReported: _on_strike_reported,
 }

@@ -119,6 +119,34 @@ class PeerStruck:
 
 
 @dataclass(frozen=True, slots=True)
+class CredentialIssued:
+    """The peer asks for an averaging credential for libp2p identity ``libp2p_id`` (already checked to
+    be the id of the key it presented)."""
+
+    peer_id: str
+    libp2p_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StrikeEvidence:
+    """One rejected contribution: whose (libp2p id), why, its norm ratio, in which part."""
+
+    libp2p_id: str
+    reason: str
+    norm_ratio: float | None = None
+    part: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StrikeReported:
+    """Peer ``reporter_id`` rejected these contributions to its part of round ``round_index``."""
+
+    reporter_id: str
+    round_index: int
+    evidence: tuple[StrikeEvidence, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class PeerBanned:
     """Ban the peer now (its leases go back to the queue; its credit stays on the record)."""
 
@@ -140,4 +168,6 @@ Event = (
     | OuterStepReported
     | PeerStruck
     | PeerBanned
+    | CredentialIssued
+    | StrikeReported
 )

@@ -58,6 +58,14 @@ class _SnapshotCollector(Collector):
         for stage in snap["stages"]:
             progress.add_metric([stage["name"]], stage["progress"])
         yield progress
+        yield GaugeMetricFamily(
+            "lila_peers_banned", "Peers banned by the trust policy", value=snap["peers_by_state"].get("banned", 0)
+        )
+        yield GaugeMetricFamily(
+            "lila_peer_strikes",
+            "Strikes (rounds with a rejected contribution, confirmed by enough witnesses) over all peers",
+            value=snap.get("strikes_total", 0),
+        )
         if snap["loss"] is not None:
             yield GaugeMetricFamily(
                 "lila_loss", "Mean training loss of the latest outer step", value=snap["loss"]
@@ -90,6 +98,14 @@ class CoordinatorMetrics:
             buckets=LOOP_LAG_BUCKETS_S,
             registry=self.registry,
         )
+        self.strike_reports = Counter(
+            "lila_strike_reports",
+            "Evidence entries of ReportStrike naming an admitted peer",
+            registry=self.registry,
+        )
+        self.strikes = Counter(
+            "lila_strikes", "Strikes counted against peers (enough witnesses for a round)", registry=self.registry
+        )
         self._snapshot = _SnapshotCollector()
         self.registry.register(self._snapshot)
 
@@ -101,6 +117,11 @@ class CoordinatorMetrics:
         """Count one call and its latency."""
         self.rpc_requests.labels(method, code).inc()
         self.rpc_latency.labels(method).observe(seconds)
+
+    def observe_strikes(self, *, reports: int, strikes: int) -> None:
+        """Count strike evidence entries and the strikes they completed."""
+        self.strike_reports.inc(reports)
+        self.strikes.inc(strikes)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

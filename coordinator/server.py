@@ -28,6 +28,7 @@ from coordinator import actions as act
 from coordinator import events as ev
 from coordinator import validation as check
 from coordinator.auth import AuthError, SessionClaims, SessionSigner, check_join_token
+from coordinator.credentials import CredentialAuthority, CredentialError
 from coordinator.engine import Engine, StorageUnavailable
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.ratelimit import RateLimiter
@@ -44,6 +45,8 @@ BEARER_PREFIX = "Bearer "
 AVERAGING_KEY_LABEL = "averaging"
 PEER_ID_BYTES = 8
 STOP_GRACE_S = 2.0
+MAX_REVOKED_IN_REPLY = 10_000
+REVOKED_CACHE_S = 1.0  # the ban list is rebuilt at most this often (a scan of every peer)
 
 _STATE_TO_PROTO = {
     PeerState.JOINING: pb.PEER_STATE_JOINING,
@@ -104,8 +107,11 @@ class CoordinatorService:
         status: StatusBoard,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        authority: CredentialAuthority | None = None,
     ) -> None:
         self.engine = engine
+        self.authority = authority
+        self._revoked_cache: tuple[float, list[str]] = (-float("inf"), [])
         self.signer = signer
         self.settings = settings
         self.description = description
@@ -131,6 +137,8 @@ class CoordinatorService:
             "ReportOuterStep": (pb.ReportOuterStepRequest, self._report_outer_step, True),
             "Leave": (pb.LeaveRequest, self._leave, True),
             "GetStatus": (pb.GetStatusRequest, self._get_status, True),
+            "IssueCredential": (pb.IssueCredentialRequest, self._issue_credential, True),
+            "ReportStrike": (pb.ReportStrikeRequest, self._report_strike, True),
         }
 
     # ------------------------------------------------------------------ plumbing
@@ -225,6 +233,8 @@ class CoordinatorService:
         for action in actions:
             if isinstance(action, act.Rejected):
                 raise RpcError(_REJECT_TO_STATUS[action.code], action.message)
+            if isinstance(action, act.PeerStateChanged) and action.new is PeerState.BANNED:
+                self._revoked_cache = (-float("inf"), [])  # publish the ban at once
         return actions
 
     def _lease_message(self, lease: Lease) -> pb.Lease:
@@ -296,6 +306,7 @@ class CoordinatorService:
             lease_timeout_s=self.settings.lease_timeout_s,
             last_report_seq=admitted.last_report_seq,
             averaging_key=self.signer.derive_key(AVERAGING_KEY_LABEL),
+            authority_public_keys=self._authority_keys(),
         )
 
     async def _heartbeat(
@@ -311,6 +322,7 @@ class CoordinatorService:
             stage_index=state.stage_index,
             run_finished=state.finished,
             state=_STATE_TO_PROTO[peer.state],
+            revoked_libp2p_ids=self.revoked_libp2p_ids(),
         )
 
     async def _lease_shard(
@@ -420,6 +432,97 @@ class CoordinatorService:
             peers_by_state=snap["peers_by_state"],
             run_finished=snap["finished"],
             snapshot_json=self.status.snapshot_json.decode(),
+        )
+
+
+    # ------------------------------------------------------------------ trust
+
+    def _authority_keys(self) -> list[bytes]:
+        return [] if self.authority is None else [self.authority.public_key]
+
+    def revoked_libp2p_ids(self) -> list[str]:
+        """libp2p ids of banned peers (sorted; at most ``MAX_REVOKED_IN_REPLY``), rebuilt at most every
+        ``REVOKED_CACHE_S`` (heartbeats of thousands of peers must not each scan every peer)."""
+        built_at, ids = self._revoked_cache
+        now = self._monotonic()
+        if now - built_at >= REVOKED_CACHE_S:
+            state = self.engine.state
+            ids = sorted(
+                lid for p in state.peers.values() if p.state is PeerState.BANNED for lid in p.libp2p_ids
+            )[:MAX_REVOKED_IN_REPLY]
+            self._revoked_cache = (now, ids)
+        return ids
+
+    async def _issue_credential(
+        self, request: pb.IssueCredentialRequest, claims: SessionClaims, _: Any
+    ) -> Message:
+        if self.authority is None:
+            raise RpcError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this coordinator issues no averaging credentials (started without an authority)",
+            )
+        libp2p_id = check.libp2p_id("libp2p_peer_id", request.libp2p_peer_id)
+        public_key = check.blob("public_key", request.public_key, max_bytes=check.MAX_PUBLIC_KEY_BYTES)
+        now = self._clock()
+        try:  # check the key before recording anything: a wrong pair is the caller's error
+            credential, issued = self.authority.issue(
+                peer=claims.peer_id, libp2p_id=libp2p_id, public_key=public_key, now=now
+            )
+        except CredentialError as exc:
+            raise check.InvalidArgument(str(exc)) from None
+        await self._submit(ev.CredentialIssued(claims.peer_id, libp2p_id))
+        return pb.IssueCredentialResponse(
+            credential=credential,
+            expires_at=issued.expires_at,
+            ttl_s=self.authority.ttl_s,
+            authority_public_keys=self._authority_keys(),
+            revoked_libp2p_ids=self.revoked_libp2p_ids(),
+        )
+
+    async def _report_strike(self, request: pb.ReportStrikeRequest, claims: SessionClaims, _: Any) -> Message:
+        round_index = check.count("round", request.round)
+        check.text("group_id", request.group_id, max_chars=check.MAX_GROUP_ID_CHARS)
+        if len(request.evidence) > check.MAX_EVIDENCE:
+            raise check.InvalidArgument(
+                f"evidence has {len(request.evidence)} entries; at most {check.MAX_EVIDENCE} per report"
+            )
+        evidence = tuple(
+            ev.StrikeEvidence(
+                libp2p_id=check.libp2p_id(f"evidence[{i}].libp2p_peer_id", item.libp2p_peer_id),
+                reason=check.choice(f"evidence[{i}].reason", item.reason, check.STRIKE_REASONS),
+                norm_ratio=check.number(f"evidence[{i}].norm_ratio", item.norm_ratio)
+                if item.HasField("norm_ratio")
+                else None,
+                part=check.count(f"evidence[{i}].part", item.part),
+            )
+            for i, item in enumerate(request.evidence)
+        )
+        actions = await self._submit(ev.StrikeReported(claims.peer_id, round_index, evidence))
+        recorded = [a for a in actions if isinstance(a, act.StrikeRecorded)]
+        struck = [r for r in recorded if r.struck]
+        for record in struck:
+            logger.warning(
+                "strike against peer %s (round %d, %s, %d witnesses): %d strikes%s",
+                record.accused,
+                record.round_index,
+                record.reason,
+                record.witnesses,
+                record.strikes,
+                ", banned" if record.banned else "",
+            )
+        self.metrics.observe_strikes(reports=len(recorded), strikes=len(struck))
+        return pb.ReportStrikeResponse(
+            outcomes=[
+                pb.StrikeOutcome(
+                    libp2p_peer_id=r.libp2p_id,
+                    known=bool(r.accused),
+                    witnesses=r.witnesses,
+                    struck=r.struck,
+                    strikes=r.strikes,
+                    banned=r.banned,
+                )
+                for r in recorded
+            ]
         )
 
 

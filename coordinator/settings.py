@@ -11,9 +11,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from coordinator.credentials import DEFAULT_CREDENTIAL_TTL_S
 from coordinator.state import (
     DEFAULT_LEASE_TIMEOUT_S,
     DEFAULT_STALL_TIMEOUT_S,
+    DEFAULT_STRIKE_MEMORY_ROUNDS,
+    DEFAULT_STRIKE_WITNESSES,
     DEFAULT_STRIKES_TO_BAN,
     CoreConfig,
 )
@@ -34,6 +37,12 @@ class ServerSettings:
     ``history_limit``: metrics reports kept in the snapshot for the chart.
     ``max_message_bytes``: largest request accepted (RESOURCE_EXHAUSTED beyond); requests are small,
     so 4 MiB leaves plenty of room while bounding memory per call.
+    ``strikes_to_ban`` / ``strike_witnesses`` / ``strike_memory_rounds``: the banning policy (see :class:`~coordinator.state.CoreConfig`).
+    ``credential_ttl_s``: lifetime of averaging credentials (see :mod:`coordinator.credentials`): a
+    ban reaches peers that missed the revocation list within this time.
+    ``dht_auth``: run the DHT node with the credential authorizer and record validator, so only
+    admitted peers can bootstrap from it and only signed, schema-checked records are stored. Turn it
+    off only for peers too old to present credentials.
     """
 
     heartbeat_interval_s: float = 5.0
@@ -55,6 +64,10 @@ class ServerSettings:
     max_leases_per_peer: int = 1
     outer_step_quorum: int = 1
     strikes_to_ban: int = DEFAULT_STRIKES_TO_BAN
+    strike_witnesses: int = DEFAULT_STRIKE_WITNESSES
+    strike_memory_rounds: int = DEFAULT_STRIKE_MEMORY_ROUNDS
+    credential_ttl_s: float = DEFAULT_CREDENTIAL_TTL_S
+    dht_auth: bool = True
 
     def core_config(self) -> CoreConfig:
         """The scheduler's part of the settings."""
@@ -64,6 +77,8 @@ class ServerSettings:
             max_leases_per_peer=self.max_leases_per_peer,
             outer_step_quorum=self.outer_step_quorum,
             strikes_to_ban=self.strikes_to_ban,
+            strike_witnesses=self.strike_witnesses,
+            strike_memory_rounds=self.strike_memory_rounds,
             retry_after_s=self.heartbeat_interval_s,
         )
 
@@ -76,8 +91,9 @@ class ServerSettings:
             if section is not None and hasattr(section, f.name):
                 values[f.name] = getattr(section, f.name)
         trust = getattr(config, "trust", None)
-        if trust is not None and hasattr(trust, "strikes_to_ban"):
-            values["strikes_to_ban"] = trust.strikes_to_ban
+        for name in ("strikes_to_ban", "strike_witnesses", "strike_memory_rounds", "credential_ttl_s"):
+            if trust is not None and hasattr(trust, name):
+                values[name] = getattr(trust, name)
         return cls(**values)
 
     def with_overrides(self, **overrides: Any) -> ServerSettings:

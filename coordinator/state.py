@@ -19,6 +19,8 @@ DEFAULT_LEASE_TIMEOUT_S = 30.0
 DEFAULT_STALL_TIMEOUT_S = 3600.0
 DEFAULT_RETRY_AFTER_S = 5.0
 DEFAULT_STRIKES_TO_BAN = 3
+DEFAULT_STRIKE_WITNESSES = 2
+DEFAULT_STRIKE_MEMORY_ROUNDS = 50
 
 
 class PeerState(str, Enum):
@@ -44,7 +46,17 @@ class CoreConfig:
     long (a stuck peer); set it well above the time a peer needs between two progress reports.
     ``max_leases_per_peer``: shards one peer may hold at once (1 unless peers prefetch).
     ``outer_step_quorum``: how many peers must report an outer step before it becomes the run's step.
-    ``strikes_to_ban``: strikes (rejected contributions) after which a peer is banned.
+    ``strikes_to_ban``: strikes (rounds in which the peer's contribution was rejected) after which it
+    is banned. 3 tolerates a peer with one broken round (a transient GPU fault); 1 bans at the first.
+    ``strike_witnesses``: distinct peers that must report the same peer in the same round before that
+    round counts as a strike. Each part owner reports only what it rejected itself, so an attacker is
+    reported by every honest owner of its group, while one lying peer alone cannot get honest peers
+    banned. 1 lets any single admitted peer ban anyone (only for trusted groups); in groups of two,
+    a value of 2 means nobody is ever banned automatically.
+    ``strike_memory_rounds``: a ban needs ``strikes_to_ban`` strikes within this many rounds, so rare
+    false alarms against an honest peer (its update happened to point elsewhere) never add up over a
+    long run, while an attacker, struck every round it attacks, is banned after ``strikes_to_ban`` rounds.
+    Too small and an attacker that strikes only now and then escapes; too large and false alarms add up.
     ``retry_after_s``: what a peer that got no shard is told to wait.
     """
 
@@ -54,13 +66,22 @@ class CoreConfig:
     outer_step_quorum: int = 1
     strikes_to_ban: int = DEFAULT_STRIKES_TO_BAN
     retry_after_s: float = DEFAULT_RETRY_AFTER_S
+    strike_witnesses: int = DEFAULT_STRIKE_WITNESSES
+    strike_memory_rounds: int = DEFAULT_STRIKE_MEMORY_ROUNDS
 
     def __post_init__(self) -> None:
         if self.lease_timeout_s <= 0 or self.stall_timeout_s <= 0 or self.retry_after_s <= 0:
             raise ValueError("CoreConfig: lease_timeout_s, stall_timeout_s and retry_after_s must be > 0")
-        if self.max_leases_per_peer < 1 or self.outer_step_quorum < 1 or self.strikes_to_ban < 1:
+        if (
+            self.max_leases_per_peer < 1
+            or self.outer_step_quorum < 1
+            or self.strikes_to_ban < 1
+            or self.strike_witnesses < 1
+            or self.strike_memory_rounds < 1
+        ):
             raise ValueError(
-                "CoreConfig: max_leases_per_peer, outer_step_quorum and strikes_to_ban must be >= 1"
+                "CoreConfig: max_leases_per_peer, outer_step_quorum, strikes_to_ban, strike_witnesses and "
+                "strike_memory_rounds must be >= 1"
             )
 
 
@@ -102,7 +123,10 @@ class PeerMetrics:
 
 @dataclass(frozen=True, slots=True)
 class PeerRecord:
-    """One peer. ``tokens`` is its credit: tokens of reported progress, each counted once."""
+    """One peer. ``tokens`` is its credit: tokens of reported progress, each counted once.
+    ``libp2p_ids``: the libp2p identities it got averaging credentials for (newest last; a restarted
+    peer process gets a new one), revoked together when it is banned. ``strike_rounds``: the rounds of
+    its latest strikes (at most ``strikes_to_ban``), for the ban rule."""
 
     peer_id: str
     name: str
@@ -120,6 +144,8 @@ class PeerRecord:
     phase: str = ""
     ban_reason: str = ""
     metrics: PeerMetrics | None = None
+    libp2p_ids: tuple[str, ...] = ()
+    strike_rounds: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +174,14 @@ class QueuedShard:
     order: int
 
 
+@dataclass(frozen=True, slots=True)
+class StrikeTally:
+    """Reports against one peer for one round: who reported it, and whether the round already counted."""
+
+    reporters: frozenset[str]
+    counted: bool = False
+
+
 _EMPTY: Mapping[Any, Any] = MappingProxyType({})
 
 
@@ -157,7 +191,9 @@ class CoordinatorState:
 
     ``cursors[s]`` is the index of the next never-leased shard of stage ``s``; shards before it are
     leased, queued in ``returned``, completed or skipped. ``stage_index == len(plan.stages)`` once the
-    run is finished.
+    run is finished. ``strike_reports`` holds the witnesses of recent rounds, keyed by (accused peer id,
+    round); it is volatile (not stored): after a restart, partial tallies start over, while counted
+    strikes live on in the peer records.
     """
 
     plan: RunPlan
@@ -165,6 +201,7 @@ class CoordinatorState:
     peers: Mapping[str, PeerRecord] = field(default_factory=lambda: _EMPTY)
     leases: Mapping[str, Lease] = field(default_factory=lambda: _EMPTY)
     returned: Mapping[ShardKey, QueuedShard] = field(default_factory=lambda: _EMPTY)
+    strike_reports: Mapping[tuple[str, int], StrikeTally] = field(default_factory=lambda: _EMPTY)
     cursors: tuple[int, ...] = ()
     stage_index: int = 0
     stage_tokens: tuple[int, ...] = ()

@@ -126,6 +126,7 @@ def build_snapshot(
                 "tokens_per_s": metrics.tokens_per_s if metrics and peer.state in LIVE_STATES else 0.0,
                 "loss": metrics.loss if metrics else None,
                 "outer_step": peer.outer_step,
+                "strikes": peer.strikes,
                 "last_seen_s": max(0.0, now - peer.last_seen),
                 "metrics_address": peer.metrics_address,
             }
@@ -173,6 +174,7 @@ def build_snapshot(
         },
         "leaderboard": leaderboard,
         "banned": banned,
+        "strikes_total": sum(peer.strikes for peer in state.peers.values()),
         "history": points,
     }
 

@@ -151,6 +151,25 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX metrics_at ON metrics (at);
         """,
     ),
+    (
+        4,
+        """
+        CREATE TABLE strikes (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            reporter TEXT NOT NULL,
+            accused TEXT NOT NULL,
+            libp2p_id TEXT NOT NULL,
+            round INTEGER NOT NULL,
+            part INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            norm_ratio REAL,
+            witnesses INTEGER NOT NULL,
+            struck INTEGER NOT NULL
+        );
+        CREATE INDEX strikes_accused ON strikes (accused);
+        """,
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -172,6 +191,22 @@ class JoinTokenRow:
     created_at: float
     expires_at: float | None
     revoked_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class StrikeRow:
+    """One report of the strikes ledger (only reports naming an admitted peer are kept)."""
+
+    at: float
+    reporter: str
+    accused: str
+    libp2p_id: str
+    round_index: int
+    part: int
+    reason: str
+    norm_ratio: float | None
+    witnesses: int
+    struck: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +256,8 @@ def _peer_to_json(peer: PeerRecord) -> str:
         "strikes": peer.strikes,
         "phase": peer.phase,
         "ban_reason": peer.ban_reason,
+        "libp2p_ids": list(peer.libp2p_ids),
+        "strike_rounds": list(peer.strike_rounds),
         "metrics": None
         if m is None
         else {
@@ -243,6 +280,8 @@ def _peer_from_json(text: str) -> PeerRecord:
     data["hardware"] = Hardware(**data["hardware"])
     if data["metrics"] is not None:
         data["metrics"] = PeerMetrics(**data["metrics"])
+    data["libp2p_ids"] = tuple(data.get("libp2p_ids", ()))
+    data["strike_rounds"] = tuple(data.get("strike_rounds", ()))
     return PeerRecord(**data)
 
 
@@ -507,7 +546,7 @@ class Storage:
 
     @staticmethod
     def _ledger_rows(actions: Iterable[act.Action]) -> list[tuple[str, list[tuple[Any, ...]]]]:
-        completed, credits, metrics = [], [], []
+        completed, credits, metrics, strikes = [], [], [], []
         for action in actions:
             if isinstance(action, act.ShardFinished):
                 completed.append(
@@ -531,6 +570,21 @@ class Storage:
                         action.seq,
                         action.tokens,
                         action.at,
+                    )
+                )
+            elif isinstance(action, act.StrikeRecorded) and action.accused:
+                strikes.append(
+                    (
+                        action.at,
+                        action.reporter,
+                        action.accused,
+                        action.libp2p_id,
+                        action.round_index,
+                        action.part,
+                        action.reason,
+                        action.norm_ratio,
+                        action.witnesses,
+                        int(action.struck),
                     )
                 )
             elif isinstance(action, act.MetricsRecorded):
@@ -573,6 +627,14 @@ class Storage:
                     metrics,
                 )
             )
+        if strikes:
+            writes.append(
+                (
+                    "INSERT INTO strikes (at, reporter, accused, libp2p_id, round, part, reason, norm_ratio, "
+                    "witnesses, struck) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    strikes,
+                )
+            )
         return writes
 
     # ------------------------------------------------------------------ ledgers
@@ -600,6 +662,16 @@ class Storage:
             (limit,),
         ).fetchall()
         return [MetricsRow(*row) for row in reversed(rows)]
+
+    def strike_ledger(self, *, accused: str | None = None, limit: int = 1000) -> list[StrikeRow]:
+        """The last ``limit`` strike reports (of ``accused`` only, if given), oldest first."""
+        where, args = ("WHERE accused = ?", (accused,)) if accused is not None else ("", ())
+        rows = self._conn.execute(
+            "SELECT at, reporter, accused, libp2p_id, round, part, reason, norm_ratio, witnesses, struck "
+            f"FROM strikes {where} ORDER BY id DESC LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+        return [StrikeRow(*row[:9], bool(row[9])) for row in reversed(rows)]
 
     # ------------------------------------------------------------------ auth material
 

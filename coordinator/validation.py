@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
+from coordinator import credentials
 from coordinator.state import Position
 
 MAX_NAME_CHARS = 64
@@ -14,6 +16,11 @@ MAX_REASON_CHARS = 200
 MAX_LEASE_ID_CHARS = 64
 MAX_PORT = 65535
 MAX_COUNT = 2**62
+MAX_LIBP2P_ID_CHARS = 128
+MAX_GROUP_ID_CHARS = 64
+MAX_EVIDENCE = 64
+STRIKE_REASONS = ("misaligned", "non_finite", "norm_ratio", "shape_mismatch", "undecodable")
+MAX_PUBLIC_KEY_BYTES = credentials.MAX_PUBLIC_KEY_BYTES
 
 
 class InvalidArgument(ValueError):
@@ -83,4 +90,28 @@ def report_seq(value: int) -> int:
         raise InvalidArgument(
             f"report_seq={value}: sequence numbers start at 1 and increase with every report"
         )
+    return value
+
+
+def libp2p_id(field: str, value: str) -> str:
+    """A base58 libp2p peer id (as hivemind prints them)."""
+    text(field, value, max_chars=MAX_LIBP2P_ID_CHARS, required=True)
+    if not credentials.PEER_ID_PATTERN.match(value):
+        raise InvalidArgument(f"{field}={value[:40]!r}: not a base58 libp2p peer id")
+    return value
+
+
+def blob(field: str, value: bytes, *, max_bytes: int) -> bytes:
+    """Non-empty bytes of at most ``max_bytes``."""
+    if not value:
+        raise InvalidArgument(f"{field} is empty: it is required")
+    if len(value) > max_bytes:
+        raise InvalidArgument(f"{field} has {len(value)} bytes; at most {max_bytes} are allowed")
+    return value
+
+
+def choice(field: str, value: str, allowed: Collection[str]) -> str:
+    """One of ``allowed``."""
+    if value not in allowed:
+        raise InvalidArgument(f"{field}={value[:40]!r}: use one of {', '.join(sorted(allowed))}")
     return value

@@ -80,7 +80,8 @@ def render_page(snapshot: dict[str, Any], *, refresh_s: int = PAGE_REFRESH_S) ->
     peer_rows = [
         f'<tr class="peer"><td>{_esc(p["name"])}</td><td>{_esc(p["device"]) or "–"}</td>'
         f'<td class="state-{_esc(p["state"])}">{_esc(p["state"])}</td><td class="num">{p["tokens_per_s"]:.1f}</td>'
-        f'<td>{_ago(p["last_seen_s"])}</td><td class="num">{_tokens(p["tokens"])}</td><td class="num">{max(p["outer_step"], 0)}</td></tr>'
+        f'<td>{_ago(p["last_seen_s"])}</td><td class="num">{_tokens(p["tokens"])}</td><td class="num">{max(p["outer_step"], 0)}</td>'
+        f'<td class="num">{p.get("strikes", 0)}</td></tr>'
         for p in snapshot["peers"]
     ]
     leader_rows = [
@@ -111,7 +112,7 @@ def render_page(snapshot: dict[str, Any], *, refresh_s: int = PAGE_REFRESH_S) ->
         val_bpb=_optional(snapshot["val_bpb"]),
         stage_rows=_rows(stage_rows, 6, "no stages"),
         history_json=history,
-        peer_rows=_rows(peer_rows, 7, "no peer has joined yet"),
+        peer_rows=_rows(peer_rows, 8, "no peer has joined yet"),
         leader_rows=_rows(leader_rows, 3, "no contributions yet"),
         banned_rows=_rows(banned_rows, 3, "nobody is banned"),
     )

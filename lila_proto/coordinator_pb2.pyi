@@ -75,7 +75,7 @@ class JoinRequest(_message.Message):
     def __init__(self, join_token: _Optional[str] = ..., peer_name: _Optional[str] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., client_version: _Optional[str] = ..., metrics_address: _Optional[str] = ..., previous_session_token: _Optional[str] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("peer_id", "session_token", "session_ttl_s", "run_config_toml", "dht_initial_peers", "current_outer_step", "start_outer_step", "heartbeat_interval_s", "lease_timeout_s", "last_report_seq", "averaging_key")
+    __slots__ = ("peer_id", "session_token", "session_ttl_s", "run_config_toml", "dht_initial_peers", "current_outer_step", "start_outer_step", "heartbeat_interval_s", "lease_timeout_s", "last_report_seq", "averaging_key", "authority_public_keys")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     SESSION_TTL_S_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class JoinResponse(_message.Message):
     LEASE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     LAST_REPORT_SEQ_FIELD_NUMBER: _ClassVar[int]
     AVERAGING_KEY_FIELD_NUMBER: _ClassVar[int]
+    AUTHORITY_PUBLIC_KEYS_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     session_token: str
     session_ttl_s: float
@@ -98,7 +99,8 @@ class JoinResponse(_message.Message):
     lease_timeout_s: float
     last_report_seq: int
     averaging_key: str
-    def __init__(self, peer_id: _Optional[str] = ..., session_token: _Optional[str] = ..., session_ttl_s: _Optional[float] = ..., run_config_toml: _Optional[str] = ..., dht_initial_peers: _Optional[_Iterable[str]] = ..., current_outer_step: _Optional[int] = ..., start_outer_step: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_timeout_s: _Optional[float] = ..., last_report_seq: _Optional[int] = ..., averaging_key: _Optional[str] = ...) -> None: ...
+    authority_public_keys: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, peer_id: _Optional[str] = ..., session_token: _Optional[str] = ..., session_ttl_s: _Optional[float] = ..., run_config_toml: _Optional[str] = ..., dht_initial_peers: _Optional[_Iterable[str]] = ..., current_outer_step: _Optional[int] = ..., start_outer_step: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_timeout_s: _Optional[float] = ..., last_report_seq: _Optional[int] = ..., averaging_key: _Optional[str] = ..., authority_public_keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("phase",)
@@ -107,18 +109,20 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, phase: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("lease_ids", "current_outer_step", "stage_index", "run_finished", "state")
+    __slots__ = ("lease_ids", "current_outer_step", "stage_index", "run_finished", "state", "revoked_libp2p_ids")
     LEASE_IDS_FIELD_NUMBER: _ClassVar[int]
     CURRENT_OUTER_STEP_FIELD_NUMBER: _ClassVar[int]
     STAGE_INDEX_FIELD_NUMBER: _ClassVar[int]
     RUN_FINISHED_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_LIBP2P_IDS_FIELD_NUMBER: _ClassVar[int]
     lease_ids: _containers.RepeatedScalarFieldContainer[str]
     current_outer_step: int
     stage_index: int
     run_finished: bool
     state: PeerState
-    def __init__(self, lease_ids: _Optional[_Iterable[str]] = ..., current_outer_step: _Optional[int] = ..., stage_index: _Optional[int] = ..., run_finished: _Optional[bool] = ..., state: _Optional[_Union[PeerState, str]] = ...) -> None: ...
+    revoked_libp2p_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, lease_ids: _Optional[_Iterable[str]] = ..., current_outer_step: _Optional[int] = ..., stage_index: _Optional[int] = ..., run_finished: _Optional[bool] = ..., state: _Optional[_Union[PeerState, str]] = ..., revoked_libp2p_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LeaseShardRequest(_message.Message):
     __slots__ = ()
@@ -292,3 +296,69 @@ class GetStatusResponse(_message.Message):
     run_finished: bool
     snapshot_json: str
     def __init__(self, run_name: _Optional[str] = ..., model_preset: _Optional[str] = ..., outer_step: _Optional[int] = ..., stage_index: _Optional[int] = ..., stage_name: _Optional[str] = ..., global_tokens: _Optional[int] = ..., peers_by_state: _Optional[_Mapping[str, int]] = ..., run_finished: _Optional[bool] = ..., snapshot_json: _Optional[str] = ...) -> None: ...
+
+class IssueCredentialRequest(_message.Message):
+    __slots__ = ("libp2p_peer_id", "public_key")
+    LIBP2P_PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    libp2p_peer_id: str
+    public_key: bytes
+    def __init__(self, libp2p_peer_id: _Optional[str] = ..., public_key: _Optional[bytes] = ...) -> None: ...
+
+class IssueCredentialResponse(_message.Message):
+    __slots__ = ("credential", "expires_at", "ttl_s", "authority_public_keys", "revoked_libp2p_ids")
+    CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    AUTHORITY_PUBLIC_KEYS_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_LIBP2P_IDS_FIELD_NUMBER: _ClassVar[int]
+    credential: str
+    expires_at: float
+    ttl_s: float
+    authority_public_keys: _containers.RepeatedScalarFieldContainer[bytes]
+    revoked_libp2p_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, credential: _Optional[str] = ..., expires_at: _Optional[float] = ..., ttl_s: _Optional[float] = ..., authority_public_keys: _Optional[_Iterable[bytes]] = ..., revoked_libp2p_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StrikeEvidence(_message.Message):
+    __slots__ = ("libp2p_peer_id", "reason", "norm_ratio", "part")
+    LIBP2P_PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    NORM_RATIO_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    libp2p_peer_id: str
+    reason: str
+    norm_ratio: float
+    part: int
+    def __init__(self, libp2p_peer_id: _Optional[str] = ..., reason: _Optional[str] = ..., norm_ratio: _Optional[float] = ..., part: _Optional[int] = ...) -> None: ...
+
+class ReportStrikeRequest(_message.Message):
+    __slots__ = ("round", "group_id", "evidence")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    group_id: str
+    evidence: _containers.RepeatedCompositeFieldContainer[StrikeEvidence]
+    def __init__(self, round: _Optional[int] = ..., group_id: _Optional[str] = ..., evidence: _Optional[_Iterable[_Union[StrikeEvidence, _Mapping]]] = ...) -> None: ...
+
+class StrikeOutcome(_message.Message):
+    __slots__ = ("libp2p_peer_id", "known", "witnesses", "struck", "strikes", "banned")
+    LIBP2P_PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    WITNESSES_FIELD_NUMBER: _ClassVar[int]
+    STRUCK_FIELD_NUMBER: _ClassVar[int]
+    STRIKES_FIELD_NUMBER: _ClassVar[int]
+    BANNED_FIELD_NUMBER: _ClassVar[int]
+    libp2p_peer_id: str
+    known: bool
+    witnesses: int
+    struck: bool
+    strikes: int
+    banned: bool
+    def __init__(self, libp2p_peer_id: _Optional[str] = ..., known: _Optional[bool] = ..., witnesses: _Optional[int] = ..., struck: _Optional[bool] = ..., strikes: _Optional[int] = ..., banned: _Optional[bool] = ...) -> None: ...
+
+class ReportStrikeResponse(_message.Message):
+    __slots__ = ("outcomes",)
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedCompositeFieldContainer[StrikeOutcome]
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[StrikeOutcome, _Mapping]]] = ...) -> None: ...

@@ -87,6 +87,16 @@ class CoordinatorStub:
                 request_serializer=lila_dot_v1_dot_coordinator__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=lila_dot_v1_dot_coordinator__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
+        self.IssueCredential = channel.unary_unary(
+                '/lila.v1.Coordinator/IssueCredential',
+                request_serializer=lila_dot_v1_dot_coordinator__pb2.IssueCredentialRequest.SerializeToString,
+                response_deserializer=lila_dot_v1_dot_coordinator__pb2.IssueCredentialResponse.FromString,
+                _registered_method=True)
+        self.ReportStrike = channel.unary_unary(
+                '/lila.v1.Coordinator/ReportStrike',
+                request_serializer=lila_dot_v1_dot_coordinator__pb2.ReportStrikeRequest.SerializeToString,
+                response_deserializer=lila_dot_v1_dot_coordinator__pb2.ReportStrikeResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -163,6 +173,22 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IssueCredential(self, request, context):
+        """Get a credential binding this session to the peer's libp2p identity (averaging layer and DHT).
+        Refused with PERMISSION_DENIED for a banned peer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportStrike(self, request, context):
+        """Report peers whose contributions to this peer's part of an averaging round were rejected,
+        with the evidence; enough independent reports make a strike, enough strikes a ban.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -215,6 +241,16 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=lila_dot_v1_dot_coordinator__pb2.GetStatusRequest.FromString,
                     response_serializer=lila_dot_v1_dot_coordinator__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'IssueCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueCredential,
+                    request_deserializer=lila_dot_v1_dot_coordinator__pb2.IssueCredentialRequest.FromString,
+                    response_serializer=lila_dot_v1_dot_coordinator__pb2.IssueCredentialResponse.SerializeToString,
+            ),
+            'ReportStrike': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportStrike,
+                    request_deserializer=lila_dot_v1_dot_coordinator__pb2.ReportStrikeRequest.FromString,
+                    response_serializer=lila_dot_v1_dot_coordinator__pb2.ReportStrikeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -488,6 +524,60 @@ class Coordinator:
             '/lila.v1.Coordinator/GetStatus',
             lila_dot_v1_dot_coordinator__pb2.GetStatusRequest.SerializeToString,
             lila_dot_v1_dot_coordinator__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lila.v1.Coordinator/IssueCredential',
+            lila_dot_v1_dot_coordinator__pb2.IssueCredentialRequest.SerializeToString,
+            lila_dot_v1_dot_coordinator__pb2.IssueCredentialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportStrike(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lila.v1.Coordinator/ReportStrike',
+            lila_dot_v1_dot_coordinator__pb2.ReportStrikeRequest.SerializeToString,
+            lila_dot_v1_dot_coordinator__pb2.ReportStrikeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ class NetworkOptions:
     max_outer_steps: int | None = None
     threads_per_peer: int | None = None
     dht: bool = True
+    # The coordinator's DHT admits only peers that present averaging credentials (IssueCredential);
+    # `lila-peer join` does not present them yet, so the local network runs the DHT without that check.
+    dht_auth: bool = False
     extra_peer_args: tuple[str, ...] = ()
 
 
@@ -75,31 +79,43 @@ class LocalNetwork:
         self.token = token.stdout.strip().splitlines()[-1]
         ready_file = workdir / "coordinator.ready.json"
         ready_file.unlink(missing_ok=True)
+        extra = () if self.options.dht_auth or not self.options.dht else ("--no-dht-auth",)
         argv = serve_command(config=self.options.config, db=db, ready_file=ready_file, dht=self.options.dht,
-                             python=self.python)
+                             python=self.python, extra=extra)
         with self._log("coordinator") as log:
             self.coordinator = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self._env(),
                                                 start_new_session=True)
         self.ready = wait_for_ready(self.coordinator, ready_file, log=workdir / "coordinator.log")
         return self.ready
 
-    def peer_command(self, index: int) -> list[str]:
+    def peer_workdir(self, index: int) -> Path:
+        """Where peer ``index`` keeps its checkpoints and ``outer-steps.jsonl``."""
+        return self.options.workdir / f"peer-{index}"
+
+    def peer_command(self, index: int, extra_args: Sequence[str] = ()) -> list[str]:
         threads = self.options.threads_per_peer or max(1, (os.cpu_count() or 1) // self.options.peers)
         argv = [self.python, "-m", "peer.cli", "join", self.ready["grpc"], "--name", f"peer-{index}",
-                "--workdir", str(self.options.workdir / f"peer-{index}"), "--threads", str(threads),
+                "--workdir", str(self.peer_workdir(index)), "--threads", str(threads),
                 "--metrics-port", "0"]
         if self.options.max_outer_steps is not None:
             argv += ["--max-outer-steps", str(self.options.max_outer_steps)]
-        return [*argv, *self.options.extra_peer_args]
+        return [*argv, *self.options.extra_peer_args, *extra_args]
 
-    def start_peer(self, index: int) -> subprocess.Popen:
+    def start_peer(self, index: int | None = None, *, extra_args: Sequence[str] = ()) -> subprocess.Popen:
+        """Start peer ``index`` (default: the next one) in its own process group; ``extra_args`` go to
+        ``lila-peer join`` after the network's own (a later ``--max-outer-steps`` wins)."""
+        index = len(self.peers) if index is None else index
         env = self._env()
         env["LILA_JOIN_TOKEN"] = self.token  # not on the command line, where `ps` would show it
         with self._log(f"peer-{index}") as log:
-            proc = subprocess.Popen(self.peer_command(index), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    start_new_session=True)
+            proc = subprocess.Popen(self.peer_command(index, extra_args), stdout=log, stderr=subprocess.STDOUT,
+                                    env=env, start_new_session=True)
         self.peers.append(proc)
         return proc
+
+    def signal_peer(self, index: int, sig: int) -> None:
+        """Send ``sig`` to peer ``index``'s whole process group (as Ctrl+C in its terminal would)."""
+        _signal_group(self.peers[index], sig)
 
     def start(self) -> None:
         self.start_coordinator()
@@ -154,7 +170,7 @@ class LocalNetwork:
 
         best: tuple[int, Path] | None = None
         for index in range(len(self.peers)):
-            path = CheckpointStore(self.options.workdir / f"peer-{index}" / "checkpoints").latest_path()
+            path = CheckpointStore(self.peer_workdir(index) / "checkpoints").latest_path()
             if path is not None:
                 step = int(path.name.split("-")[-1])
                 if best is None or step > best[0]:

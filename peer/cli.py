@@ -13,6 +13,7 @@ from pathlib import Path
 from lila_model.config import PRESETS
 
 from .hardware import DEVICE_CHOICES, HardwareError, detect_hardware
+from .logs import LOG_FORMATS, PeerContext, configure_logging
 from .plan import GIB, make_plan
 
 DEFAULT_PLAN_BATCH = 8
@@ -76,6 +77,9 @@ def _add_join(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-outer-steps", type=int, help="leave after this many outer steps")
     p.add_argument("--workdir", type=Path, default=Path("lila-peer-workdir"), help="checkpoints and logs")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--straggler-wait", type=float, metavar="SECONDS",
+                   help="how long to wait at each round for slower peers (default: the run's averaging timeout)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal)")
     p.set_defaults(func=_run_join)
 
 
@@ -87,17 +91,23 @@ def _run_join(args: argparse.Namespace) -> int:
         print("lila-peer join: no join token: pass --token or set LILA_JOIN_TOKEN "
               "(the run's organizer creates one with `lila-coordinator token create`)", file=sys.stderr)
         return 2
+    if args.straggler_wait is not None and args.straggler_wait < 0:
+        print("lila-peer join: --straggler-wait must be >= 0 seconds", file=sys.stderr)
+        return 2
     stop = GracefulStop().install()
     options = PeerOptions(coordinator=args.coordinator, token=args.token, name=args.name, device=args.device,
                           workdir=args.workdir, metrics_host=args.metrics_host, metrics_port=args.metrics_port,
                           max_outer_steps=args.max_outer_steps, host=args.host, client_mode=args.client_mode,
-                          threads=args.threads)
-    return PeerNode(options, stop=stop.event).run()
+                          threads=args.threads, straggler_wait_s=args.straggler_wait,
+                          progress=False if args.no_progress else None)
+    return PeerNode(options, stop=stop.event, log_context=args.log_context).run()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lila-peer", description="Contribute compute to a LILA training run.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                        help="text lines, or one JSON object per line for log collectors (both carry the peer id)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_plan(subparsers)
     _add_join(subparsers)
@@ -106,8 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args.log_context = PeerContext()
+    configure_logging(args.log_context, level=logging.DEBUG if args.verbose else logging.INFO,
+                      fmt=args.log_format)
     return int(args.func(args) or 0)
 
 

@@ -22,7 +22,7 @@ from lila_data import ResumePosition, ShardAddress
 from lila_proto import coordinator_pb2 as pb
 from lila_proto import coordinator_pb2_grpc as pb_grpc
 
-from .data_feed import Lease
+from .data_feed import Lease, LeaseLost
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class CoordinatorClient:
         self._session_token = ""
         self._report_seq = 0
         self.join_response: pb.JoinResponse | None = None
+        self.run_finished = False  # set once the coordinator said every curriculum stage is done
 
     # ------------------------------------------------------------------ plumbing
     def _metadata(self) -> tuple[tuple[str, str], ...]:
@@ -130,15 +131,17 @@ class CoordinatorClient:
     def leave(self, reason: str) -> None:
         self._call("Leave", self._stub.Leave, pb.LeaveRequest(reason=reason), retry=False)
 
-    def status(self) -> pb.GetStatusResponse:
-        return self._call("GetStatus", self._stub.GetStatus, pb.GetStatusRequest())
+    def status(self, *, retry: bool = True) -> pb.GetStatusResponse:
+        """The run's status; ``retry=False`` fails at once when the coordinator is away."""
+        return self._call("GetStatus", self._stub.GetStatus, pb.GetStatusRequest(), retry=retry)
 
     def close(self) -> None:
         self._channel.close()
 
     # ------------------------------------------------------------------ leases (peer.data_feed.LeaseClient)
-    def lease(self) -> Lease | None:
-        """Wait for a lease; None when the run is finished or the peer is stopping."""
+    def lease(self, *, wait: bool = True) -> Lease | None:
+        """A lease; None when the run is finished (:attr:`run_finished` is then set), the peer is stopping,
+        or — with ``wait=False`` — when no shard is free right now (every one is leased to others)."""
         while not self._stop.is_set():
             response = self._call("LeaseShard", self._stub.LeaseShard, pb.LeaseShardRequest())
             if response.granted:
@@ -149,20 +152,31 @@ class CoordinatorClient:
                              stage_index=int(msg.stage_index), seq_len=int(msg.seq_len),
                              doc_filter=msg.doc_filter or None)
             if response.run_finished:
+                self.run_finished = True
                 return None
-            wait = min(max(response.retry_after_s, BACKOFF_START_S), LEASE_POLL_MAX_S)
-            logger.info("no shard for now (%s); asking again in %.1f s", response.reason, wait)
-            self._stop.wait(wait)
+            if not wait:
+                return None
+            pause = min(max(response.retry_after_s, BACKOFF_START_S), LEASE_POLL_MAX_S)
+            logger.info("no shard for now (%s); asking again in %.1f s", response.reason, pause)
+            self._stop.wait(pause)
         return None
 
+    def _report(self, name: str, fn: Callable[..., T], request: object) -> T:
+        try:
+            return self._call(name, fn, request)
+        except CoordinatorError as exc:
+            if exc.code is grpc.StatusCode.FAILED_PRECONDITION:  # the lease is not ours any more
+                raise LeaseLost(str(exc)) from None
+            raise
+
     def report_progress(self, lease: Lease, position: ResumePosition, tokens: int) -> None:
-        self._call("ReportProgress", self._stub.ReportProgress, pb.ReportProgressRequest(
+        self._report("ReportProgress", self._stub.ReportProgress, pb.ReportProgressRequest(
             lease_id=lease.lease_id, report_seq=self._next_seq(), position=_position_pb(position)))
 
     def complete(self, lease: Lease, position: ResumePosition, tokens: int) -> None:
-        self._call("CompleteShard", self._stub.CompleteShard, pb.CompleteShardRequest(
+        self._report("CompleteShard", self._stub.CompleteShard, pb.CompleteShardRequest(
             lease_id=lease.lease_id, report_seq=self._next_seq(), position=_position_pb(position)))
 
     def release(self, lease: Lease, position: ResumePosition, tokens: int) -> None:
-        self._call("ReleaseShard", self._stub.ReleaseShard, pb.ReleaseShardRequest(
+        self._report("ReleaseShard", self._stub.ReleaseShard, pb.ReleaseShardRequest(
             lease_id=lease.lease_id, report_seq=self._next_seq(), position=_position_pb(position)))

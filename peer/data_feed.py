@@ -36,14 +36,22 @@ class Lease:
     doc_filter: str | None
 
 
+class LeaseLost(RuntimeError):
+    """The coordinator no longer counts the lease as this peer's (it expired while the peer was silent,
+    e.g. a laptop that slept past the lease timeout): the shard went back to the queue at its last
+    reported position and someone else continues it."""
+
+
 class LeaseClient(Protocol):
     """What the feed needs from the coordinator (implemented over gRPC in :mod:`peer.coordinator_client`)."""
 
-    def lease(self) -> Lease | None:
-        """A new lease, or None when the curriculum has no shard left for now."""
+    def lease(self, *, wait: bool = True) -> Lease | None:
+        """A new lease, or None when the curriculum has no shard left (with ``wait=False`` also when
+        every shard is leased to someone else right now; with ``wait=True`` it waits for one)."""
 
     def report_progress(self, lease: Lease, position: ResumePosition, tokens: int) -> None:
-        """``tokens`` more tokens of ``lease`` were trained; resume from ``position``."""
+        """``tokens`` more tokens of ``lease`` were trained; resume from ``position``. The reports raise
+        :class:`LeaseLost` when the coordinator no longer counts the lease as this peer's."""
 
     def complete(self, lease: Lease, position: ResumePosition, tokens: int) -> None:
         """The shard is done (its final position), with the last ``tokens`` trained tokens."""
@@ -88,6 +96,7 @@ class DataFeed:
         self._validation_fraction = validation_fraction
         self._held: dict[str, _Held] = {}
         self._order: list[str] = []  # lease ids being read, oldest first
+        self.lost_tokens = 0  # trained on leases the coordinator took back before they were reported
 
     def _open(self, lease: Lease) -> _Held:
         reader = ShardReader(lease.shard, tokenizer=self._tokenizer, seq_len=lease.seq_len,
@@ -99,9 +108,12 @@ class DataFeed:
         logger.info("leased shard %s from %s", lease.shard.shard_id, lease.position)
         return held
 
-    def next_batch(self) -> Batch | None:
+    def next_batch(self, *, wait: bool = True) -> Batch | None:
         """The next batch, or None when no shard is left. A batch never mixes curriculum stages
-        (a different sequence length); a short batch is returned at a stage boundary."""
+        (a different sequence length); a short batch is returned at a stage boundary.
+
+        ``wait=False``: do not wait for a shard to come free; return what is read (a short batch, or
+        None when nothing is) as soon as the coordinator has no shard for this peer right now."""
         inputs: list[torch.Tensor] = []
         targets: list[torch.Tensor] = []
         marks: list[tuple[str, ResumePosition]] = []
@@ -109,7 +121,7 @@ class DataFeed:
         while len(inputs) < self._batch_size:
             held = self._reading()
             if held is None:
-                lease = self._client.lease()
+                lease = self._client.lease() if wait else self._client.lease(wait=False)
                 if lease is None:
                     break
                 if lease.lease_id in self._held:
@@ -129,7 +141,10 @@ class DataFeed:
                 seq = next(held.sequences)
             except StopIteration:
                 held.finished_reading = True
-                self._maybe_complete(held)
+                try:
+                    self._maybe_complete(held)
+                except LeaseLost as exc:
+                    self._lost(held, exc)
                 continue
             held.pending += 1
             inputs.append(seq.input_ids)
@@ -150,15 +165,29 @@ class DataFeed:
         """The batch was trained: report progress and complete shards whose last sequence it held."""
         per_row = batch.inputs.shape[1]
         for lease_id, position in batch.marks:
-            held = self._held[lease_id]
+            held = self._held.get(lease_id)
+            if held is None:  # lost while this batch trained
+                continue
             held.trained_position = position
             held.unreported_tokens += per_row
             held.pending -= 1
         for lease_id in dict.fromkeys(lease_id for lease_id, _ in batch.marks):
-            held = self._held[lease_id]
-            if not self._maybe_complete(held):
-                self._client.report_progress(held.lease, held.trained_position, held.unreported_tokens)
-                held.unreported_tokens = 0
+            held = self._held.get(lease_id)
+            if held is None:
+                continue
+            try:
+                if not self._maybe_complete(held):
+                    self._client.report_progress(held.lease, held.trained_position, held.unreported_tokens)
+                    held.unreported_tokens = 0
+            except LeaseLost as exc:
+                self._lost(held, exc)
+
+    def _lost(self, held: _Held, exc: LeaseLost) -> None:
+        logger.warning("lease %s of shard %s is no longer ours (%s): dropping it; the %d tokens trained on it "
+                       "since the last report are not credited and will be trained again by its next holder",
+                       held.lease.lease_id, held.lease.shard.shard_id, exc, held.unreported_tokens)
+        self.lost_tokens += held.unreported_tokens
+        self._forget(held.lease.lease_id)
 
     def _maybe_complete(self, held: _Held) -> bool:
         """Complete a shard once it is read to the end and every sequence read from it was trained."""
@@ -169,12 +198,20 @@ class DataFeed:
         self._forget(held.lease.lease_id)
         return True
 
-    def release(self) -> None:
-        """Give back every held lease at the position after its last trained sequence."""
+    def release(self) -> list[tuple[Lease, ResumePosition]]:
+        """Give back every held lease at the position after its last trained sequence; returns what was
+        released, with the positions."""
+        released = []
         for lease_id in list(self._order):
             held = self._held[lease_id]
-            self._client.release(held.lease, held.trained_position, held.unreported_tokens)
+            try:
+                self._client.release(held.lease, held.trained_position, held.unreported_tokens)
+            except LeaseLost as exc:
+                self._lost(held, exc)
+                continue
+            released.append((held.lease, held.trained_position))
             self._forget(lease_id)
+        return released
 
     def _forget(self, lease_id: str) -> None:
         self._held.pop(lease_id, None)

@@ -38,6 +38,11 @@ class PeerMetrics:
                                  ["layer"], registry=r)
         self.condition_number = Gauge("lila_peer_layer_condition_number", "σ_max/σ_min per weight",
                                       ["layer"], registry=r)
+        self.resyncs_total = Counter("lila_peer_resyncs",
+                                     "State downloads because the network moved on or hashes disagreed",
+                                     registry=r)
+        self.state_sync_seconds = Gauge("lila_peer_state_sync_seconds", "Duration of the last state download",
+                                        registry=r)
         self.val_bpb = Gauge("lila_peer_val_bpb", "Validation bits per byte of the global parameters", registry=r)
 
     def serve(self, *, host: str, port: int) -> int:

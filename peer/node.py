@@ -5,25 +5,35 @@
    plan; refuse with the planner's message when the preset does not fit.
 2. Join the DHT, start the averaging layer, and get the current state: a verified local checkpoint, the
    state of a peer further ahead (downloaded), or — for the first peers of a run — the seeded
-   initialization every peer computes identically.
-3. Repeat: H inner AdamW steps on leased data; Δ = θ_global − θ_local plus the error-feedback residual;
-   average with the peers of the same outer step (lattice codec, robust aggregation at the part owners);
-   apply the outer Nesterov step to θ_global; check through the DHT that every group member holds the
-   same parameters (re-download when not); report, checkpoint, publish the state for joiners.
-4. On stop: release leases at their exact resume positions, leave, shut the averager and DHT down.
+   initialization every peer computes identically. Then announce it, so the others expect this peer at
+   the next round: a joiner enters at an outer-step boundary, synced before it trains.
+3. Repeat: H inner AdamW steps on leased data; wait (bounded) for the other peers of the round
+   (:mod:`peer.round_sync`); Δ = θ_global − θ_local plus the error-feedback residual; average with the
+   peers of the same outer step (lattice codec, robust aggregation at the part owners); apply the outer
+   Nesterov step to θ_global; check through the DHT that the peers hold the same parameters (re-download
+   when not); publish the state, report, evaluate, checkpoint.
+4. On stop: release leases at their exact resume positions, tell the others and the coordinator, shut the
+   averager and DHT down.
 
 A failed round is never applied silently: the peer keeps training from its local parameters, so the next
-round's Δ covers both periods, and it re-syncs from another peer if the others moved on without it.
+round's Δ covers both periods. When the network moved past a round without this peer (it sat the round
+out, it was late, its part failed while the others' did not), the peer downloads the new state and
+drops its local work instead of averaging against a stale base: every peer that reports outer step k
+holds bitwise-identical global parameters. ``WORKDIR/outer-steps.jsonl`` (:mod:`peer.events`) records
+every round, state and hash.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import hashlib
 import logging
 import socket
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import psutil
 import torch
@@ -37,27 +47,41 @@ from lila_run.config import RunConfig, loads_run_config
 
 from .averaging.aggregators import get_aggregator
 from .averaging.auth import StaticTokenAuthorizer
-from .averaging.averager import Averager
+from .averaging.averager import STATUS_FAILED, Averager, RoundResult
 from .averaging.config import AveragingConfig
+from .averaging.matchmaking import Group
 from .averaging.state_format import StateSnapshot
-from .averaging.state_sync import StateSync, StateSyncError
+from .averaging.state_sync import DownloadResult, StateSync, StateSyncConfig, StateSyncError
 from .averaging.transport import Transport
 from .checkpoints import CheckpointStore
 from .coordinator_client import CoordinatorClient
 from .data_feed import DataFeed
+from .events import EVENTS_FILE, EventLog
 from .hardware import detect_hardware
 from .heartbeat import Heartbeat
 from .inner import InnerTrainer
+from .logs import PeerContext, adopt_library_loggers
 from .metrics import PeerMetrics
 from .outer import OuterOptimizer, flatten_parameters, load_flat_parameters
 from .plan import make_plan
+from .progress import ProgressBar
+from .round_sync import BarrierResult, RoundSync
 
 logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_DOES_NOT_FIT = 3
+EXIT_TRANSPORT_DIED = 4
 VAL_BATCH = 8
 STATE_KEYS = ("global_params", "momentum_buffer")
+DONOR_ANNOUNCE_PERIOD_S = 2.0  # a live peer re-announces its state this often; a dead one vanishes in 3×
+DONOR_WAIT_S = 3 * DONOR_ANNOUNCE_PERIOD_S  # how long a joiner looks for a donor the coordinator implies
+STOP_POLL_S = 0.2  # how often blocking network calls look at the stop flag
+IDLE_POLL_S = 1.0  # how often a peer without data asks for a shard again
+LEAVE_DHT_TIMEOUT_S = 2.0  # a leaving peer's last DHT write (the others then stop waiting for it)
+CALL_SLACK_S = 5.0
+
+T = TypeVar("T")
 
 
 def codec_options(run: RunConfig) -> dict[str, object]:
@@ -72,13 +96,34 @@ def codec_options(run: RunConfig) -> dict[str, object]:
     return options
 
 
+def averaging_config(run: RunConfig) -> AveragingConfig:
+    """Averaging timeouts from the run: matchmaking gets ``matchmaking_time_s``, and the all-reduce the rest
+    of ``averaging_timeout_s`` (half to collect the parts, half to wait for the results), so a round
+    whose matchmaking goes well ends within ``averaging_timeout_s`` even when a member dies in it."""
+    d = run.diloco
+    exchange = (d.averaging_timeout_s - d.matchmaking_time_s) / 2
+    return AveragingConfig(matchmaking_time=d.matchmaking_time_s, part_timeout=exchange, result_timeout=exchange)
+
+
 class PlanRefused(RuntimeError):
     """The run's preset does not fit this device; the message is the memory planner's."""
 
 
+class Stopped(Exception):
+    """The stop flag was set while waiting for the network."""
+
+
+class TransportDied(RuntimeError):
+    """The peer's DHT or p2p daemon is gone (e.g. killed by the OS): the peer cannot average any more."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class PeerOptions:
-    """Everything ``lila-peer join`` is told on its command line."""
+    """Everything ``lila-peer join`` is told on its command line.
+
+    ``straggler_wait_s``: how long this peer waits at each round for the peers it expects (None: the
+    run's ``averaging_timeout_s``); see :mod:`peer.round_sync` for how to tune it. ``progress``: the
+    progress bar (None: only when stderr is a terminal)."""
 
     coordinator: str
     token: str
@@ -94,23 +139,44 @@ class PeerOptions:
     telemetry_every: int = 5
     eval_every: int = 1
     threads: int | None = None
+    straggler_wait_s: float | None = None
+    progress: bool | None = None
+
+
+@dataclass(frozen=True)
+class Period:
+    """One inner period: ``tokens`` trained in ``seconds`` (0 tokens: no data was available)."""
+
+    tokens: int
+    seconds: float
+    loss: float
 
 
 class PeerNode:
     """One peer. :meth:`run` blocks until the run ends, ``max_outer_steps`` are done, or ``stop`` is set."""
 
-    def __init__(self, options: PeerOptions, *, stop: threading.Event) -> None:
+    def __init__(self, options: PeerOptions, *, stop: threading.Event,
+                 log_context: PeerContext | None = None) -> None:
         self.options = options
         self.stop = stop
+        self.log_context = log_context or PeerContext()
         self.metrics = PeerMetrics()
         self.client = CoordinatorClient(options.coordinator, stop=stop)
+        self.progress = ProgressBar(enabled=options.progress)
+        self.events: EventLog | None = None
         self.transport: Transport | None = None
         self.averager: Averager | None = None
         self.state_sync: StateSync | None = None
+        self.round_sync: RoundSync | None = None
         self.heartbeat: Heartbeat | None = None
         self.feed: DataFeed | None = None
         self.outer_step = 0
         self.last_hash = ""
+        self.last_loss = 0.0
+        self.global_tokens = 0
+        self.tokens_trained = 0  # committed batches since the process started (credited at the coordinator)
+        self.first_step_logged = False
+        self.started = time.monotonic()
 
     # ------------------------------------------------------------------ set-up
     def _join(self) -> RunConfig:
@@ -126,6 +192,9 @@ class PeerNode:
             device_type=hw.device, device_name=hw.name, memory_bytes=hw.memory_bytes,
             cpu_cores=psutil.cpu_count() or 1, metrics_address=metrics_address,
         )
+        self.log_context.peer_id = response.peer_id
+        if self.events is not None:
+            self.events.peer_id = response.peer_id
         self.metrics_address = metrics_address
         run = loads_run_config(response.run_config_toml, origin="the coordinator's run config")
         logger.info("joined run %s as %s (outer step %d)", run.run.name, response.peer_id,
@@ -177,96 +246,272 @@ class PeerNode:
                                "ask the organizer to upgrade it")
         key = join.averaging_key.encode()
         authorize = StaticTokenAuthorizer([key])
-        cfg = AveragingConfig(matchmaking_time=run.diloco.matchmaking_time_s,
-                              part_timeout=run.diloco.averaging_timeout_s / 2,
-                              result_timeout=run.diloco.averaging_timeout_s / 2)
         run_id = run.run.name.replace(".", "-")
         self.averager = Averager(self.transport, run_id=run_id, credential=key, authorize=authorize,
-                                 max_numel=self.outer.global_params.numel(), config=cfg)
-        self.state_sync = StateSync(self.transport, run_id=run_id, credential=key, authorize=authorize)
+                                 max_numel=self.outer.global_params.numel(), config=averaging_config(run))
+        self.state_sync = StateSync(self.transport, run_id=run_id, credential=key, authorize=authorize,
+                                    config=StateSyncConfig(announce_period=DONOR_ANNOUNCE_PERIOD_S))
+        wait = self.options.straggler_wait_s
+        self.round_sync = RoundSync(self.transport, self.state_sync, run_id=run_id,
+                                    straggler_wait_s=run.diloco.averaging_timeout_s if wait is None else wait,
+                                    idle_ttl_s=DONOR_ANNOUNCE_PERIOD_S + IDLE_POLL_S * 2)
+        logger.info("averaging as libp2p peer %s", self.transport.peer_id)
+
+    # ------------------------------------------------------------------ state
+    def _snapshot(self) -> StateSnapshot:
+        return StateSnapshot(
+            tensors={"global_params": self.outer.global_params, "momentum_buffer": self.outer.momentum_buffer},
+            metadata={"outer_step": self.outer_step, "params_sha256": self.last_hash})
+
+    def _publish(self) -> None:
+        """Serve the current state and announce its outer step (joiners download it; the others now
+        expect this peer at the next round)."""
+        assert self.state_sync is not None
+        try:
+            self.state_sync.publish(self._snapshot())
+        except Exception as exc:  # serving state is a courtesy; training goes on without it
+            logger.warning("could not publish the state of outer step %d: %s", self.outer_step, exc)
+
+    def _state_event(self, source: str, *, evaluate: bool = False) -> None:
+        val_bpb = self._evaluate() if evaluate else None
+        assert self.events is not None
+        self.events.write("state", outer_step=self.outer_step, params_sha256=self.last_hash, source=source,
+                          val_bpb=val_bpb)
+        logger.info("holding the global parameters of outer step %d (%s, sha256 %s…)", self.outer_step, source,
+                    self.last_hash[:12])
 
     def _restore(self, current_outer_step: int) -> None:
         """Local checkpoint first, then a peer further ahead; otherwise the seeded θ_0."""
+        source = "init"
         local = self.store.load_latest()
         if local is not None:
             self.outer.load_state_dict(local.outer_state)
             self.outer_step = self.outer.step_count
+            try:
+                self.trainer.load_state_dict(local.inner_state)
+            except (KeyError, ValueError) as exc:
+                logger.warning("inner optimizer state of %s not usable (%s); starting it afresh", local.path, exc)
+            source = "checkpoint"
             logger.info("resumed from local checkpoint %s (outer step %d)", local.path.name, self.outer_step)
-        if current_outer_step > self.outer_step:
-            self._download_state()
+        self.last_hash = self.outer.params_hash()
+        deadline = time.monotonic() + DONOR_WAIT_S
+        while not self.stop.is_set():
+            best = self._network_step()
+            if best > self.outer_step and self._download_state(source="download", min_step=best):
+                source = "download"
+                break
+            if self.outer_step >= current_outer_step and best <= self.outer_step:
+                break  # nobody is ahead of us (the first peers of a run, or a restart at the run's step)
+            if time.monotonic() >= deadline:
+                logger.warning("the run is at outer step %d but no peer serves a newer state than ours; "
+                               "continuing from %s at outer step %d", current_outer_step, source, self.outer_step)
+                break
+            self.stop.wait(DONOR_ANNOUNCE_PERIOD_S)
         load_flat_parameters(self.model, self.outer.global_params)
+        self._publish()
+        self._state_event(source, evaluate=bool(self.options.eval_every))
 
-    def _download_state(self) -> bool:
-        assert self.state_sync is not None
+    def _network_step(self) -> int:
+        """The highest outer step another peer announces (-1 when none does or the DHT does not answer)."""
+        assert self.round_sync is not None
+        try:
+            return self.round_sync.network_step()
+        except Exception as exc:
+            logger.warning("could not read the other peers' outer steps: %s", exc)
+            return -1
+
+    def _wait(self, future: concurrent.futures.Future[T], timeout: float) -> T:
+        """The result of a transport coroutine, cancelled when the stop flag is set (raises Stopped)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return future.result(timeout=STOP_POLL_S)
+            except concurrent.futures.TimeoutError:
+                if self.stop.is_set():
+                    future.cancel()
+                    raise Stopped() from None
+                if time.monotonic() >= deadline:
+                    future.cancel()
+                    raise
+
+    def _download_state(self, *, source: str, donors: list[str] | None = None, min_step: int | None = None) -> bool:
+        """Download the newest state (from ``donors`` in order, default: every announced donor, highest
+        outer step first), check it (outer step at least ``min_step``, default ours; the hash its donor
+        announced), and load it. True on success."""
+        assert self.state_sync is not None and self.transport is not None and self.events is not None
+        if self.heartbeat is not None:
+            self.heartbeat.phase = "syncing"
         started = time.monotonic()
         shapes = {k: tuple(self.outer.global_params.shape) for k in STATE_KEYS}
         try:
-            result = self.state_sync.download(expected_shapes=shapes)
+            candidates = donors if donors is not None else [d.peer_id for d in self.state_sync.find_donors()]
+            result = None
+            for donor in candidates:
+                future = self.transport.submit(self.state_sync.download_async(donors=[donor], expected_shapes=shapes))
+                try:
+                    got: DownloadResult = self._wait(future, self.state_sync.config.total_timeout + CALL_SLACK_S)
+                except (StateSyncError, concurrent.futures.TimeoutError) as exc:
+                    logger.warning("state download from %s failed: %r", donor, exc)
+                    continue
+                if self._accept(got, self.outer_step if min_step is None else min_step):
+                    result = got
+                    break
+            if result is None:
+                raise StateSyncError(f"no donor delivered a valid state (tried {len(candidates)})")
         except StateSyncError as exc:
-            logger.warning("could not download the state from any peer: %s", exc)
+            logger.warning("could not download the state: %s", exc)
             return False
         self.outer.load_state_dict({**result.snapshot.tensors,
                                     "step_count": torch.tensor(int(result.snapshot.metadata["outer_step"]))})
         self.outer_step = self.outer.step_count
-        self.residual.zero_()
-        self.state_sync_seconds = time.monotonic() - started
-        logger.info("downloaded state at outer step %d in %.2f s", self.outer_step, self.state_sync_seconds)
+        self.last_hash = self.outer.params_hash()
+        self.residual.zero_()  # error feedback of contributions to a base this peer no longer holds
+        seconds = time.monotonic() - started
+        self.metrics.state_sync_seconds.set(seconds)
+        self.events.write("state_sync", seconds=seconds, bytes=result.bytes_received, donor=result.donor,
+                          outer_step=self.outer_step, source=source)
+        logger.info("downloaded state at outer step %d in %.2f s from %s (%d bytes)", self.outer_step, seconds,
+                    result.donor, result.bytes_received)
+        return True
+
+    @staticmethod
+    def _accept(result: DownloadResult, min_step: int) -> bool:
+        """A downloaded state is usable when it is at outer step ``min_step`` or newer and its hash is the
+        one its donor announced."""
+        step = result.snapshot.metadata.get("outer_step")
+        if not isinstance(step, int) or step < min_step:
+            logger.info("donor %s served outer step %r; waiting for %d", result.donor, step, min_step)
+            return False
+        claimed = result.snapshot.metadata.get("params_sha256")
+        if claimed:
+            actual = hashlib.sha256(result.snapshot.tensors["global_params"].numpy().tobytes()).hexdigest()
+            if actual != claimed:
+                logger.warning("donor %s served parameters whose sha256 is not the one it announced", result.donor)
+                return False
+        return True
+
+    def _resync(self, network_step: int, reason: str, *, donors: list[str] | None = None,
+                discarded_tokens: int = 0) -> bool:
+        """Replace the local state with the network's (outer step ``network_step`` or newer)."""
+        logger.info("%s: the network is at outer step %d, this peer at %d; downloading the state%s", reason,
+                    network_step, self.outer_step,
+                    f" (dropping {discarded_tokens} tokens of local work done on the old base)"
+                    if discarded_tokens else "")
+        deadline = time.monotonic() + DONOR_WAIT_S
+        while not self._download_state(source="resync", donors=donors, min_step=network_step):
+            if time.monotonic() >= deadline or self.stop.wait(DONOR_ANNOUNCE_PERIOD_S / 2):
+                logger.warning("could not re-sync to outer step %d; training on from outer step %d",
+                               network_step, self.outer_step)
+                return False
+        self.metrics.resyncs_total.inc()
+        load_flat_parameters(self.model, self.outer.global_params)
+        self._publish()
+        self._state_event("resync")
+        return True
+
+    def _catch_up(self, round_index: int, tokens: int) -> bool:
+        """True (after re-syncing) when another peer already finished round ``round_index``."""
+        step = self._network_step()
+        if step < round_index:
+            return False
+        self._resync(step, f"round {round_index} is already done", discarded_tokens=tokens)
         return True
 
     # ------------------------------------------------------------------ training
     def _global_tokens(self) -> int:
+        """Tokens trained by the whole run (for the learning-rate schedule); the last known value when the
+        coordinator does not answer right away, so a hiccup never restarts the warm-up."""
         try:
-            return int(self.client.status().global_tokens)
+            self.global_tokens = int(self.client.status(retry=False).global_tokens)
         except Exception as exc:  # a status failure must not stop training
-            logger.warning("could not read global progress: %s", exc)
-            return 0
+            logger.warning("could not read global progress (using %d tokens): %s", self.global_tokens, exc)
+        return self.global_tokens
 
-    def _inner_period(self, run: RunConfig) -> tuple[int, float] | None:
-        """H inner steps; returns (tokens, seconds), or None when the data is exhausted."""
-        assert self.feed is not None and self.heartbeat is not None
+    def _inner_period(self, run: RunConfig) -> Period:
+        """Up to H inner steps; fewer when the data runs out or the peer is stopping."""
+        assert self.feed is not None and self.heartbeat is not None and self.events is not None
         self.heartbeat.phase = "training"
+        self.progress.start_period(outer_step=self.outer_step + 1, inner_steps=run.diloco.inner_steps)
         global_tokens = self._global_tokens()
         tokens = 0
+        losses = []
         started = time.perf_counter()
         for _ in range(run.diloco.inner_steps):
             if self.stop.is_set():
                 break
-            batch = self.feed.next_batch()
+            batch = self.feed.next_batch(wait=False)  # no shard free now: end the period, never block
             if batch is None:
-                return None if tokens == 0 else (tokens, time.perf_counter() - started)
+                break
             point = curriculum_at(run.curriculum, global_tokens + tokens)
             self.trainer.set_lr(point.lr)
             stats = self.trainer.step(batch.inputs, batch.targets)
             self.feed.commit(batch)
             tokens += stats.tokens
+            self.tokens_trained += stats.tokens
+            losses.append(stats.ce_loss)
+            tokens_per_s = stats.tokens / max(stats.seconds, 1e-9)
             self.metrics.tokens_total.inc(stats.tokens)
             self.metrics.loss.set(stats.ce_loss)
             self.metrics.geo_loss.set(stats.geo_loss)
             self.metrics.learning_rate.set(point.lr)
-            self.metrics.tokens_per_second.set(stats.tokens / max(stats.seconds, 1e-9))
+            self.metrics.tokens_per_second.set(tokens_per_s)
+            self.progress.inner_step(loss=stats.ce_loss, tokens_per_s=tokens_per_s)
             self.last_loss = stats.ce_loss
-        return tokens, time.perf_counter() - started
+            if not self.first_step_logged:
+                self.first_step_logged = True
+                seconds = time.monotonic() - self.started
+                process_seconds = time.time() - psutil.Process().create_time()
+                self.events.write("first_step", seconds=seconds, process_seconds=process_seconds)
+                logger.info("first training step done %.1f s after joining (%.1f s after the process started)",
+                            seconds, process_seconds)
+        loss = sum(losses) / len(losses) if losses else 0.0
+        return Period(tokens=tokens, seconds=time.perf_counter() - started, loss=loss)
 
-    def _outer_round(self) -> bool:
-        """Average and apply one outer step. True when the global parameters moved."""
-        assert self.averager is not None and self.heartbeat is not None
+    def _on_group(self, group: Group) -> None:  # runs on the transport loop: keep it short
+        assert self.events is not None
+        self.events.write("group", round=group.round_index, members=list(group.members), leader=group.leader)
+
+    def _average(self, round_index: int, vector: torch.Tensor) -> RoundResult:
+        assert self.averager is not None and self.transport is not None
+        future = self.transport.submit(self.averager.average_async(
+            round_index, vector, codec=self.codec, aggregator=self.aggregator, on_group=self._on_group,
+            want_reconstruction=True))
+        try:
+            return self._wait(future, self.averager.round_timeout + CALL_SLACK_S)
+        except concurrent.futures.TimeoutError:
+            return RoundResult(round_index, STATUS_FAILED, "the round did not end in time", None, None)
+
+    def _outer_round(self, run: RunConfig, round_index: int, period: Period) -> RoundResult | None:
+        """Average and apply outer step ``round_index``; the result when it was applied, else None."""
+        assert self.averager is not None and self.heartbeat is not None and self.events is not None
         self.heartbeat.phase = "averaging"
-        round_index = self.outer_step + 1
+        self.events.write("round_start", round=round_index)
         delta = self.outer.pseudo_gradient(flatten_parameters(self.model))
         vector = delta + self.residual  # error feedback: what earlier rounds' codec dropped
         started = time.perf_counter()
-        result = self.averager.average(round_index, vector, codec=self.codec, aggregator=self.aggregator,
-                                       want_reconstruction=True)
-        self.metrics.round_seconds.observe(time.perf_counter() - started)
+        result = self._average(round_index, vector)
+        seconds = time.perf_counter() - started
+        self.metrics.round_seconds.observe(seconds)
         self.metrics.rounds_total.labels(outcome=result.status).inc()
         self.metrics.group_size.set(result.group_size)
         self.metrics.bytes_sent.inc(result.bytes_sent)
         self.metrics.bytes_received.inc(result.bytes_received)
+        self.progress.round_done(seconds=seconds, bytes_exchanged=result.bytes_sent + result.bytes_received,
+                                 group_size=result.group_size)
         self.last_round = result
-        if not result.ok:
-            logger.warning("round %d: %s (%s); keeping local progress for the next round",
-                           round_index, result.status, result.reason)
-            return False
+        self.last_round_seconds = seconds
+        applied = result.ok and result.group_size >= run.diloco.min_group_size
+        self.events.write("round", round=round_index, status=result.status, reason=result.reason,
+                          applied=applied, group_size=result.group_size, seconds=seconds,
+                          matchmaking_s=result.matchmaking_s, allreduce_s=result.allreduce_s,
+                          bytes_sent=result.bytes_sent, bytes_received=result.bytes_received,
+                          members=list(result.group.members) if result.group is not None else [])
+        if not applied:
+            why = result.reason if result.ok else f"{result.status} ({result.reason})"
+            if result.ok:
+                why = f"group of {result.group_size} is below diloco.min_group_size={run.diloco.min_group_size}"
+            logger.warning("round %d not applied: %s; keeping local progress for the next round", round_index, why)
+            return None
         if result.reconstruction is not None:
             self.residual = vector - result.reconstruction
             norm = float(vector.norm())
@@ -280,41 +525,55 @@ class PeerNode:
         self.outer_step = round_index
         load_flat_parameters(self.model, self.outer.global_params)
         self.last_hash = self.outer.params_hash()
-        if result.group is not None and result.group_size > 1:
-            report = self.averager.verify_round(round_index, self.last_hash, members=result.group.members)
-            self.last_verify = report
-            if not report.consistent:
-                logger.warning("round %d: peers %s hold other parameters than %s", round_index,
-                               list(report.disagreeing), list(report.agreeing))
-            if not report.i_agree:
-                logger.warning("round %d: my parameters differ from the group's; re-syncing", round_index)
-                if self._download_state():
-                    load_flat_parameters(self.model, self.outer.global_params)
-        return True
+        self._verify(round_index, result)
+        return result
 
-    def _after_round(self, run: RunConfig, tokens: int, seconds: float) -> None:
-        assert self.state_sync is not None
+    def _verify(self, round_index: int, result: RoundResult) -> None:
+        """Compare hashes with the group (and anyone else who published for this round)."""
+        assert self.averager is not None
+        members = result.group.members if result.group is not None and result.group_size > 1 else ()
+        try:
+            report = self.averager.verify_round(round_index, self.last_hash, members=members,
+                                                wait=None if members else 0.0)
+        except Exception as exc:
+            logger.warning("round %d: could not verify the parameters: %s", round_index, exc)
+            return
+        self.last_verify = report
+        if not report.consistent:
+            logger.warning("round %d: peers %s hold other parameters than %s", round_index,
+                           list(report.disagreeing), list(report.agreeing))
+        if not report.i_agree:
+            self._resync(round_index, f"round {round_index}: my parameters differ from the group's",
+                         donors=list(report.agreeing))
+
+    def _evaluate(self) -> float | None:
+        if not self.val_texts:
+            return None
+        seq_len = max(stage.seq_len for stage in self.run_config.curriculum.stages)
+        bpb = evaluate_bpb(self.model, self.tokenizer, self.val_texts, seq_len=seq_len, batch_size=VAL_BATCH,
+                           device=self.device).bpb
+        self.metrics.val_bpb.set(bpb)
+        return bpb
+
+    def _after_round(self, run: RunConfig, period: Period, result: RoundResult) -> None:
+        assert self.events is not None
         self.metrics.outer_step.set(self.outer_step)
-        self.state_sync.publish(StateSnapshot(
-            tensors={"global_params": self.outer.global_params, "momentum_buffer": self.outer.momentum_buffer},
-            metadata={"outer_step": self.outer_step}))
+        self._publish()
         try:
             self.client.report_outer_step(self.outer_step)
         except Exception as exc:
             logger.warning("could not report outer step %d: %s", self.outer_step, exc)
         val_bpb = None
-        if self.options.eval_every and self.outer_step % self.options.eval_every == 0 and self.val_texts:
-            seq_len = max(stage.seq_len for stage in run.curriculum.stages)
-            val_bpb = evaluate_bpb(self.model, self.tokenizer, self.val_texts, seq_len=seq_len,
-                                   batch_size=VAL_BATCH, device=self.device).bpb
-            self.metrics.val_bpb.set(val_bpb)
+        if self.options.eval_every and self.outer_step % self.options.eval_every == 0:
+            val_bpb = self._evaluate()
         if self.options.telemetry_every and self.outer_step % self.options.telemetry_every == 0:
             for name, stats in layer_telemetry(self.model).items():
                 self.metrics.stable_rank.labels(layer=name).set(stats.stable_rank)
                 self.metrics.condition_number.labels(layer=name).set(stats.condition_number)
-        fields = dict(outer_step=self.outer_step, loss=getattr(self, "last_loss", 0.0),
-                      tokens_per_s=tokens / max(seconds, 1e-9), tokens_processed=tokens,
-                      bytes_sent=self.last_round.bytes_sent, bytes_received=self.last_round.bytes_received)
+        fields: dict[str, Any] = dict(outer_step=self.outer_step, loss=period.loss,
+                                      tokens_per_s=period.tokens / max(period.seconds, 1e-9),
+                                      tokens_processed=period.tokens, bytes_sent=result.bytes_sent,
+                                      bytes_received=result.bytes_received)
         if val_bpb is not None:
             fields["val_bpb"] = val_bpb
         try:
@@ -327,53 +586,118 @@ class PeerNode:
                             meta={"outer_step": self.outer_step, "run": run.run.name,
                                   "tokenizer": run.data.tokenizer, "val_bpb": val_bpb,
                                   "params_sha256": self.last_hash})
-        logger.info("outer step %d: loss %.4f, %.0f tokens/s%s", self.outer_step, fields["loss"],
-                    fields["tokens_per_s"], f", val bpb {val_bpb:.4f}" if val_bpb is not None else "")
+        self.events.write("outer_step", outer_step=self.outer_step, params_sha256=self.last_hash, val_bpb=val_bpb,
+                          group_size=result.group_size, status=result.status, tokens=period.tokens,
+                          loss=period.loss, round_seconds=self.last_round_seconds)
+        logger.info("outer step %d: loss %.4f, %.0f tokens/s, group of %d%s", self.outer_step, period.loss,
+                    fields["tokens_per_s"], result.group_size,
+                    f", val bpb {val_bpb:.4f}" if val_bpb is not None else "")
+
+    def _idle(self) -> None:
+        """No shard is free right now (the others hold the last ones): tell the others not to wait for
+        this peer, follow the network's outer step, and ask for data again shortly."""
+        assert self.round_sync is not None and self.heartbeat is not None
+        self.heartbeat.phase = "idle"
+        try:
+            self.round_sync.post_absent("idle")
+        except Exception as exc:
+            logger.warning("could not tell the others this peer is idle: %s", exc)
+        step = self._network_step()
+        if step > self.outer_step:
+            self._resync(step, "idle without data")
+        self.stop.wait(IDLE_POLL_S)
 
     # ------------------------------------------------------------------ main loop
+    def _loop(self, run: RunConfig) -> None:
+        assert self.round_sync is not None
+        done = 0
+        while not self.stop.is_set():
+            if self.options.max_outer_steps is not None and done >= self.options.max_outer_steps:
+                break
+            period = self._inner_period(run)
+            if self.stop.is_set():
+                break
+            if period.tokens == 0:
+                if self.client.run_finished:
+                    logger.info("the curriculum has no data left: the run is finished")
+                    break
+                self._idle()
+                continue
+            if self.transport is not None and not self.transport.is_alive:
+                raise TransportDied("this peer's DHT or p2p daemon stopped; restart `lila-peer join` (it resumes "
+                                    "from its checkpoint)")
+            round_index = self.outer_step + 1
+            if self._catch_up(round_index, period.tokens):
+                continue
+            try:
+                barrier = self.round_sync.wait_for_peers(round_index, stop=self.stop)
+            except Exception as exc:  # the DHT misbehaving must not stop training: average without waiting
+                logger.warning("round %d: could not wait for the other peers: %s", round_index, exc)
+                barrier = BarrierResult(round_index, 0.0)
+            if self.stop.is_set():
+                break
+            if barrier.moved_on is not None:
+                self._resync(barrier.moved_on, f"round {round_index} finished while waiting",
+                             discarded_tokens=period.tokens)
+                continue
+            result = self._outer_round(run, round_index, period)
+            if result is not None:
+                done += 1
+                self._after_round(run, period, result)
+
     def run(self) -> int:
+        self.started = time.monotonic()
+        adopt_library_loggers()  # hivemind, imported with this module, logs with the peer id too
+        self.events = EventLog(self.options.workdir / EVENTS_FILE)
         try:
             run = self._join()
         except PlanRefused as exc:
             logger.error("%s", exc)
+            self.close()
             return EXIT_DOES_NOT_FIT
         self.run_config = run
         join = self.client.join_response
         self.heartbeat = Heartbeat(self.client, interval_s=join.heartbeat_interval_s).start()
         try:
-            self._build(run)
-            self._connect(run)
-            self._restore(int(join.current_outer_step))
-            done = 0
-            while not self.stop.is_set():
-                if self.options.max_outer_steps is not None and done >= self.options.max_outer_steps:
-                    break
-                period = self._inner_period(run)
-                if period is None:
-                    logger.info("the curriculum has no data left: the run is finished")
-                    break
-                if self.stop.is_set():
-                    break
-                if self._outer_round():
-                    done += 1
-                    self._after_round(run, *period)
-            return EXIT_OK
+            with self.progress.redirect_logging():
+                self._build(run)
+                self._connect(run)
+                self._restore(int(join.current_outer_step))
+                self._loop(run)
+        except Stopped:
+            pass
+        except TransportDied as exc:
+            logger.error("%s", exc)
+            return EXIT_TRANSPORT_DIED
         finally:
             self.close()
+        return EXIT_OK
 
     def close(self) -> None:
         """Release leases at their resume positions, leave, and stop every background part."""
+        reason = "stopped" if self.stop.is_set() else "done"
+        released: list[dict[str, Any]] = []
+        self.progress.close()
         if self.feed is not None:
             try:
-                self.feed.release()
+                for lease, position in self.feed.release():
+                    released.append({"lease_id": lease.lease_id, "shard_id": lease.shard.shard_id,
+                                     "docs_consumed": position.docs_consumed,
+                                     "tokens_consumed": position.tokens_consumed})
             except Exception as exc:
                 logger.warning("could not release leases (they expire at the coordinator): %s", exc)
         if self.heartbeat is not None:
             self.heartbeat.stop()
         try:
-            self.client.leave("stopped" if self.stop.is_set() else "done")
+            self.client.leave(reason)
+            logger.info("left the run (%s)", reason)
         except Exception as exc:
             logger.warning("could not say goodbye to the coordinator: %s", exc)
+        if self.round_sync is not None:  # after the coordinator: a Ctrl+C may have taken p2pd down already
+            try:
+                self.round_sync.post_absent("left", timeout=LEAVE_DHT_TIMEOUT_S)
+            except Exception as exc:
+                logger.debug("could not tell the other peers this one leaves: %s", exc)
         for part in (self.state_sync, self.averager, self.transport):
             if part is not None:
                 try:
@@ -382,3 +706,8 @@ class PeerNode:
                     logger.warning("shutdown of %s failed: %s", type(part).__name__, exc)
         self.metrics.close()
         self.client.close()
+        if self.events is not None:
+            self.events.write("leave", reason=reason, released=released, outer_step=self.outer_step,
+                              tokens_trained=self.tokens_trained,
+                              tokens_lost=self.feed.lost_tokens if self.feed is not None else 0)
+            self.events.close()

@@ -7,14 +7,16 @@ The test copy of the config differs from the shipped one only where it must: the
 Prometheus's own addresses point at 127.0.0.1 ports, scrapes and rule evaluation run every second,
 and every alert's ``for:`` is 0 s. The peer targets reach Prometheus the way they do in production:
 deploy/prometheus/fetch_targets.py copies the coordinator's /api/prometheus-targets into the file_sd
-directory. The "peer" is tests/deploy_peer_metrics.py, the real PeerMetrics registry served over HTTP
-(a full `lila-peer join` trains a model: too slow here). Needs Debian's ``prometheus`` package.
+directory. In the first test the "peer" is tests/deploy_peer_metrics.py, the real PeerMetrics registry
+served with known values (so exact numbers can be asserted); the second runs a real training
+`lila-peer join`. Needs Debian's ``prometheus`` package.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -318,3 +320,105 @@ def test_real_prometheus_scrapes_coordinator_and_peer_and_fires_alert(procs, pyt
     finally:
         heartbeats.stop()
         channel.close()
+
+
+REAL_PEER_WAIT_S = 240.0
+
+
+def test_real_prometheus_scrapes_a_real_training_peer(procs, python, tmp_path):
+    """A real `lila-peer join` (training the debug model) is found through the coordinator's targets
+    list and scraped by Prometheus: its token counter and outer step are queryable."""
+    import tomli_w
+
+    from lila_run.config import load_run_config
+
+    raw = load_run_config(RUN_CONFIG).to_dict()
+    raw["diloco"].update(inner_steps=2, batch_size=2, matchmaking_time_s=0.5, averaging_timeout_s=10.0)
+    run_config = tmp_path / "run.toml"
+    run_config.write_text(tomli_w.dumps(raw))
+    db = tmp_path / "run.db"
+    storage = Storage(db)
+    _, token = create_join_token(storage, label="deploy test", now=time.time())
+    storage.close()
+    ready = tmp_path / "coordinator-ready.json"
+    with open(tmp_path / "coordinator.log", "ab") as out:
+        coordinator = procs.spawn(
+            serve_command(config=run_config, db=db, ready_file=ready, python=python),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    info = wait_for_ready(coordinator, ready, log=tmp_path / "coordinator.log")
+    env = {**os.environ, "LILA_JOIN_TOKEN": token}
+    with open(tmp_path / "peer.log", "ab") as out:
+        peer = procs.spawn(
+            [
+                python,
+                "-m",
+                "peer.cli",
+                "join",
+                info["grpc"],
+                "--name",
+                PEER_NAME,
+                "--workdir",
+                str(tmp_path / "peer"),
+                "--threads",
+                "1",
+                "--no-progress",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    targets_file = tmp_path / "targets" / "peers.json"
+    prom_port = _free_port()
+    config, _ = _test_copies(tmp_path, coordinator=info["http"], prometheus=f"127.0.0.1:{prom_port}")
+    fetch = PROM_DIR / "fetch_targets.py"
+
+    def synced() -> list:
+        assert peer.poll() is None, (tmp_path / "peer.log").read_text()[-3000:]
+        run = subprocess.run(
+            [
+                python,
+                str(fetch),
+                "--coordinator",
+                f"http://{info['http']}",
+                "--out",
+                str(targets_file),
+                "--once",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S,
+        )
+        assert run.returncode == 0, run.stderr
+        return json.loads(targets_file.read_text())
+
+    groups = _wait_for(
+        "the peer to register its metrics endpoint", lambda: synced(), timeout_s=REAL_PEER_WAIT_S
+    )
+    assert [g["labels"]["peer_name"] for g in groups] == [PEER_NAME]
+    base = f"http://127.0.0.1:{prom_port}"
+    with open(tmp_path / "prometheus.log", "ab") as out:
+        procs.spawn(
+            [
+                str(PROMETHEUS),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+                "--log.level=warn",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    tokens = _wait_for(
+        "Prometheus to see the peer's trained tokens",
+        lambda: _query(base, "lila_peer_tokens_total > 0"),
+        timeout_s=REAL_PEER_WAIT_S,
+    )
+    assert [r["metric"]["peer_name"] for r in tokens] == [PEER_NAME]
+    step = _wait_for(
+        "an outer step on the peer",
+        lambda: _query(base, "lila_peer_outer_step >= 1"),
+        timeout_s=REAL_PEER_WAIT_S,
+    )
+    assert step[0]["metric"]["job"] == "lila-peer"

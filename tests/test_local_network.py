@@ -15,6 +15,7 @@ from lila_data import evaluate_bpb, iter_validation_texts, load_tokenizer
 from lila_model.checkpoint import load_checkpoint
 from lila_model.model import LilaLM
 from lila_run.config import load_run_config
+from peer.events import EVENTS_FILE, read_events
 
 REPO = Path(__file__).resolve().parents[1]
 UP_TIMEOUT_S = 420
@@ -47,6 +48,14 @@ def test_lila_up_two_peers_two_outer_steps(tmp_path: Path, procs) -> None:
     checkpoint = workdir / "checkpoint"
     model, extra = load_checkpoint(checkpoint)
     assert extra["outer_step"] == 2
+    # both peers logged the same global parameters at every outer step (peer/events.py)
+    hashes: dict[int, set[str]] = {}
+    for index in range(2):
+        for record in read_events(workdir / f"peer-{index}" / EVENTS_FILE):
+            if record["event"] in ("state", "outer_step"):
+                hashes.setdefault(record["outer_step"], set()).add(record["params_sha256"])
+    assert sorted(hashes) == [0, 1, 2] and all(len(h) == 1 for h in hashes.values()), hashes
+    assert extra["params_sha256"] in hashes[2]
 
     result = subprocess.run(
         [

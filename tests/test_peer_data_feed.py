@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lila_data import ResumePosition, load_tokenizer, plan_shards
-from peer.data_feed import DataFeed, Lease
+from peer.data_feed import DataFeed, Lease, LeaseLost
 
 SPEC = "bundled:fineweb-edu-sample"
 SEQ_LEN = 64
@@ -24,8 +24,10 @@ class InMemoryLeases:
     completed: list = field(default_factory=list)
     tokens: int = 0
     next_id: int = 0
+    waits: list = field(default_factory=list)
 
-    def lease(self) -> Lease | None:
+    def lease(self, *, wait: bool = True) -> Lease | None:
+        self.waits.append(wait)
         for shard in self.shards:
             sid = shard.shard_id
             if sid in self.completed or self.positions.get(sid, "free") == "held":
@@ -66,8 +68,14 @@ def test_interrupted_feed_trains_exactly_the_same_tokens() -> None:
     shards = plan_shards(SPEC, docs_per_shard=5)[:4]
 
     reference = InMemoryLeases(shards)
-    full = torch.cat([b.reshape(-1) for b in _drain(DataFeed(reference, tokenizer=tokenizer, batch_size=BATCH,
-                                                               validation_fraction=0.1))])
+    full = torch.cat(
+        [
+            b.reshape(-1)
+            for b in _drain(
+                DataFeed(reference, tokenizer=tokenizer, batch_size=BATCH, validation_fraction=0.1)
+            )
+        ]
+    )
     assert sorted(reference.completed) == sorted(s.shard_id for s in shards)
     assert reference.tokens == full.numel()
 
@@ -84,3 +92,54 @@ def test_interrupted_feed_trains_exactly_the_same_tokens() -> None:
     # The same multiset of sequences (order may differ: released shards are re-leased later).
     rows = lambda t: sorted(map(tuple, t.reshape(-1, SEQ_LEN).tolist()))  # noqa: E731
     assert rows(resumed) == rows(full)
+
+
+def test_without_waiting_a_peer_gets_a_short_batch_and_release_reports_exact_positions() -> None:
+    tokenizer = load_tokenizer()
+    shards = plan_shards(SPEC, docs_per_shard=5)[:1]
+    ledger = InMemoryLeases(shards)
+    feed = DataFeed(ledger, tokenizer=tokenizer, batch_size=BATCH, validation_fraction=0.1)
+    other = DataFeed(ledger, tokenizer=tokenizer, batch_size=BATCH, validation_fraction=0.1)
+    first = feed.next_batch(wait=False)
+    assert first is not None and first.inputs.shape == (BATCH, SEQ_LEN)
+    feed.commit(first)
+    # the only shard is held by `feed`: another peer gets nothing now instead of waiting
+    assert other.next_batch(wait=False) is None and ledger.waits[-1] is False
+    unread = feed.next_batch(wait=False)  # read, never trained
+    assert unread is not None
+    released = feed.release()
+    assert [(lease.shard.shard_id, position) for lease, position in released] == [
+        (shards[0].shard_id, first.marks[-1][1])]
+    assert ledger.positions[shards[0].shard_id] == first.marks[-1][1]
+    assert ledger.tokens == BATCH * SEQ_LEN
+    assert feed.release() == []
+
+
+@dataclass
+class ExpiringLeases(InMemoryLeases):
+    """The coordinator took the first lease back (its holder was silent past the lease timeout)."""
+
+    expired: set = field(default_factory=set)
+
+    def report_progress(self, lease: Lease, position: ResumePosition, tokens: int) -> None:
+        if lease.lease_id in self.expired:
+            raise LeaseLost(f"lease {lease.lease_id} is not held by this peer")
+        super().report_progress(lease, position, tokens)
+
+
+def test_a_lease_taken_back_by_the_coordinator_is_dropped_and_training_goes_on() -> None:
+    tokenizer = load_tokenizer()
+    shards = plan_shards(SPEC, docs_per_shard=5)[:2]
+    ledger = ExpiringLeases(shards)
+    feed = DataFeed(ledger, tokenizer=tokenizer, batch_size=BATCH, validation_fraction=0.1)
+    first = feed.next_batch()
+    feed.commit(first)
+    ledger.expired.add("l1")
+    second = feed.next_batch()
+    assert {lease_id for lease_id, _ in second.marks} == {"l1"}
+    feed.commit(second)  # no exception: the lease is dropped, its unreported tokens counted as lost
+    assert feed.lost_tokens == BATCH * SEQ_LEN and ledger.tokens == BATCH * SEQ_LEN
+    third = feed.next_batch()
+    assert {lease_id for lease_id, _ in third.marks} == {"l2"}  # the next shard, not the lost one
+    feed.commit(third)
+    assert [lease.lease_id for lease, _ in feed.release()] == ["l2"]

@@ -23,8 +23,15 @@ from peer.plan import (
 
 
 def gpu(gib: float, *, bf16: bool = True) -> Hardware:
-    return Hardware(device="cuda", name="test GPU", memory_bytes=int(gib * GIB), host_memory_bytes=64 * GIB,
-                    bf16=bf16, fp16=True, cpu_threads=8)
+    return Hardware(
+        device="cuda",
+        name="test GPU",
+        memory_bytes=int(gib * GIB),
+        host_memory_bytes=64 * GIB,
+        bf16=bf16,
+        fp16=True,
+        cpu_threads=8,
+    )
 
 
 def test_state_accounting_is_exact_for_debug() -> None:
@@ -49,8 +56,9 @@ def test_checkpointing_shrinks_activations() -> None:
 def test_lila_1b_shipped_run_fits_24gb_but_not_12gb() -> None:
     run = load_run_config("runs/lila-1b.toml")
     seq_len = max(stage.seq_len for stage in run.curriculum.stages)
-    plan24 = make_plan("lila-1b", gpu(24), batch_size=run.diloco.batch_size, seq_len=seq_len,
-                       variant=run.model.variant)
+    plan24 = make_plan(
+        "lila-1b", gpu(24), batch_size=run.diloco.batch_size, seq_len=seq_len, variant=run.model.variant
+    )
     assert plan24.fits
     assert plan24.device_total_bytes <= 24 * GIB
     assert plan24.outer_state_on_host  # 16 B/param of inner state leaves no room for 12 B/param more
@@ -62,16 +70,34 @@ def test_lila_1b_shipped_run_fits_24gb_but_not_12gb() -> None:
 
 def test_old_gpu_gets_fp16_and_cpu_gets_fp32() -> None:
     assert make_plan("debug", gpu(8, bf16=False), batch_size=4, seq_len=128).dtype == "fp16"
-    cpu = Hardware(device="cpu", name="CPU", memory_bytes=16 * GIB, host_memory_bytes=16 * GIB,
-                   bf16=False, fp16=False, cpu_threads=2)
+    cpu = Hardware(
+        device="cpu",
+        name="CPU",
+        memory_bytes=16 * GIB,
+        host_memory_bytes=16 * GIB,
+        bf16=False,
+        fp16=False,
+        cpu_threads=2,
+    )
     assert make_plan("debug", cpu, batch_size=4, seq_len=128).dtype == "fp32"
 
 
 @pytest.mark.parametrize(("memory_gb", "expected_rc"), [(24, 0), (12, 1)])
 def test_plan_cli_exit_code(memory_gb: int, expected_rc: int) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "peer.cli", "plan", "--config", "runs/lila-1b.toml", "--memory-gb", str(memory_gb)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "peer.cli",
+            "plan",
+            "--config",
+            "runs/lila-1b.toml",
+            "--memory-gb",
+            str(memory_gb),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == expected_rc, result.stderr
     assert "lila-1b" in result.stdout

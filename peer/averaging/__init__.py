@@ -21,9 +21,15 @@ state download ourselves, because
 Also, its 8-bit codecs silently fail under numpy 2 while ``step()`` reports success; every round here is
 verified (``Averager.verify_round``) and a failed part is always reported, never silent.
 
-Modules: ``transport`` (the only hivemind import), ``wire`` (frames), ``rpc`` (authorized calls),
-``matchmaking``, ``allreduce``, ``aggregators``, ``averager`` (facade), ``verify``, ``state_format``,
-``state_sync``, ``auth``, ``config``, ``dht_keys``, ``stats``.
+Modules: ``transport`` and ``dht_security`` (the only hivemind imports), ``wire`` (frames), ``rpc``
+(authorized calls), ``matchmaking``, ``allreduce``, ``aggregators``, ``averager`` (facade), ``verify``,
+``state_format``, ``state_sync``, ``auth``, ``config``, ``dht_keys``, ``dht_records`` (DHT record schemas),
+``trust`` (identity, coordinator-signed credential, ban list), ``stats``.
+
+Trust (issue 7): every averaging, state and DHT call carries a credential the coordinator signed for the
+caller's libp2p identity (:class:`CredentialAuthorizer` checks it against the authenticated peer id), the
+DHT admits only credentialed peers and stores only signed, schema-checked records, and banned peers are
+refused as soon as the coordinator's ban list arrives. See ``peer.accountability.open_trusted_averaging``.
 
 Typical use (one peer)::
 
@@ -44,16 +50,18 @@ from peer.averaging.aggregators import (
     MeanAggregator,
     Rejection,
     TrimmedMeanAggregator,
+    aggregator_for,
     get_aggregator,
 )
 from peer.averaging.allreduce import Codec, PartFailure, part_bounds
-from peer.averaging.auth import Authorize, StaticTokenAuthorizer
+from peer.averaging.auth import Authorize, CredentialAuthorizer, StaticTokenAuthorizer
 from peer.averaging.averager import Averager, RoundResult, describe
 from peer.averaging.config import AveragingConfig
 from peer.averaging.matchmaking import Group
 from peer.averaging.state_format import StateFormatError, StateSnapshot, pack_state, unpack_state
 from peer.averaging.state_sync import Donor, DownloadResult, StateSync, StateSyncConfig, StateSyncError
 from peer.averaging.transport import Transport
+from peer.averaging.trust import IssuedCredential, TrustSession
 from peer.averaging.verify import VerifyReport, params_hash
 
 __all__ = [
@@ -66,9 +74,11 @@ __all__ = [
     "CenteredClipAggregator",
     "Codec",
     "Contribution",
+    "CredentialAuthorizer",
     "Donor",
     "DownloadResult",
     "Group",
+    "IssuedCredential",
     "MeanAggregator",
     "PartFailure",
     "Rejection",
@@ -81,7 +91,9 @@ __all__ = [
     "StaticTokenAuthorizer",
     "Transport",
     "TrimmedMeanAggregator",
+    "TrustSession",
     "VerifyReport",
+    "aggregator_for",
     "describe",
     "get_aggregator",
     "pack_state",

@@ -6,16 +6,20 @@ credential (opaque bytes, e.g. the coordinator's session token) and the receivin
 ``Authorize`` function with the libp2p-authenticated peer id of the caller before it reads anything
 else of the request. Replies that carry data carry the responder's credential too, checked the same way.
 
-A credential is sent to the peer being called, so a real deployment should use credentials bound to the
-sender's peer id (a coordinator signature over the peer id), so a peer that collects them cannot replay
-them under another identity.
+A credential is sent to the peer being called, so it must be bound to the sender's identity: use
+:class:`CredentialAuthorizer`, which accepts only coordinator-signed credentials naming the caller's
+libp2p peer id (see :mod:`coordinator.credentials`), so a peer that collects them cannot replay them.
+:class:`StaticTokenAuthorizer` (one shared secret) remains for tests and private runs.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import Callable, Iterable
+
+from coordinator.credentials import CredentialError, CredentialVerifier
 
 logger = logging.getLogger(__name__)
 
@@ -55,3 +59,23 @@ class StaticTokenAuthorizer:
         for token in self._tokens:
             matched |= hmac.compare_digest(token, credential)
         return matched
+
+
+class CredentialAuthorizer:
+    """Admits a caller whose credential the run's authority signed for exactly its libp2p peer id, that has
+    not expired and whose id is not on the verifier's revocation list (updated from the coordinator).
+
+    Refusals are logged with the reason (never the credential). ``clock``: wall-clock seconds.
+    """
+
+    def __init__(self, verifier: CredentialVerifier, *, clock: Callable[[], float] = time.time) -> None:
+        self.verifier = verifier
+        self._clock = clock
+
+    def __call__(self, peer_id: str, credential: bytes) -> bool:
+        try:
+            self.verifier.verify(credential, now=self._clock(), libp2p_id=peer_id)
+        except CredentialError as exc:
+            logger.info("refused peer %s: %s", peer_id, exc)
+            return False
+        return True

@@ -118,6 +118,10 @@ class Averager:
     def peer_id(self) -> str:
         return self.transport.peer_id
 
+    def set_credential(self, credential: bytes) -> None:
+        """Present ``credential`` from now on (after the coordinator renewed it)."""
+        self.endpoint.credential = bytes(credential)
+
     @property
     def round_timeout(self) -> float:
         """Upper bound on one :meth:`average` call."""

@@ -134,7 +134,12 @@ class StateSync:
         limits = Limits(self.config.max_credential_bytes, self.config.max_table_bytes, 0)
         await serve(self.endpoint, protocol(self.run_id, "state"), self._on_request, limits=limits)
 
+    def set_credential(self, credential: bytes) -> None:
+        """Present ``credential`` from now on (after the coordinator renewed it)."""
+        self.endpoint.credential = bytes(credential)
+
     # ------------------------------------------------------------------ donor side
+
     def publish(self, snapshot: StateSnapshot) -> None:
         """Serve ``snapshot`` from now on (packed here, in the caller's thread) and announce it.
 

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import functools
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import hivemind
 from hivemind.p2p import P2P, PeerID
 from hivemind.utils import get_dht_time
+
+from peer.averaging.dht_records import RecordError, unwrap, wrap
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +32,10 @@ StreamHandler = Callable[[str, asyncio.StreamReader, asyncio.StreamWriter], Awai
 LOOPBACK_MADDRS = ("/ip4/127.0.0.1/tcp/0",)
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
+DEFAULT_BOOTSTRAP_TIMEOUT_S = 120.0
+BOOTSTRAP_BACKOFF_START_S = 1.0
+BOOTSTRAP_BACKOFF_MAX_S = 8.0
+DEFAULT_REJOIN_PERIOD_S = 10.0
 
 
 class TransportClosed(RuntimeError):
@@ -41,7 +50,14 @@ class Transport:
     Blocking helpers (:meth:`run`) must not be called from the transport's own loop thread.
     """
 
-    def __init__(self, dht: hivemind.DHT, *, owns_dht: bool = False) -> None:
+    def __init__(
+        self,
+        dht: hivemind.DHT,
+        *,
+        owns_dht: bool = False,
+        rejoin_peers: Sequence[str] = (),
+        rejoin_period_s: float = DEFAULT_REJOIN_PERIOD_S,
+    ) -> None:
         self._dht = dht
         self._owns_dht = owns_dht
         self._closed = False
@@ -56,6 +72,9 @@ class Transport:
             raise
         self.peer_id: str = self._p2p.peer_id.to_base58()
         self.client_mode: bool = bool(dht.client_mode)
+        rejoin = [PeerID.from_base58(str(addr).rsplit("/p2p/", 1)[1]) for addr in rejoin_peers if "/p2p/" in str(addr)]
+        if rejoin and not self.client_mode:
+            self.submit(self._rejoin_forever(rejoin, rejoin_period_s))
 
     @classmethod
     def create(
@@ -64,6 +83,7 @@ class Transport:
         initial_peers: Sequence[str] = (),
         host_maddrs: Sequence[str] = LOOPBACK_MADDRS,
         client_mode: bool = False,
+        bootstrap_timeout_s: float = DEFAULT_BOOTSTRAP_TIMEOUT_S,
         **dht_options: Any,
     ) -> Transport:
         """Start a DHT node (joining ``initial_peers``, multiaddr strings) and a transport that owns it.
@@ -72,18 +92,33 @@ class Transport:
         ``["/ip4/0.0.0.0/tcp/0"]``. ``client_mode=True`` for peers behind NAT: they can call but not be
         called, so the averaging layer never elects them leader nor gives them a part to own (they only
         contribute and receive); use it only when the reachability check fails, since every client peer
-        adds load to the others. Extra options go to ``hivemind.DHT`` (e.g. ``authorizer``,
-        ``record_validators``).
+        adds load to the others. Extra options go to ``hivemind.DHT``: for an admitted-only DHT pass
+        :func:`peer.averaging.dht_security.dht_options` (identity, ``authorizer``, ``record_validators``).
+
+        ``bootstrap_timeout_s``: when none of ``initial_peers`` answers (the coordinator's DHT node is
+        restarting, a network blip), retry with backoff for this long before giving up. Set it above the
+        time a coordinator takes to restart (seconds to a minute); 0 fails at the first attempt.
         """
-        dht = hivemind.DHT(
-            initial_peers=list(initial_peers) or None,
-            host_maddrs=list(host_maddrs),
-            client_mode=client_mode,
-            start=True,
-            **dht_options,
-        )
+        deadline = time.monotonic() + bootstrap_timeout_s
+        backoff = BOOTSTRAP_BACKOFF_START_S
+        while True:
+            try:
+                dht = hivemind.DHT(
+                    initial_peers=list(initial_peers) or None,
+                    host_maddrs=list(host_maddrs),
+                    client_mode=client_mode,
+                    start=True,
+                    **dht_options,
+                )
+                break
+            except Exception as error:
+                if not initial_peers or "bootstrap" not in str(error) or time.monotonic() + backoff > deadline:
+                    raise
+                logger.warning("no DHT bootstrap peer answered (%s); retrying in %.0f s", error, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, BOOTSTRAP_BACKOFF_MAX_S)
         try:
-            return cls(dht, owns_dht=True)
+            return cls(dht, owns_dht=True, rejoin_peers=initial_peers)
         except BaseException:
             dht.shutdown()
             raise
@@ -93,6 +128,15 @@ class Transport:
         # share): shutting this transport down then never closes someone else's connection
         future = self._dht.run_coroutine(_daemon_listen_maddr, return_future=True)
         return await P2P.replicate(await future)
+
+    async def _rejoin_forever(self, peers: list[PeerID], period_s: float) -> None:
+        """Ping the bootstrap peers every ``period_s``: a ping makes the callee add this node to its routing
+        table, so a bootstrap node that restarted (and forgot everyone) learns the existing peers again and
+        can introduce new joiners to them; without it the DHT splits into the old peers and the new ones."""
+        while True:
+            await asyncio.sleep(period_s)
+            with contextlib.suppress(Exception):  # a peer that is down now is tried again next period
+                await self._dht.run_coroutine(functools.partial(_ping_peers, peers=peers), return_future=True)
 
     # ----------------------------------------------------------------- event loop
     def _serve_loop(self) -> None:
@@ -176,8 +220,11 @@ class Transport:
 
     # ----------------------------------------------------------------- DHT
     async def dht_store(self, key: str, subkey: str, value: bytes, expiration_time: float) -> bool:
-        """Store ``value`` under ``key``/``subkey`` until ``expiration_time`` (DHT time); True if stored."""
-        future = self._dht.store(key, value, expiration_time, subkey=subkey, return_future=True)
+        """Store ``value`` under ``key``/``subkey`` until ``expiration_time`` (DHT time); True if stored.
+
+        The key name travels with the value (:mod:`peer.averaging.dht_records`) so that DHT nodes can
+        schema-check it."""
+        future = self._dht.store(key, wrap(key, value), expiration_time, subkey=subkey, return_future=True)
         return bool(await future)
 
     async def dht_get_subkeys(self, key: str) -> dict[str, bytes]:
@@ -190,7 +237,12 @@ class Transport:
         for subkey, item in result.value.items():
             value = getattr(item, "value", None)
             if isinstance(subkey, str) and isinstance(value, bytes):
-                entries[subkey] = value
+                try:
+                    name, inner = unwrap(value)
+                except RecordError:
+                    continue
+                if name == key:
+                    entries[subkey] = inner
         return entries
 
     # ----------------------------------------------------------------- shutdown
@@ -221,6 +273,11 @@ class Transport:
         for task in asyncio.all_tasks(self._loop):
             task.cancel()
         self._loop.call_soon(self._loop.stop)
+
+
+async def _ping_peers(_dht: hivemind.DHT, node: Any, *, peers: Sequence[PeerID]) -> None:
+    """Runs inside the DHT process: ping each peer (which adds this node to its routing table)."""
+    await asyncio.gather(*(node.protocol.call_ping(peer) for peer in peers), return_exceptions=True)
 
 
 async def _daemon_listen_maddr(_dht: hivemind.DHT, node: Any) -> Any:

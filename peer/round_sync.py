@@ -1,0 +1,166 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""Keeping peers on the same outer step: who is coming to a round, and has the network moved on?
+
+Matchmaking only groups the peers that reach a round within ``matchmaking_time`` of each other. Peers
+whose inner periods end seconds apart (a joiner, a slower machine, a peer that just re-synced) would
+otherwise average alone and fork the global parameters. So before averaging round ``r`` a peer posts a
+*ready* marker for ``r`` and waits — at most ``straggler_wait_s`` — until every peer it expects has posted
+one too. It expects every state donor (``StateSync`` announcements: every live peer announces its outer
+step) that has not passed round ``r`` yet, except peers that said they are *absent*: ``idle`` (no data
+for now; refreshed while idle) or ``left`` (stopped cleanly). A donor already at step ``r`` or beyond
+means the network moved on without this peer: it must download the state instead of averaging.
+
+Tuning ``straggler_wait_s``: it should cover the spread of the peers' inner-period times plus one state
+download, so that a peer that re-synced still makes the next round. Too short and slow peers keep
+missing rounds (they re-sync every time and never contribute); too long and a peer that died silently
+holds everyone up for that long, once per round, until its donor announcement expires (three announce
+periods).
+
+DHT keys (besides the averaging layer's, see ``peer.averaging.dht_keys``):
+``lila/{run}/ready/{round}`` (subkey peer id, value ``{"v": 1}``) and ``lila/{run}/absent`` (subkey peer id,
+value ``{"why": "idle" | "left"}``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from .averaging.state_sync import Donor, StateSync
+from .averaging.transport import Transport
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 0.25
+MAX_RECORD_BYTES = 256
+READY_TTL_ROUNDS = 4  # a ready marker outlives this many straggler waits
+LEFT_TTL_S = 600.0
+DHT_CALL_TIMEOUT_S = 10.0
+ABSENT_REASONS = ("idle", "left")
+
+
+def ready_key(run_id: str, round_index: int) -> str:
+    return f"lila/{run_id}/ready/{round_index}"
+
+
+def absent_key(run_id: str) -> str:
+    return f"lila/{run_id}/absent"
+
+
+@dataclass(frozen=True)
+class BarrierResult:
+    """How the wait for round ``round_index`` ended.
+
+    ``moved_on``: the highest outer step a donor announced when it is ``>= round_index`` (re-sync instead
+    of averaging), else None. ``missing``: expected peers that had not arrived when the wait ended."""
+
+    round_index: int
+    waited_s: float
+    expected: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    moved_on: int | None = None
+
+
+@dataclass
+class RoundSync:
+    """Ready markers, absence records and the network's outer step for one peer of one run."""
+
+    transport: Transport
+    state_sync: StateSync
+    run_id: str
+    straggler_wait_s: float
+    idle_ttl_s: float = 5.0
+    enabled: bool = True  # False once the DHT refused a ready marker (then only the moved-on check runs)
+
+    def __post_init__(self) -> None:
+        if self.straggler_wait_s < 0 or self.idle_ttl_s <= 0:
+            raise ValueError(f"straggler_wait_s={self.straggler_wait_s} must be >= 0 and "
+                             f"idle_ttl_s={self.idle_ttl_s} > 0")
+
+    @property
+    def me(self) -> str:
+        return self.transport.peer_id
+
+    # ------------------------------------------------------------------ the network's step
+    def donors(self) -> list[Donor]:
+        """Other peers announcing a state, highest outer step first."""
+        return self.state_sync.find_donors()
+
+    def network_step(self) -> int:
+        """The highest outer step another peer announces (-1 when nobody does)."""
+        donors = self.donors()
+        return donors[0].outer_step if donors else -1
+
+    # ------------------------------------------------------------------ markers
+    def post_ready(self, round_index: int) -> bool:
+        """Say this peer reached round ``round_index``; False when the DHT refused the record."""
+        expiration = self.transport.now() + READY_TTL_ROUNDS * max(self.straggler_wait_s, self.idle_ttl_s)
+        return self._store(ready_key(self.run_id, round_index), {"v": 1}, expiration)
+
+    def post_absent(self, why: str, *, timeout: float = DHT_CALL_TIMEOUT_S) -> bool:
+        """Tell the others not to wait for this peer: ``idle`` (re-post while idle) or ``left``."""
+        if why not in ABSENT_REASONS:
+            raise ValueError(f"absence {why!r}: use one of {ABSENT_REASONS}")
+        ttl = LEFT_TTL_S if why == "left" else self.idle_ttl_s
+        return self._store(absent_key(self.run_id), {"why": why}, self.transport.now() + ttl, timeout=timeout)
+
+    def _store(self, key: str, value: dict, expiration: float, *, timeout: float = DHT_CALL_TIMEOUT_S) -> bool:
+        payload = json.dumps(value, separators=(",", ":")).encode()
+        return self.transport.run(self.transport.dht_store(key, self.me, payload, expiration), timeout=timeout)
+
+    def _subkeys(self, key: str) -> dict[str, bytes]:
+        records = self.transport.run(self.transport.dht_get_subkeys(key), timeout=DHT_CALL_TIMEOUT_S)
+        return {peer: value for peer, value in records.items() if len(value) <= MAX_RECORD_BYTES}
+
+    def absent(self) -> set[str]:
+        """Peers that said they are idle or gone."""
+        out = set()
+        for peer, value in self._subkeys(absent_key(self.run_id)).items():
+            try:
+                why = json.loads(value.decode()).get("why")
+            except (ValueError, AttributeError):
+                continue
+            if why in ABSENT_REASONS:
+                out.add(peer)
+        return out
+
+    # ------------------------------------------------------------------ the barrier
+    def wait_for_peers(self, round_index: int, *, stop: threading.Event | None = None) -> BarrierResult:
+        """Post ready for ``round_index`` and wait for the expected peers (see the module docstring)."""
+        started = time.monotonic()
+        deadline = started + self.straggler_wait_s
+        if not self.post_ready(round_index) and self.enabled:
+            # e.g. DHT nodes whose record schema does not know the ready key: the others cannot see
+            # anyone's marker either, so waiting would only cost every round the full straggler time
+            self.enabled = False
+            logger.warning("the DHT refused the round-%d ready marker: not waiting for stragglers from now on "
+                           "(peers that drift apart re-sync instead)", round_index)
+        if not self.enabled:
+            deadline = started
+        expected: set[str] = set()
+        missing: set[str] = set()
+        while True:
+            donors = self.donors()
+            ahead = [donor.outer_step for donor in donors if donor.outer_step >= round_index]
+            if ahead:
+                return BarrierResult(round_index, time.monotonic() - started, tuple(sorted(expected)),
+                                     moved_on=max(ahead))
+            absent = self.absent()
+            expected = {donor.peer_id for donor in donors} - absent - {self.me}
+            arrived = set(self._subkeys(ready_key(self.run_id, round_index)))
+            missing = expected - arrived
+            now = time.monotonic()
+            if not missing or now >= deadline or (stop is not None and stop.is_set()):
+                break
+            if stop is not None:
+                stop.wait(min(POLL_S, deadline - now))
+            else:
+                time.sleep(min(POLL_S, deadline - now))
+        waited = time.monotonic() - started
+        if missing and self.enabled:
+            logger.info("round %d: %d expected peers did not arrive within %.1f s: %s", round_index,
+                        len(missing), self.straggler_wait_s, sorted(missing))
+        return BarrierResult(round_index, waited, tuple(sorted(expected)), tuple(sorted(missing)))
