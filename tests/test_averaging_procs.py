@@ -55,7 +55,7 @@ WAIT_S = 90.0  # the longest the test waits for any one file
 POLL_S = 0.05
 HANG_S = 120.0
 CONFIG = dict(
-    matchmaking_time=2.0, join_timeout=1.5, request_timeout=1.0, part_timeout=3.0, result_timeout=3.0
+    matchmaking_time=2.0, join_timeout=1.5, request_timeout=1.0, part_timeout=5.0, result_timeout=5.0
 )
 STATE_CONFIG = dict(request_timeout=3.0, chunk_timeout=3.0, total_timeout=30.0, announce_period=5.0)
 
