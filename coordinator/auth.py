@@ -111,11 +111,6 @@ class SessionSigner:
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._secret, payload, hashlib.sha256).digest()
 
-    def derive_key(self, label: str) -> str:
-        """A secret derived from the session secret for another purpose (e.g. ``"averaging"``): stable
-        for the run, unrelated to session tokens, hex-encoded."""
-        return hmac.new(self._secret, f"lila-derived-key:{label}".encode(), hashlib.sha256).hexdigest()
-
     def issue(self, peer_id: str, token_id: str, *, now: float) -> str:
         """A session token for ``peer_id``, made with join token ``token_id``."""
         payload = json.dumps(

@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = "lila.v1.Coordinator"
 AUTH_METADATA_KEY = "authorization"
 BEARER_PREFIX = "Bearer "
-AVERAGING_KEY_LABEL = "averaging"
 PEER_ID_BYTES = 8
 STOP_GRACE_S = 2.0
 MAX_REVOKED_IN_REPLY = 10_000
@@ -305,7 +304,6 @@ class CoordinatorService:
             heartbeat_interval_s=self.settings.heartbeat_interval_s,
             lease_timeout_s=self.settings.lease_timeout_s,
             last_report_seq=admitted.last_report_seq,
-            averaging_key=self.signer.derive_key(AVERAGING_KEY_LABEL),
             authority_public_keys=self._authority_keys(),
         )
 

@@ -175,12 +175,23 @@ class TrustSection:
 
     ``mean`` is exact but one bad peer can ruin a round; ``centered_clip`` or ``trimmed_mean`` bound any
     single peer's influence. ``norm_bound`` rejects contributions whose norm exceeds this multiple of the
-    group's median. After ``strikes_to_ban`` rejected contributions a peer is banned.
+    group's median.
+
+    Banning: a peer earns a strike for a round once ``strike_witnesses`` distinct part owners reported
+    rejecting its contribution in that round (1 lets any single peer — possibly a liar — strike others;
+    more than the group size minus one can never be reached). After ``strikes_to_ban`` strikes within the
+    last ``strike_memory_rounds`` rounds it is banned: its session, leases and credential are revoked.
+    Too few strikes ban peers for one transient glitch; too many let an attacker spoil more rounds.
+    ``credential_ttl_s``: lifetime of the averaging credential peers renew from the coordinator; a ban
+    reaches a peer that missed the heartbeat's ban list within this time (minutes to an hour).
     """
 
     aggregator: str = "mean"
     norm_bound: float = 5.0
     strikes_to_ban: int = 3
+    strike_witnesses: int = 2
+    strike_memory_rounds: int = 50
+    credential_ttl_s: float = 3600.0
 
     def validate(self) -> None:
         if self.aggregator not in AGGREGATORS:
@@ -189,6 +200,13 @@ class TrustSection:
             raise ConfigError(f"trust.norm_bound={self.norm_bound}: must be > 1 (a multiple of the median norm)")
         if self.strikes_to_ban < 1:
             raise ConfigError(f"trust.strikes_to_ban={self.strikes_to_ban}: must be >= 1")
+        if self.strike_witnesses < 1:
+            raise ConfigError(f"trust.strike_witnesses={self.strike_witnesses}: must be >= 1 (2 is typical)")
+        if self.strike_memory_rounds < self.strikes_to_ban:
+            raise ConfigError(f"trust.strike_memory_rounds={self.strike_memory_rounds}: must be >= "
+                              f"trust.strikes_to_ban={self.strikes_to_ban}, or no peer can ever be banned")
+        if not 60 <= self.credential_ttl_s <= 7 * 86_400:
+            raise ConfigError(f"trust.credential_ttl_s={self.credential_ttl_s}: use 60 s to 7 days (3600 is typical)")
 
 
 @dataclass(frozen=True)

@@ -44,9 +44,9 @@ class NetworkOptions:
     max_outer_steps: int | None = None
     threads_per_peer: int | None = None
     dht: bool = True
-    # The coordinator's DHT admits only peers that present averaging credentials (IssueCredential);
-    # `lila-peer join` does not present them yet, so the local network runs the DHT without that check.
-    dht_auth: bool = False
+    # The coordinator's DHT admits only peers that present coordinator-signed averaging credentials
+    # (IssueCredential); False runs it open, for peers too old to present them.
+    dht_auth: bool = True
     extra_peer_args: tuple[str, ...] = ()
 
 

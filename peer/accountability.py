@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
 """Trust on the peer side: credentials from the coordinator, and strike reports for what this peer rejected.
 
-- :class:`CoordinatorTrust` adds the two trust calls (``IssueCredential``, ``ReportStrike``) to a
-  :class:`~peer.coordinator_client.CoordinatorClient` session.
+- :func:`credential_fetcher` turns ``CoordinatorClient.issue_credential`` into the fetch function of a
+  :class:`~peer.averaging.trust.TrustSession` (which renews the credential before it expires).
 - :class:`StrikeReporter` turns the rejections of one averaging round into one ``ReportStrike``: only the
   rejections of the part this peer owns (what it witnessed itself; the other owners report their own
   parts), with the round, the group and each rejected peer's reason and norm ratio. The coordinator makes
@@ -20,8 +20,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
-
 from lila_proto import coordinator_pb2 as pb
 from peer.averaging.aggregators import Rejection
 from peer.averaging.averager import Averager, RoundResult
@@ -36,23 +34,11 @@ MAX_EVIDENCE_PER_REPORT = 64
 KNOWN_REASONS = frozenset({"misaligned", "non_finite", "norm_ratio", "shape_mismatch", "undecodable"})
 
 
-class CoordinatorTrust:
-    """The trust RPCs on an existing session (a ``CoordinatorClient``: its channel, token and retries)."""
+def credential_fetcher(client: Any) -> Callable[[str, bytes], IssuedCredential]:
+    """``TrustSession``'s fetch function over ``client.issue_credential`` (a ``CoordinatorClient``)."""
 
-    def __init__(self, client: Any) -> None:
-        self._client = client
-
-    def issue_credential(self, libp2p_peer_id: str, public_key: bytes) -> IssuedCredential:
-        """A credential for this identity; ``PermissionError`` when the coordinator refuses the peer."""
-        from peer.coordinator_client import CoordinatorError
-
-        request = pb.IssueCredentialRequest(libp2p_peer_id=libp2p_peer_id, public_key=public_key)
-        try:
-            response = self._client._call("IssueCredential", self._client._stub.IssueCredential, request)
-        except CoordinatorError as exc:
-            if exc.code is grpc.StatusCode.PERMISSION_DENIED:  # banned
-                raise PermissionError(str(exc)) from None
-            raise
+    def fetch(libp2p_peer_id: str, public_key: bytes) -> IssuedCredential:
+        response = client.issue_credential(libp2p_peer_id, public_key)
         return IssuedCredential(
             credential=response.credential,
             expires_at=response.expires_at,
@@ -60,9 +46,7 @@ class CoordinatorTrust:
             revoked=tuple(response.revoked_libp2p_ids),
         )
 
-    def report_strike(self, request: pb.ReportStrikeRequest) -> pb.ReportStrikeResponse:
-        """Send one strike report (not retried: a lost report only delays a ban)."""
-        return self._client._call("ReportStrike", self._client._stub.ReportStrike, request, retry=False)
+    return fetch
 
 
 def strike_evidence(result: RoundResult, me: str) -> list[tuple[int, Rejection]]:
@@ -96,7 +80,7 @@ def strike_request(result: RoundResult, evidence: Sequence[tuple[int, Rejection]
 class StrikeReporter:
     """Reports, after every round, the peers this peer rejected in its own part (see the module docstring).
 
-    ``report``: sends a ``ReportStrikeRequest`` (``CoordinatorTrust.report_strike``). ``me``: this peer's
+    ``report``: sends a ``ReportStrikeRequest`` (``CoordinatorClient.report_strike``). ``me``: this peer's
     libp2p id. Failures are logged and counted, never raised: accountability must not stop training.
     ``rejections_seen`` counts, per accused peer, the rounds in which this peer rejected it.
     """
@@ -178,8 +162,7 @@ def open_trusted_averaging(
     ``client``: the peer's ``CoordinatorClient`` after Join. ``run_name``: the coordinator's run name
     (what credentials carry); ``run_id``: the averaging run id (DHT keys and protocol names).
     """
-    trust = CoordinatorTrust(client)
-    session = TrustSession(run_name=run_name, fetch=trust.issue_credential)
+    session = TrustSession(run_name=run_name, fetch=credential_fetcher(client))
     transport = None
     try:
         transport = Transport.create(
@@ -212,5 +195,5 @@ def open_trusted_averaging(
         raise
     session.listeners += [averager.set_credential, state_sync.set_credential]
     session.start()
-    reporter = StrikeReporter(report=trust.report_strike, me=transport.peer_id)
+    reporter = StrikeReporter(report=client.report_strike, me=transport.peer_id)
     return TrustedAveraging(session, transport, averager, state_sync, reporter)

@@ -138,6 +138,25 @@ class CoordinatorClient:
     def close(self) -> None:
         self._channel.close()
 
+    # ------------------------------------------------------------------ trust
+    def issue_credential(self, libp2p_peer_id: str, public_key: bytes) -> pb.IssueCredentialResponse:
+        """A coordinator-signed averaging credential for this libp2p identity.
+
+        Raises ``PermissionError`` when the coordinator refuses the peer (banned or revoked), and
+        ``CoordinatorError`` for anything else.
+        """
+        request = pb.IssueCredentialRequest(libp2p_peer_id=libp2p_peer_id, public_key=public_key)
+        try:
+            return self._call("IssueCredential", self._stub.IssueCredential, request)
+        except CoordinatorError as exc:
+            if exc.code is grpc.StatusCode.PERMISSION_DENIED:
+                raise PermissionError(str(exc)) from None
+            raise
+
+    def report_strike(self, request: pb.ReportStrikeRequest) -> pb.ReportStrikeResponse:
+        """Send one strike report. Not retried: a lost report only delays a ban."""
+        return self._call("ReportStrike", self._stub.ReportStrike, request, retry=False)
+
     # ------------------------------------------------------------------ leases (peer.data_feed.LeaseClient)
     def lease(self, *, wait: bool = True) -> Lease | None:
         """A lease; None when the run is finished (:attr:`run_finished` is then set), the peer is stopping,

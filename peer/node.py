@@ -43,10 +43,11 @@ from lila_data import curriculum_at, evaluate_bpb, iter_validation_texts, load_t
 from lila_model.config import get_preset
 from lila_model.model import LilaLM
 from lila_model.telemetry import layer_telemetry
+from lila_proto import coordinator_pb2 as pb
 from lila_run.config import RunConfig, loads_run_config
 
-from .averaging.aggregators import get_aggregator
-from .averaging.auth import StaticTokenAuthorizer
+from .accountability import TrustedAveraging, open_trusted_averaging
+from .averaging.aggregators import aggregator_for
 from .averaging.averager import STATUS_FAILED, Averager, RoundResult
 from .averaging.config import AveragingConfig
 from .averaging.matchmaking import Group
@@ -72,6 +73,7 @@ logger = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_DOES_NOT_FIT = 3
 EXIT_TRANSPORT_DIED = 4
+EXIT_BANNED = 5  # the coordinator banned this peer (its contributions were rejected too often)
 VAL_BATCH = 8
 STATE_KEYS = ("global_params", "momentum_buffer")
 DONOR_ANNOUNCE_PERIOD_S = 2.0  # a live peer re-announces its state this often; a dead one vanishes in 3×
@@ -115,6 +117,10 @@ class Stopped(Exception):
 
 class TransportDied(RuntimeError):
     """The peer's DHT or p2p daemon is gone (e.g. killed by the OS): the peer cannot average any more."""
+
+
+class Banned(RuntimeError):
+    """The coordinator refused this peer (banned after too many strikes)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,6 +174,7 @@ class PeerNode:
         self.averager: Averager | None = None
         self.state_sync: StateSync | None = None
         self.round_sync: RoundSync | None = None
+        self.trust: TrustedAveraging | None = None
         self.heartbeat: Heartbeat | None = None
         self.feed: DataFeed | None = None
         self.outer_step = 0
@@ -230,7 +237,7 @@ class PeerNode:
         self.feed = DataFeed(self.client, tokenizer=self.tokenizer, batch_size=run.diloco.batch_size,
                              validation_fraction=run.data.validation_fraction)
         self.codec = get_codec(run.codec.name, **codec_options(run))
-        self.aggregator = get_aggregator(run.trust.aggregator)
+        self.aggregator = aggregator_for(run.trust)
         source = next(iter(run.data.sources.values()))
         self.val_texts = list(iter_validation_texts(source, fraction=run.data.validation_fraction,
                                                     max_docs=run.data.validation_max_docs))
@@ -238,19 +245,14 @@ class PeerNode:
 
     def _connect(self, run: RunConfig) -> None:
         join = self.client.join_response
-        self.transport = Transport.create(initial_peers=list(join.dht_initial_peers),
-                                          host_maddrs=[f"/ip4/{self.options.host}/tcp/0"],
-                                          client_mode=self.options.client_mode)
-        if not join.averaging_key:
-            raise RuntimeError("the coordinator sent no averaging key: it is older than this peer; "
-                               "ask the organizer to upgrade it")
-        key = join.averaging_key.encode()
-        authorize = StaticTokenAuthorizer([key])
         run_id = run.run.name.replace(".", "-")
-        self.averager = Averager(self.transport, run_id=run_id, credential=key, authorize=authorize,
-                                 max_numel=self.outer.global_params.numel(), config=averaging_config(run))
-        self.state_sync = StateSync(self.transport, run_id=run_id, credential=key, authorize=authorize,
-                                    config=StateSyncConfig(announce_period=DONOR_ANNOUNCE_PERIOD_S))
+        self.trust = open_trusted_averaging(
+            self.client, run_name=run.run.name, run_id=run_id, initial_peers=list(join.dht_initial_peers),
+            host=self.options.host, client_mode=self.options.client_mode,
+            max_numel=self.outer.global_params.numel(), config=averaging_config(run),
+            state_config=StateSyncConfig(announce_period=DONOR_ANNOUNCE_PERIOD_S))
+        self.transport, self.averager = self.trust.transport, self.trust.averager
+        self.state_sync = self.trust.state_sync
         wait = self.options.straggler_wait_s
         self.round_sync = RoundSync(self.transport, self.state_sync, run_id=run_id,
                                     straggler_wait_s=run.diloco.averaging_timeout_s if wait is None else wait,
@@ -491,6 +493,8 @@ class PeerNode:
         started = time.perf_counter()
         result = self._average(round_index, vector)
         seconds = time.perf_counter() - started
+        if self.trust is not None:
+            self.trust.report_round(result)  # rejections in this peer's part -> ReportStrike
         self.metrics.round_seconds.observe(seconds)
         self.metrics.rounds_total.labels(outcome=result.status).inc()
         self.metrics.group_size.set(result.group_size)
@@ -607,19 +611,60 @@ class PeerNode:
             self._resync(step, "idle without data")
         self.stop.wait(IDLE_POLL_S)
 
+    def _finish(self, run: RunConfig) -> None:
+        """The curriculum has no data left, but peers still in their last inner period will average once
+        more. Stay (idle) until every other live peer is idle or gone, following the network's outer
+        step, so that every peer ends the run holding the same parameters. Bounded: a peer that died
+        silently keeps its announcement for three announce periods at most."""
+        assert self.round_sync is not None and self.heartbeat is not None
+        self.heartbeat.phase = "idle"
+        wait = self.round_sync.straggler_wait_s + run.diloco.averaging_timeout_s + 3 * DONOR_ANNOUNCE_PERIOD_S
+        deadline = time.monotonic() + wait
+        while not self.stop.is_set():
+            try:
+                self.round_sync.post_absent("idle")
+                working = self.round_sync.working()
+            except Exception as exc:
+                logger.warning("could not see whether other peers are still training: %s", exc)
+                return
+            step = self._network_step()
+            if step <= self.outer_step and not working:
+                return
+            if time.monotonic() >= deadline:
+                logger.warning("leaving at outer step %d (the network is at %d) while %d peer(s) still seem "
+                               "to train", self.outer_step, step, len(working))
+                return
+            if step > self.outer_step:
+                self._resync(step, "the run is finished")
+            else:
+                self.stop.wait(IDLE_POLL_S)
+
     # ------------------------------------------------------------------ main loop
+    def _on_heartbeat(self, response: pb.HeartbeatResponse) -> None:
+        if self.trust is not None:
+            self.trust.on_heartbeat(response)  # banned peers are refused by averaging and state sync at once
+
+    def _refused(self) -> bool:
+        """True once the coordinator banned this peer (credential refused, or heartbeat PERMISSION_DENIED)."""
+        banned = self.trust is not None and self.trust.session.banned
+        return banned or (self.heartbeat is not None and self.heartbeat.refused)
+
     def _loop(self, run: RunConfig) -> None:
         assert self.round_sync is not None
         done = 0
         while not self.stop.is_set():
             if self.options.max_outer_steps is not None and done >= self.options.max_outer_steps:
                 break
+            if self._refused():
+                raise Banned("the coordinator banned this peer from the run (its contributions were rejected "
+                             "by the other peers too often; see the coordinator's status page): leaving")
             period = self._inner_period(run)
             if self.stop.is_set():
                 break
             if period.tokens == 0:
                 if self.client.run_finished:
                     logger.info("the curriculum has no data left: the run is finished")
+                    self._finish(run)
                     break
                 self._idle()
                 continue
@@ -657,7 +702,8 @@ class PeerNode:
             return EXIT_DOES_NOT_FIT
         self.run_config = run
         join = self.client.join_response
-        self.heartbeat = Heartbeat(self.client, interval_s=join.heartbeat_interval_s).start()
+        self.heartbeat = Heartbeat(self.client, interval_s=join.heartbeat_interval_s,
+                                   on_reply=self._on_heartbeat).start()
         try:
             with self.progress.redirect_logging():
                 self._build(run)
@@ -669,6 +715,9 @@ class PeerNode:
         except TransportDied as exc:
             logger.error("%s", exc)
             return EXIT_TRANSPORT_DIED
+        except (Banned, PermissionError) as exc:
+            logger.error("%s", exc)
+            return EXIT_BANNED
         finally:
             self.close()
         return EXIT_OK
@@ -698,12 +747,8 @@ class PeerNode:
                 self.round_sync.post_absent("left", timeout=LEAVE_DHT_TIMEOUT_S)
             except Exception as exc:
                 logger.debug("could not tell the other peers this one leaves: %s", exc)
-        for part in (self.state_sync, self.averager, self.transport):
-            if part is not None:
-                try:
-                    part.shutdown()
-                except Exception as exc:
-                    logger.warning("shutdown of %s failed: %s", type(part).__name__, exc)
+        if self.trust is not None:
+            self.trust.shutdown()  # state sync, averager, transport, then the credential files
         self.metrics.close()
         self.client.close()
         if self.events is not None:

@@ -127,6 +127,14 @@ class RoundSync:
                 out.add(peer)
         return out
 
+    def working(self) -> list[Donor]:
+        """Other live peers that did not say they are idle or gone (they may still average a round)."""
+        donors = self.donors()
+        if not donors:
+            return []
+        absent = self.absent()
+        return [donor for donor in donors if donor.peer_id not in absent and donor.peer_id != self.me]
+
     # ------------------------------------------------------------------ the barrier
     def wait_for_peers(self, round_index: int, *, stop: threading.Event | None = None) -> BarrierResult:
         """Post ready for ``round_index`` and wait for the expected peers (see the module docstring)."""

@@ -58,8 +58,36 @@ def test_every_shipped_config_gives_valid_server_settings(path):
     assert settings.lease_timeout_s == config.coordinator.lease_timeout_s
     assert settings.heartbeat_interval_s == config.coordinator.heartbeat_interval_s
     assert settings.strikes_to_ban == config.trust.strikes_to_ban
+    assert settings.strike_witnesses == config.trust.strike_witnesses
+    assert settings.strike_memory_rounds == config.trust.strike_memory_rounds
+    assert settings.credential_ttl_s == config.trust.credential_ttl_s
     core = settings.core_config()
     assert core.retry_after_s == config.coordinator.heartbeat_interval_s
+
+
+def test_trust_section_defaults_are_the_coordinators_defaults():
+    from coordinator.credentials import DEFAULT_CREDENTIAL_TTL_S
+    from coordinator.state import (
+        DEFAULT_STRIKE_MEMORY_ROUNDS,
+        DEFAULT_STRIKE_WITNESSES,
+        DEFAULT_STRIKES_TO_BAN,
+    )
+    from lila_run.config import TrustSection
+
+    trust = TrustSection()
+    assert (trust.strikes_to_ban, trust.strike_witnesses, trust.strike_memory_rounds, trust.credential_ttl_s) == (
+        DEFAULT_STRIKES_TO_BAN, DEFAULT_STRIKE_WITNESSES, DEFAULT_STRIKE_MEMORY_ROUNDS, DEFAULT_CREDENTIAL_TTL_S)
+
+
+def test_trust_section_rejects_a_policy_that_can_never_ban():
+    from lila_run.config import ConfigError, TrustSection
+
+    with pytest.raises(ConfigError, match="strike_memory_rounds"):
+        TrustSection(strikes_to_ban=5, strike_memory_rounds=4).validate()
+    with pytest.raises(ConfigError, match="strike_witnesses"):
+        TrustSection(strike_witnesses=0).validate()
+    with pytest.raises(ConfigError, match="credential_ttl_s"):
+        TrustSection(credential_ttl_s=1).validate()
 
 
 def test_plan_values_are_checked():
