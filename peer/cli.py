@@ -62,7 +62,11 @@ def _run_plan(args: argparse.Namespace) -> int:
 
 
 def _add_join(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("join", help="join a run and train until it ends (Ctrl+C leaves cleanly)")
+    p = subparsers.add_parser(
+        "join", help="join a run and train until it ends (Ctrl+C leaves cleanly)",
+        epilog="exit status: 0 the run ended or the peer left cleanly; 2 bad arguments; 3 the model does not fit "
+               "this device (see `lila-peer plan`); 4 this peer's DHT/p2p daemon died (restart: it resumes from "
+               "its checkpoint); 5 the coordinator banned this peer (its contributions were rejected too often)")
     p.add_argument("coordinator", help="the coordinator's gRPC address, HOST:PORT")
     p.add_argument("--token", default=os.environ.get("LILA_JOIN_TOKEN", ""),
                    help="join token from the run's organizer (or set LILA_JOIN_TOKEN)")

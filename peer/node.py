@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 import psutil
 import torch
 
@@ -55,7 +56,7 @@ from .averaging.state_format import StateSnapshot
 from .averaging.state_sync import DownloadResult, StateSync, StateSyncConfig, StateSyncError
 from .averaging.transport import Transport
 from .checkpoints import CheckpointStore
-from .coordinator_client import CoordinatorClient
+from .coordinator_client import CoordinatorClient, CoordinatorError
 from .data_feed import DataFeed
 from .events import EVENTS_FILE, EventLog
 from .hardware import detect_hardware
@@ -175,6 +176,7 @@ class PeerNode:
         self.state_sync: StateSync | None = None
         self.round_sync: RoundSync | None = None
         self.trust: TrustedAveraging | None = None
+        self.banned = False
         self.heartbeat: Heartbeat | None = None
         self.feed: DataFeed | None = None
         self.outer_step = 0
@@ -716,7 +718,14 @@ class PeerNode:
             logger.error("%s", exc)
             return EXIT_TRANSPORT_DIED
         except (Banned, PermissionError) as exc:
+            self.banned = True
             logger.error("%s", exc)
+            return EXIT_BANNED
+        except CoordinatorError as exc:
+            if exc.code is not grpc.StatusCode.PERMISSION_DENIED:
+                raise
+            self.banned = True  # any call may be the first to learn it
+            logger.error("the coordinator banned this peer from the run: %s", exc)
             return EXIT_BANNED
         finally:
             self.close()
@@ -724,10 +733,10 @@ class PeerNode:
 
     def close(self) -> None:
         """Release leases at their resume positions, leave, and stop every background part."""
-        reason = "stopped" if self.stop.is_set() else "done"
+        reason = "stopped" if self.stop.is_set() else "banned" if self.banned else "done"
         released: list[dict[str, Any]] = []
         self.progress.close()
-        if self.feed is not None:
+        if self.feed is not None and not self.banned:  # a ban already took this peer's leases back
             try:
                 for lease, position in self.feed.release():
                     released.append({"lease_id": lease.lease_id, "shard_id": lease.shard.shard_id,
@@ -738,7 +747,8 @@ class PeerNode:
         if self.heartbeat is not None:
             self.heartbeat.stop()
         try:
-            self.client.leave(reason)
+            if not self.banned:
+                self.client.leave(reason)
             logger.info("left the run (%s)", reason)
         except Exception as exc:
             logger.warning("could not say goodbye to the coordinator: %s", exc)
