@@ -3,28 +3,35 @@
 
 All in one run, same model, same data, same token budget (issue 8):
 
-1. plain training in one process (bench/baseline.py): (a) with the per-peer batch B, (b) with the global
-   batch N×B for every N — the synchronous data-parallel equivalent, the fair reference;
+1. plain training in one process (bench/baseline.py, the peer's own InnerTrainer and data readers):
+   (a) with the per-peer batch B, (b) with the global batch N×B for every N — the synchronous
+   data-parallel equivalent, the fair reference. They run side by side, one thread each;
 2. the network (coordinator + N ``lila-peer join`` processes on 127.0.0.1, lila_run.local_network) with
    N = 2 and 4 peers and fp32 pseudo-gradients;
 3. the same with the E8 lattice codec at 4 and 2 bits per coordinate.
 
+Layout: every network trains the run's token budget in the same K = 15 outer steps; the run's
+``inner_steps`` is H of 4 peers and N peers take H × 4 / N (see :func:`derive_layout`). The Python docs
+are sorted by topic, so the bench trains on a copy with shuffled rows (:func:`shuffled_source`).
+
 Per configuration it reports the final validation bits per byte (evaluated here on the checkpoint the
 network leaves, with the same texts and evaluator as the baselines) and its ratio to (b) (``bpb_ratio``)
 and to (a); each peer's tokens/s inside the network — tokens over the wall time of whole outer cycles
-(inner steps, averaging round, evaluation, checkpoint) — divided by the tokens/s of the same process
-setup (model, batch, torch threads, data reading) training alone with no network, measured here in the
-same run with N such processes side by side (``throughput_ratio``, the compute utilization); bytes sent
-per peer per outer step and the communication reduction against fp32 per-step data-parallel all-reduce
-of the same model (the fp32 round's measured bytes × H / this round's bytes). It also measures the
-compressed update's relative error per codec on a real pseudo-gradient, the time from launching
-``lila-peer join`` to the first training step, and the state download time of a joiner from a running
-peer for the ``debug`` and ``lila-20m`` presets. Peers are watched through their Prometheus ``/metrics``
-(sampled every ``SCRAPE_INTERVAL_S``) and the coordinator's ``/api/status``; a peer's
-``outer-steps.jsonl`` is read when present.
+(inner steps, round barrier, averaging round, verification, evaluation, checkpoint) — divided by the
+tokens/s of the same process setup (model, batch, torch threads, data reading) training alone with no
+network, measured in the same run with N such processes side by side, before and after the N-peer runs
+(``throughput_ratio``, the compute utilization); bytes sent per peer per outer step and the communication
+reduction against fp32 per-step data-parallel all-reduce of the same model (the fp32 round's measured
+bytes × H / this round's bytes); where a cycle's time goes (inner period, matchmaking, all-reduce,
+after-round work). It also measures the compressed update's relative error per codec on a real
+pseudo-gradient (and inside the network, with error feedback), the time from launching ``lila-peer join``
+to the first training step, and a joiner's state download from a running peer for the ``debug`` and
+``lila-20m`` presets. Peers are followed through their diaries (``outer-steps.jsonl``, peer/events.py),
+their Prometheus ``/metrics`` (sampled every ``SCRAPE_INTERVAL_S``) and the coordinator's ``/api/status``.
 
-    python bench/network.py --quick --out network.json            # ~20 min on 2 cores
-    python bench/network.py --out network-full.json               # H = 150: hours
+    python bench/network.py --quick --out network.json            # ~40 min on 2 idle cores
+    python bench/network.py --quick --repeats 2 --out n.json      # run-to-run spread of every network
+    python bench/network.py --out network-full.json               # H = 150 / 300, 4.6 M tokens: hours
     python bench/network.py --quick --only 2 --codecs fp32 e8-4   # a subset
 
 Threads: every peer gets ``--threads-per-peer`` (1): 2 peers × 1 thread fill 2 cores, 4 peers
@@ -159,6 +166,7 @@ class BenchSettings:
     evals_per_baseline: int
     error_codecs: tuple[str, ...]
     shuffle: bool = True
+    repeats: int = 1
 
 
 # ---------------------------------------------------------------------------------------------- layout
@@ -467,12 +475,12 @@ class NetworkResult:
 
 
 def run_network(run: RunConfig, *, codec: CodecChoice, peers: int, layout: Layout, settings: BenchSettings,
-                expected_s: float, tokenizer: LilaTokenizer, texts: list[str]) -> NetworkResult:
+                expected_s: float, tokenizer: LilaTokenizer, texts: list[str], repeat: int = 0) -> NetworkResult:
     """Start a coordinator and ``peers`` peers on ``run`` with ``codec``; wait until every peer did its
     outer steps (or a deadline of ``NETWORK_SLOWDOWN_ALLOWED`` × ``expected_s`` + slack), stop
     everything, and measure."""
     name = f"{peers}p-{codec.label}"
-    workdir = settings.workdir / name
+    workdir = settings.workdir / (f"{name}-run{repeat + 1}" if settings.repeats > 1 else name)
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     config_path = workdir / "run.toml"
@@ -623,7 +631,8 @@ def codec_errors(run: RunConfig, delta: torch.Tensor, *, labels: tuple[str, ...]
         encode_s = time.perf_counter() - started
         decoded = codec.decode(payload).reshape(-1)  # [numel]
         error = float((decoded - delta).norm()) / norm if norm > 0 else float("nan")
-        cosine = float(torch.nn.functional.cosine_similarity(decoded, delta, dim=0))
+        wide, reference = decoded.double(), delta.double()  # float32 sums over a million terms drift past 1
+        cosine = float(wide @ reference / (wide.norm() * reference.norm()))
         rows.append({"codec": label, "bits_per_coord": len(payload) * 8 / delta.numel(), "relative_error": error,
                      "cosine": cosine, "snr_db": -20 * math.log10(error) if error > 0 else float("inf"),
                      "encode_s": encode_s})
@@ -641,7 +650,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def build_report(*, layout: Layout, settings: BenchSettings, baselines: dict[str, BaselineResult],
-                 networks: list[NetworkResult], standalone: dict[int, list[float]],
+                 networks: list[list[NetworkResult]], standalone: dict[int, list[float]],
                  errors: list[dict[str, Any]], sync: list[dict[str, Any]], params: int,
                  started_load: float) -> dict[str, Any]:
     """The JSON of issue 8 (``configs``, ``join_to_first_step_s``, ``state_sync_s``) plus the details."""
@@ -655,16 +664,19 @@ def build_report(*, layout: Layout, settings: BenchSettings, baselines: dict[str
                         "tokens": res.tokens, "tokens_per_s_per_peer": res.tokens_per_s, "threads": res.threads,
                         "throughput_ratio": None, "bytes_per_outer_step": 0, "comm_reduction": None,
                         "curve": [[p.tokens, p.val_bpb] for p in res.curve]})
-    fp32_bytes = {n.peers: _median([s.bytes_per_outer_step for s in n.stats]) for n in networks
-                  if n.codec.name == "fp32"}
-    for net in networks:
+    fp32_bytes = {runs[0].peers: _median([s.bytes_per_outer_step for n in runs for s in n.stats])
+                  for runs in networks if runs[0].codec.name == "fp32"}
+    for runs in networks:
+        net = runs[0]
+        every = [s for n in runs for s in n.stats]
+        finals = [n.final_bpb for n in runs if n.final_bpb is not None]
+        val_bpb = statistics.fmean(finals) if finals else None
         alone = statistics.fmean(standalone[net.peers]) if standalone.get(net.peers) else None
-        rate = _median([s.tokens_per_s for s in net.stats])
-        sent = _median([s.bytes_per_outer_step for s in net.stats])
+        rate = _median([s.tokens_per_s for s in every])
+        sent = _median([s.bytes_per_outer_step for s in every])
         theory_fp32 = 2 * (net.peers - 1) / net.peers * FP32_BYTES * params  # ring all-reduce, per step
         per_step_fp32 = fp32_bytes.get(net.peers) or theory_fp32
         b = baselines.get(f"b{net.peers}")
-        every = net.stats
 
         def pooled(attr: str, peers: list[PeerStats] = every) -> float | None:
             """The median of a per-round list over every peer's rounds."""
@@ -672,13 +684,13 @@ def build_report(*, layout: Layout, settings: BenchSettings, baselines: dict[str
 
         cycle = _median([s.cycle_seconds / (s.outer_steps - 1) for s in every if s.outer_steps > 1])
         configs.append({
-            "name": net.name, "peers": net.peers, "bits": net.codec.bits, "val_bpb": net.final_bpb,
-            "bpb_ratio": _ratio(net.final_bpb, b.final_bpb if b else None), "bpb_ratio_a": _ratio(net.final_bpb, a),
+            "name": net.name, "peers": net.peers, "bits": net.codec.bits, "val_bpb": val_bpb,
+            "bpb_ratio": _ratio(val_bpb, b.final_bpb if b else None), "bpb_ratio_a": _ratio(val_bpb, a),
             "tokens_per_s_per_peer": rate, "throughput_ratio": _ratio(rate, alone),
             "bytes_per_outer_step": sent,
             "comm_reduction": per_step_fp32 * layout.inner_steps[net.peers] / sent if sent else None,
             "comm_reduction_vs_ring_theory": theory_fp32 * layout.inner_steps[net.peers] / sent if sent else None,
-            "inner_steps": layout.inner_steps[net.peers],
+            "inner_steps": layout.inner_steps[net.peers], "val_bpb_runs": [n.final_bpb for n in runs],
             "bytes_received_per_outer_step": pooled("bytes_received"),
             # what a peer sends per coordinate of its share of a ring all-reduce (codec rate + overhead)
             "wire_bits_per_coord": sent * 8 / (theory_fp32 / FP32_BYTES) if sent else None,
@@ -688,14 +700,16 @@ def build_report(*, layout: Layout, settings: BenchSettings, baselines: dict[str
             "after_round_s": pooled("after_s"),
             "outer_steps": [s.outer_steps for s in every], "outer_steps_target": net.outer_steps_target,
             "rounds": [s.rounds for s in every], "group_sizes": sorted({g for s in every for g in s.group_sizes}),
-            "resyncs": sum(s.resyncs for s in every), "params_consistent": net.consistent,
+            "resyncs": sum(s.resyncs for s in every), "params_consistent": all(n.consistent for n in runs),
             "codec_relative_error_in_network": _median([s.codec_relative_error for s in every]),
-            "reported_val_bpb": net.curve[-1][1] if net.curve else None, "wall_s": net.wall_seconds,
-            "exit_codes": net.exit_codes, "load_avg_1min": net.load_avg,
+            "reported_val_bpb": [n.curve[-1][1] if n.curve else None for n in runs],
+            "wall_s": [n.wall_seconds for n in runs], "exit_codes": [n.exit_codes for n in runs],
+            "load_avg_1min": statistics.fmean(n.load_avg for n in runs),
             "join_to_first_step_s": [s.join_to_first_step_s for s in every],
-            "curve": [list(p) for p in net.curve],
+            "curve": [list(p) for p in net.curve], "curves": [[list(p) for p in n.curve] for n in runs],
         })
-    joins = [s.join_to_first_step_s for n in networks for s in n.stats if s.join_to_first_step_s is not None]
+    joins = [s.join_to_first_step_s for runs in networks for n in runs for s in n.stats
+             if s.join_to_first_step_s is not None]
     return {
         "configs": configs,
         "join_to_first_step_s": _median(joins),
@@ -731,6 +745,9 @@ def print_report(report: dict[str, Any]) -> None:
               f"{_fmt(c.get('codec_relative_error_in_network'), '.4f'):>7}")
     details = report["details"]
     print()
+    print(f"{'config':<12} {'val bpb of each run':<28}", *(f"{c['name']}: " + " ".join(
+        _fmt(v, ".4f") for v in c["val_bpb_runs"]) for c in report["configs"] if c["peers"] > 1), sep="\n  ")
+    print()
     print(f"{'config':<12} {'cycle s':>7} {'inner s':>7} {'round s':>7} {'(match)':>7} {'(reduce)':>8} "
           f"{'after s':>7} {'groups':>7} {'resyncs':>7} {'same θ':>6} {'load':>5}")
     for c in report["configs"]:
@@ -763,14 +780,21 @@ def plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig, ax = plt.subplots(figsize=(10, 6))
+    families = [*CODECS, *(c["name"] for c in report["configs"] if c["peers"] == 1)]
+    colors = dict(zip(families, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     for c in report["configs"]:
-        points = [(t, v) for t, v in c["curve"] if v is not None and not math.isnan(v)]
-        if not points:
-            continue
-        style = "--" if c["peers"] == 1 else "-"
-        ax.plot([t for t, _ in points], [v for _, v in points], style, marker="." if c["peers"] > 1 else None,
-                label=f"{c['name']} ({_fmt(c['val_bpb'], '.3f')})")
+        if c["peers"] == 1:  # baselines dashed, 2-peer networks solid, 4-peer dash-dotted
+            color, style, curves = colors[c["name"]], "--", [c["curve"]]
+        else:
+            color, style = colors[c["name"].split("-", 1)[1]], "-" if c["peers"] == 2 else "-."
+            curves = c.get("curves") or [c["curve"]]
+        for index, curve in enumerate(curves):
+            points = [(t, v) for t, v in curve if v is not None and not math.isnan(v)]
+            if points:
+                ax.plot([t for t, _ in points], [v for _, v in points], style, color=color,
+                        linewidth=1.0 if index else 1.6, alpha=1.0 if index == 0 else 0.5,
+                        label=None if index else f"{c['name']} ({_fmt(c['val_bpb'], '.3f')})")
     ax.set_xlabel("training tokens (all peers)")
     ax.set_ylabel("validation bits per byte")
     layout = report["details"]["layout"]
@@ -842,7 +866,7 @@ def run_bench(settings: BenchSettings, *, progress: Callable[[str], None] = prin
     torch.set_num_threads(settings.threads_per_peer)
     errors = codec_errors(run, delta, labels=settings.error_codecs)
     standalone: dict[int, list[float]] = {}
-    networks: list[NetworkResult] = []
+    networks: list[list[NetworkResult]] = []  # the repeats of each configuration
     for peers in settings.peers:
         rates = standalone_throughput(config_path, settings.data, processes=peers, threads=settings.threads_per_peer,
                                       steps=settings.throughput_steps, workdir=settings.workdir)
@@ -850,12 +874,15 @@ def run_bench(settings: BenchSettings, *, progress: Callable[[str], None] = prin
                  f"{statistics.fmean(rates):,.0f} tokens/s each")
         expected = layout.budget / peers / statistics.fmean(rates)
         for codec in settings.codecs:
-            net = run_network(run, codec=codec, peers=peers, layout=layout, settings=settings, expected_s=expected,
-                              tokenizer=tokenizer, texts=texts)
-            networks.append(net)
-            progress(f"network {net.name}: val bpb {_fmt(net.final_bpb, '.4f')} in {net.wall_seconds:.0f} s, "
-                     f"exits {net.exit_codes}, outer steps {[s.outer_steps for s in net.stats]}, "
-                     f"load {net.load_avg:.2f}")
+            runs = []
+            for repeat in range(settings.repeats):
+                net = run_network(run, codec=codec, peers=peers, layout=layout, settings=settings,
+                                  expected_s=expected, tokenizer=tokenizer, texts=texts, repeat=repeat)
+                runs.append(net)
+                progress(f"network {net.name} (run {repeat + 1}): val bpb {_fmt(net.final_bpb, '.4f')} in "
+                         f"{net.wall_seconds:.0f} s, exits {net.exit_codes}, outer steps "
+                         f"{[s.outer_steps for s in net.stats]}, load {net.load_avg:.2f}")
+            networks.append(runs)
         after = standalone_throughput(config_path, settings.data, processes=peers, threads=settings.threads_per_peer,
                                       steps=settings.throughput_steps, workdir=settings.workdir)
         rates += after
@@ -863,7 +890,11 @@ def run_bench(settings: BenchSettings, *, progress: Callable[[str], None] = prin
         progress(f"standalone again after the {peers}-peer runs: {statistics.fmean(after):,.0f} tokens/s each")
     sync = []
     for preset in settings.sync_presets:
-        row = measure_state_sync(run, preset, settings)
+        try:
+            row = measure_state_sync(run, preset, settings)
+        except Exception as exc:  # one failed measurement must not lose the whole bench's results
+            logger.exception("state sync of %s failed", preset)
+            row = {"preset": preset, "error": f"{type(exc).__name__}: {exc}"}
         sync.append(row)
         progress(f"state sync {preset}: {row}")
     return build_report(layout=layout, settings=settings, baselines=baselines, networks=networks,
@@ -872,7 +903,7 @@ def run_bench(settings: BenchSettings, *, progress: Callable[[str], None] = prin
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="runs/bench-quick.toml (307 K tokens, H = 10 × 4 / N) instead of "
+    parser.add_argument("--quick", action="store_true", help="runs/bench-quick.toml (3.07 M tokens, H = 100 × 4 / N) instead of "
                         "runs/bench-full.toml (4.6 M tokens, H = 150 × 4 / N)")
     parser.add_argument("--config", type=Path, help="a bench run config (default: by --quick)")
     parser.add_argument("--data", default=default_data(), help="source spec (default: the Python docs beside the repo)")
@@ -887,6 +918,9 @@ def main(argv: list[str] | None = None) -> int:
                              "with --quick: its encoder takes about a minute per million coordinates here)")
     parser.add_argument("--throughput-steps", type=int, default=40, help="timed steps of each standalone process")
     parser.add_argument("--evals", type=int, default=15, help="evaluations along each baseline run")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of each network configuration (peers get different shards from run to run: "
+                             "the spread of val bpb is the noise a codec comparison has to beat)")
     parser.add_argument("--no-shuffle", action="store_true",
                         help="train on a parquet source in file order (the Python docs are sorted by topic)")
     parser.add_argument("--sync-presets", nargs="*", default=list(SYNC_PRESETS))
@@ -903,7 +937,7 @@ def main(argv: list[str] | None = None) -> int:
                              workdir=workdir, sync_presets=tuple(args.sync_presets), evals_per_baseline=args.evals,
                              error_codecs=tuple(args.error_codecs or [c[0] for c in ERROR_CODECS
                                                                      if not (args.quick and c[1] == "leech")]),
-                             shuffle=not args.no_shuffle)
+                             shuffle=not args.no_shuffle, repeats=args.repeats)
     started = time.monotonic()
     report = run_bench(settings, progress=lambda line: print(f"[{time.monotonic() - started:6.0f} s] {line}",
                                                              flush=True))

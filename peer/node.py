@@ -475,17 +475,20 @@ class PeerNode:
         assert self.events is not None
         self.events.write("group", round=group.round_index, members=list(group.members), leader=group.leader)
 
-    def _average(self, round_index: int, vector: torch.Tensor) -> RoundResult:
+    def _average(self, round_index: int, vector: torch.Tensor, *,
+                 expected: frozenset[str] | None = None) -> RoundResult:
+        """One averaging round; ``expected``: the peers the round barrier saw arrive (None: unknown)."""
         assert self.averager is not None and self.transport is not None
         future = self.transport.submit(self.averager.average_async(
             round_index, vector, codec=self.codec, aggregator=self.aggregator, on_group=self._on_group,
-            want_reconstruction=True))
+            want_reconstruction=True, expected_peers=expected))
         try:
             return self._wait(future, self.averager.round_timeout + CALL_SLACK_S)
         except concurrent.futures.TimeoutError:
             return RoundResult(round_index, STATUS_FAILED, "the round did not end in time", None, None)
 
-    def _outer_round(self, run: RunConfig, round_index: int, period: Period) -> RoundResult | None:
+    def _outer_round(self, run: RunConfig, round_index: int, period: Period, *,
+                     expected: frozenset[str] | None = None) -> RoundResult | None:
         """Average and apply outer step ``round_index``; the result when it was applied, else None."""
         assert self.averager is not None and self.heartbeat is not None and self.events is not None
         self.heartbeat.phase = "averaging"
@@ -493,7 +496,7 @@ class PeerNode:
         delta = self.outer.pseudo_gradient(flatten_parameters(self.model))
         vector = delta + self.residual  # error feedback: what earlier rounds' codec dropped
         started = time.perf_counter()
-        result = self._average(round_index, vector)
+        result = self._average(round_index, vector, expected=expected)
         seconds = time.perf_counter() - started
         if self.trust is not None:
             self.trust.report_round(result)  # rejections in this peer's part -> ReportStrike
@@ -680,14 +683,14 @@ class PeerNode:
                 barrier = self.round_sync.wait_for_peers(round_index, stop=self.stop)
             except Exception as exc:  # the DHT misbehaving must not stop training: average without waiting
                 logger.warning("round %d: could not wait for the other peers: %s", round_index, exc)
-                barrier = BarrierResult(round_index, 0.0)
+                barrier = BarrierResult(round_index, 0.0, known=False)
             if self.stop.is_set():
                 break
             if barrier.moved_on is not None:
                 self._resync(barrier.moved_on, f"round {round_index} finished while waiting",
                              discarded_tokens=period.tokens)
                 continue
-            result = self._outer_round(run, round_index, period)
+            result = self._outer_round(run, round_index, period, expected=barrier.arrived)
             if result is not None:
                 done += 1
                 self._after_round(run, period, result)

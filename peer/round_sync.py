@@ -62,6 +62,12 @@ class BarrierResult:
     expected: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
     moved_on: int | None = None
+    known: bool = True  # False when the barrier could not see the others (DHT trouble, markers refused)
+
+    @property
+    def arrived(self) -> frozenset[str] | None:
+        """The expected peers that reached the round (matchmaking waits only for them); None if unknown."""
+        return frozenset(self.expected) - frozenset(self.missing) if self.known else None
 
 
 @dataclass
@@ -171,4 +177,5 @@ class RoundSync:
         if missing and self.enabled:
             logger.info("round %d: %d expected peers did not arrive within %.1f s: %s", round_index,
                         len(missing), self.straggler_wait_s, sorted(missing))
-        return BarrierResult(round_index, waited, tuple(sorted(expected)), tuple(sorted(missing)))
+        return BarrierResult(round_index, waited, tuple(sorted(expected)), tuple(sorted(missing)),
+                             known=self.enabled)

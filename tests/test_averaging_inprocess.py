@@ -165,3 +165,36 @@ def test_alone_intruder_with_smallest_id_late_peer_and_client_mode_peer(
         client_t.shutdown()
     for averager in (first, second, intruder):
         averager.shutdown()
+
+
+def test_matchmaking_ends_once_every_expected_peer_announced(transports: list[Transport]) -> None:
+    """With the round barrier's list of who is coming, a round does not wait the whole matchmaking time;
+    a peer told to expect nobody forms its group of one at once. Without the list it waits it out."""
+    slow = AveragingConfig(
+        matchmaking_time=20.0, join_timeout=1.5, request_timeout=1.0, part_timeout=3.0, result_timeout=3.0
+    )
+    _, first_t, second_t = transports
+    authorize = StaticTokenAuthorizer([GOOD])
+    first, second = (
+        Averager(t, run_id=RUN_ID, credential=GOOD, authorize=authorize, max_numel=NUMEL, config=slow)
+        for t in (first_t, second_t)
+    )
+    codec, mean = Fp32Codec(), get_aggregator("mean")
+    vectors = [torch.full((NUMEL,), float(value)) for value in (1, 3)]
+    results = run_together(
+        {
+            "first": lambda: first.average(
+                0, vectors[0], codec=codec, aggregator=mean, expected_peers=[second_t.peer_id]
+            ),
+            "second": lambda: second.average(
+                0, vectors[1], codec=codec, aggregator=mean, expected_peers=[first_t.peer_id]
+            ),
+        }
+    )
+    for result in results.values():
+        assert result.status == "ok" and result.group_size == 2, result.reason
+        assert torch.equal(result.average, torch.full((NUMEL,), 2.0))
+        assert result.matchmaking_s < slow.matchmaking_time / 2  # it did not wait out the 20 s
+    alone = first.average(1, vectors[0], codec=codec, aggregator=mean, expected_peers=[])
+    assert (alone.status, alone.group_size) == ("alone", 1)
+    assert alone.matchmaking_s < slow.matchmaking_time / 2

@@ -32,6 +32,8 @@ from bench.network import (
     network_run_config,
     parse_metrics,
     peer_stats,
+    shuffled_source,
+    state_sync_from,
 )
 from lila_data import StageConfig, is_validation, load_tokenizer
 from lila_run.config import RunConfig, load_run_config
@@ -114,7 +116,7 @@ def test_multi_stage_runs_are_refused(tiny_run: RunConfig) -> None:
         single_stage(mixed)
 
 
-@pytest.mark.parametrize(("name", "inner", "budget"), [("bench-quick", 10, 307_200), ("bench-full", 150, 4_608_000)])
+@pytest.mark.parametrize(("name", "inner", "budget"), [("bench-quick", 100, 3_072_000), ("bench-full", 150, 4_608_000)])
 def test_shipped_bench_runs_give_15_outer_steps_for_every_peer_count(name: str, inner: int, budget: int) -> None:
     layout = derive_layout(load_run_config(REPO / "runs" / f"{name}.toml"), (2, 4))
     assert layout == Layout(outer_steps=15, batch_size=4, seq_len=128, budget=budget,
@@ -188,3 +190,26 @@ def test_peer_stats_reduce_a_diary_to_the_reported_figures() -> None:
     assert stats.group_sizes == [1, 2]
     assert stats.curve == [(0, 5.5), (1, 4.75), (2, 4.5), (3, 4.25)]
     assert stats.hashes == {1: "h1", 2: "h2", 3: "h3"}
+
+
+def test_shuffled_source_keeps_every_document_in_a_fixed_new_order(tmp_path: Path) -> None:
+    ids = [f"doc-{n:02d}" for n in range(40)]
+    source = tmp_path / "docs"
+    source.mkdir()
+    pq.write_table(pa.table({"text": [f"text of {i}" for i in ids], "id": ids}), source / "a.parquet")
+    spec = shuffled_source(f"parquet:{source}", tmp_path / "one", seed=10)
+    again = shuffled_source(f"parquet:{source}", tmp_path / "two", seed=10)
+    rows = pq.read_table(spec.split(":", 1)[1]).to_pylist()
+    assert [r["id"] for r in rows] == [r["id"] for r in pq.read_table(again.split(":", 1)[1]).to_pylist()]
+    assert sorted(r["id"] for r in rows) == ids and [r["id"] for r in rows] != ids
+    assert all(r["text"] == f"text of {r['id']}" for r in rows)
+    assert shuffled_source("bundled:fineweb-edu-sample", tmp_path, seed=10) == "bundled:fineweb-edu-sample"
+
+
+def test_state_sync_prefers_the_diary_and_falls_back_to_the_log(tmp_path: Path) -> None:
+    log = tmp_path / "peer-1.log"
+    log.write_text("2026-01-01 INFO peer.node: downloaded state at outer step 3 in 0.25 s\n")
+    diary = [{"event": "state_sync", "seconds": 0.125, "bytes": 4096, "source": "download"}]
+    assert state_sync_from(diary, log) == {"seconds": 0.125, "bytes": 4096, "source": "download"}
+    assert state_sync_from([], log) == {"seconds": 0.25, "bytes": None, "source": "log"}
+    assert state_sync_from([], tmp_path / "missing.log") is None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,12 +139,15 @@ class Averager:
         aggregator: Aggregator,
         on_group: Callable[[Group], None] | None = None,
         want_reconstruction: bool = False,
+        expected_peers: Iterable[str] | None = None,
     ) -> RoundResult:
         """Average ``vector`` ([numel] float32, CPU) with the peers of round ``round_index`` (blocking).
 
         ``on_group(group)`` runs on the transport loop once the group is fixed (keep it short).
         ``want_reconstruction`` also returns what the owners decode from this peer's contributions, for
-        error feedback: ``residual = vector - result.reconstruction``.
+        error feedback: ``residual = vector - result.reconstruction``. ``expected_peers``: the other
+        peers known to be coming to this round (e.g. from a round barrier): matchmaking ends as soon as
+        they all announced, instead of after the whole ``matchmaking_time``.
         """
         self._check_vector(vector)
         coro = self.average_async(
@@ -154,6 +157,7 @@ class Averager:
             aggregator=aggregator,
             on_group=on_group,
             want_reconstruction=want_reconstruction,
+            expected_peers=expected_peers,
         )
         return self.transport.run(coro, timeout=self.round_timeout + ROUND_SLACK_S)
 
@@ -176,6 +180,7 @@ class Averager:
         aggregator: Aggregator,
         on_group: Callable[[Group], None] | None = None,
         want_reconstruction: bool = False,
+        expected_peers: Iterable[str] | None = None,
     ) -> RoundResult:
         """Coroutine form of :meth:`average`, to be awaited on the transport loop."""
         self._check_vector(vector)
@@ -185,7 +190,12 @@ class Averager:
         started = time.monotonic()
         try:
             outcome = await asyncio.wait_for(
-                self.matchmaker.form_group(round_index, counter), timeout=self.round_timeout
+                self.matchmaker.form_group(
+                    round_index,
+                    counter,
+                    expected=None if expected_peers is None else frozenset(expected_peers),
+                ),
+                timeout=self.round_timeout,
             )
         except asyncio.TimeoutError:
             return RoundResult(round_index, STATUS_SAT_OUT, "matchmaking timed out", None, None)

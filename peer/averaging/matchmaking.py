@@ -5,7 +5,8 @@ For round ``k`` every peer:
 
 1. reads the round's published group record; if a group already formed without it, it sits out ("late");
 2. announces itself under ``lila/{run}/avg/{k}/peers`` (subkey = its peer id, with an expiration);
-3. waits ``matchmaking_time``, then reads the announced candidates;
+3. waits ``matchmaking_time`` — or only until every peer it expects (the round barrier's list) has
+   announced — then reads the announced candidates;
 4. elects the smallest candidate id that is not in client mode as leader. The leader keeps its group open until every candidate it
    saw has joined or ``join_timeout`` passes, fixes the member list (sorted ids, at most ``max_group_size``),
    answers every joiner with it and publishes it. The others send a JOIN request (with their credential)
@@ -42,6 +43,7 @@ GROUP_ID_PATTERN = re.compile(rf"^[0-9a-f]{{{2 * GROUP_ID_BYTES}}}$")
 MAX_ANNOUNCEMENT_BYTES = 256
 MAX_ROUNDS_IN_FLIGHT = 8
 MAX_GROUP_RECORD_BYTES = 1 << 20
+EXPECTED_POLL_S = 0.05  # how often a peer that knows who is coming looks whether they all announced
 
 ERR_NOT_LEADER = "not_leader"
 ERR_CLOSED = "group_closed"
@@ -211,7 +213,15 @@ class Matchmaker:
         return cfg.matchmaking_time + (cfg.max_leader_attempts + 1) * (cfg.join_timeout + cfg.request_timeout)
 
     # ------------------------------------------------------------------ member/leader side
-    async def form_group(self, round_index: int, counter: ByteCounter) -> MatchOutcome:
+    async def form_group(
+        self, round_index: int, counter: ByteCounter, *, expected: frozenset[str] | None = None
+    ) -> MatchOutcome:
+        """The group of round ``round_index`` (see the module docstring).
+
+        ``expected``: the other peers this one knows are coming (the round barrier's); once all of them
+        have announced, the wait for more candidates ends early instead of lasting ``matchmaking_time``.
+        None waits the whole ``matchmaking_time``.
+        """
         cfg, transport, me = self.config, self.endpoint.transport, self.me
         loop = asyncio.get_running_loop()
         for group in await self._published_groups(round_index):
@@ -227,8 +237,7 @@ class Matchmaker:
         client = transport.client_mode
         key = announce_key(self.run_id, round_index)
         await transport.dht_store(key, me, announcement(client), expiration)
-        await asyncio.sleep(max(0.0, started + cfg.matchmaking_time - loop.time()))
-        candidates = parse_announcements(await transport.dht_get_subkeys(key))
+        candidates = await self._candidates(key, deadline=started + cfg.matchmaking_time, expected=expected)
         candidates[me] = client
         excluded: set[str] = set()
         for attempt in range(cfg.max_leader_attempts):
@@ -278,6 +287,21 @@ class Matchmaker:
                 return MatchOutcome(group, "joined")
         await slot.set_state(SlotState.FAILED)
         return MatchOutcome(None, f"no leader admitted us after {cfg.max_leader_attempts} attempts")
+
+    async def _candidates(
+        self, key: str, *, deadline: float, expected: frozenset[str] | None
+    ) -> dict[str, bool]:
+        """The announced candidates at ``deadline``, or as soon as every ``expected`` peer announced."""
+        loop = asyncio.get_running_loop()
+        if expected is None:
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            return parse_announcements(await self.endpoint.transport.dht_get_subkeys(key))
+        while True:
+            candidates = parse_announcements(await self.endpoint.transport.dht_get_subkeys(key))
+            remaining = deadline - loop.time()
+            if expected <= candidates.keys() or remaining <= 0:
+                return candidates
+            await asyncio.sleep(min(EXPECTED_POLL_S, remaining))
 
     async def _lead(self, round_index: int, slot: _Slot, *, expected: set[str]) -> Group:
         slot.expected = expected

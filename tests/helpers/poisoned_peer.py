@@ -20,8 +20,8 @@ SCALE = float(os.environ.get("LILA_TEST_POISON_SCALE", "100"))
 
 
 class PoisonedNode(peer.node.PeerNode):
-    def _average(self, round_index: int, vector: torch.Tensor) -> RoundResult:
-        return super()._average(round_index, vector * SCALE)
+    def _average(self, round_index: int, vector: torch.Tensor, **kwargs) -> RoundResult:
+        return super()._average(round_index, vector * SCALE, **kwargs)
 
 
 if __name__ == "__main__":
