@@ -7,22 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Iterator
 
 import grpc
 import pytest
+from helpers.coordinator_service import in_process_service
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coordinator.auth import SessionSigner, create_join_token
-from coordinator.credentials import CredentialAuthority
-from coordinator.engine import Engine
-from coordinator.metrics import CoordinatorMetrics
-from coordinator.plan import synthetic_plan
-from coordinator.server import SERVICE_NAME, CoordinatorService, RunDescription, start_grpc_server
+from coordinator.server import SERVICE_NAME, start_grpc_server
 from coordinator.settings import ServerSettings
-from coordinator.status import RunInfo, StatusBoard
 from coordinator.storage import Storage
 from lila_proto import coordinator_pb2 as pb
 
@@ -67,21 +61,8 @@ class Server:
             rate_limit_per_s=1e9, rate_limit_burst=10**9, join_rate_limit_per_s=1e9, join_rate_limit_burst=10**9,
             max_message_bytes=MAX_MESSAGE_BYTES, lease_timeout_s=1e6,
         )
-        self.engine = Engine(storage=self.storage, plan=synthetic_plan([[4, 4, 4]]), config=settings.core_config())
-        _, self.token = create_join_token(self.storage, label="fuzz", now=time.time())
-        board = StatusBoard(
-            state=lambda: self.engine.state, history=lambda n: [], run=RunInfo("fuzz", "debug"), refresh_s=1.0,
-            history_limit=1,
-        )
-        self.service = CoordinatorService(
-            engine=self.engine,
-            signer=SessionSigner(self.storage.secret(), ttl_s=3600.0),
-            settings=settings,
-            description=RunDescription("[run]\nname = 'fuzz'\n"),
-            metrics=CoordinatorMetrics(),
-            status=board,
-            authority=CredentialAuthority(bytes(32), run="fuzz"),
-        )
+        built = in_process_service(self.storage, settings, run="fuzz", description="[run]\nname = 'fuzz'\n")
+        self.engine, self.token, self.service = built.engine, built.token, built.service
         self.server, port = self._run(self._start())
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         self.calls = {

@@ -5,24 +5,21 @@ become a ban; the ledger, the status page, the metrics and the peer-side reporte
 from __future__ import annotations
 
 import asyncio
-import time
 
 import grpc
 import pytest
 import torch
+from helpers.coordinator_service import in_process_service
 
 from coordinator import actions as act
 from coordinator import core
 from coordinator import events as ev
-from coordinator.auth import SessionSigner, create_join_token
-from coordinator.credentials import CredentialAuthority
-from coordinator.engine import Engine
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.plan import synthetic_plan
-from coordinator.server import CoordinatorService, RunDescription, start_grpc_server
+from coordinator.server import start_grpc_server
 from coordinator.settings import ServerSettings
 from coordinator.state import CoreConfig, PeerState, initial_state
-from coordinator.status import RunInfo, StatusBoard, build_snapshot
+from coordinator.status import RunInfo, build_snapshot
 from coordinator.storage import Storage
 from coordinator.web import render_page
 from lila_proto import coordinator_pb2 as pb
@@ -183,23 +180,8 @@ class _Service:
     def __init__(self, tmp_path, **settings):
         self.storage = Storage(tmp_path / "run.db")
         self.settings = ServerSettings(**settings)
-        self.engine = Engine(
-            storage=self.storage, plan=synthetic_plan([[4, 4, 4]]), config=self.settings.core_config()
-        )
-        _, self.token = create_join_token(self.storage, label="t", now=time.time())
-        board = StatusBoard(
-            state=lambda: self.engine.state, history=lambda n: [], run=RunInfo("r", "debug"), refresh_s=1.0,
-            history_limit=1,
-        )
-        self.service = CoordinatorService(
-            engine=self.engine,
-            signer=SessionSigner(self.storage.secret(), ttl_s=600.0),
-            settings=self.settings,
-            description=RunDescription(""),
-            metrics=CoordinatorMetrics(),
-            status=board,
-            authority=CredentialAuthority(bytes(32), run="r"),
-        )
+        built = in_process_service(self.storage, self.settings, run="r")
+        self.engine, self.token, self.service = built.engine, built.token, built.service
 
     async def __aenter__(self):
         await self.engine.start()

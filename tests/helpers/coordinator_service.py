@@ -1,0 +1,48 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""A real coordinator service (engine, SQLite ledger, gRPC handlers) built in the test process, for tests
+that call its RPCs directly: one join token, a status board, a credential authority with a fixed key."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from coordinator.auth import SessionSigner, create_join_token
+from coordinator.credentials import CredentialAuthority
+from coordinator.engine import Engine
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.plan import synthetic_plan
+from coordinator.server import CoordinatorService, RunDescription
+from coordinator.settings import ServerSettings
+from coordinator.status import RunInfo, StatusBoard
+from coordinator.storage import Storage
+
+SESSION_TTL_S = 3600.0
+AUTHORITY_SEED = bytes(32)
+
+
+@dataclass
+class InProcessService:
+    storage: Storage
+    engine: Engine
+    token: str
+    service: CoordinatorService
+
+
+def in_process_service(storage: Storage, settings: ServerSettings, *, run: str,
+                       description: str = "") -> InProcessService:
+    """The service over ``storage`` with a 3-shard synthetic plan; start ``engine`` before serving."""
+    engine = Engine(storage=storage, plan=synthetic_plan([[4, 4, 4]]), config=settings.core_config())
+    _, token = create_join_token(storage, label=run, now=time.time())
+    board = StatusBoard(state=lambda: engine.state, history=lambda n: [], run=RunInfo(run, "debug"), refresh_s=1.0,
+                        history_limit=1)
+    service = CoordinatorService(
+        engine=engine,
+        signer=SessionSigner(storage.secret(), ttl_s=SESSION_TTL_S),
+        settings=settings,
+        description=RunDescription(description),
+        metrics=CoordinatorMetrics(),
+        status=board,
+        authority=CredentialAuthority(AUTHORITY_SEED, run=run),
+    )
+    return InProcessService(storage, engine, token, service)
