@@ -59,4 +59,5 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=self._interval_s + 1)
+        if self._thread.is_alive():  # never started when the peer stopped before joining the DHT
+            self._thread.join(timeout=self._interval_s + 1)

@@ -707,12 +707,16 @@ class PeerNode:
             return EXIT_DOES_NOT_FIT
         self.run_config = run
         join = self.client.join_response
-        self.heartbeat = Heartbeat(self.client, interval_s=join.heartbeat_interval_s,
-                                   on_reply=self._on_heartbeat).start()
+        self.heartbeat = Heartbeat(self.client, interval_s=join.heartbeat_interval_s, on_reply=self._on_heartbeat)
         try:
             with self.progress.redirect_logging():
                 self._build(run)
+                # The heartbeat thread starts only after the DHT: hivemind forks its DHT process, and a fork
+                # while another thread is inside a gRPC call can deadlock the child in gRPC's fork handlers
+                # (seen: "Other threads are currently calling into gRPC, skipping fork() handlers", then
+                # the peer hung). No lease is held before this point, so nothing expires meanwhile.
                 self._connect(run)
+                self.heartbeat.start()
                 self._restore(int(join.current_outer_step))
                 self._loop(run)
         except Stopped:
