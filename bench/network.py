@@ -16,14 +16,18 @@ are sorted by topic, so the bench trains on a copy with shuffled rows (:func:`sh
 
 Per configuration it reports the final validation bits per byte (evaluated here on the checkpoint the
 network leaves, with the same texts and evaluator as the baselines) and its ratio to (b) (``bpb_ratio``)
-and to (a); each peer's tokens/s inside the network — tokens over the wall time of whole outer cycles
-(inner steps, round barrier, averaging round, verification, evaluation, checkpoint) — divided by the
-tokens/s of the same process setup (model, batch, torch threads, data reading) training alone with no
-network, measured in the same run with N such processes side by side, before and after the N-peer runs
+and to (a); the curve of val bpb against tokens, evaluated here after the run on every outer step's
+checkpoint of one peer (the peers hold identical parameters; they run with ``--eval-every 0``, because
+monitoring is not a cost of taking part and the baselines' throughput excludes it too); each peer's
+tokens/s inside the network — tokens over the wall time of whole outer cycles (inner steps, round
+barrier, averaging round, verification, state publishing, reports, checkpoint) — divided by the tokens/s
+of the same process setup (model, batch, torch threads, data reading) training alone with no network,
+measured with N such processes side by side right before and right after each network run (this host's
+speed drifts by ±20 % within minutes, so a ratio is only fair against measurements next to it)
 (``throughput_ratio``, the compute utilization); bytes sent per peer per outer step and the communication
 reduction against fp32 per-step data-parallel all-reduce of the same model (the fp32 round's measured
 bytes × H / this round's bytes); where a cycle's time goes (inner period, matchmaking, all-reduce,
-after-round work). It also measures the compressed update's relative error per codec on a real
+after-round work, split into ``phases``). It also measures the compressed update's relative error per codec on a real
 pseudo-gradient (and inside the network, with error feedback), the time from launching ``lila-peer join``
 to the first training step, and a joiner's state download from a running peer for the ``debug`` and
 ``lila-20m`` presets. Peers are followed through their diaries (``outer-steps.jsonl``, peer/events.py),
@@ -57,7 +61,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +88,7 @@ from lila_data.tokenizer import LilaTokenizer  # noqa: E402
 from lila_model.checkpoint import load_checkpoint  # noqa: E402
 from lila_run.config import RunConfig, load_run_config  # noqa: E402
 from lila_run.local_network import LocalNetwork, NetworkOptions  # noqa: E402
+from peer.checkpoints import CheckpointCorrupt, CheckpointStore  # noqa: E402
 
 logger = logging.getLogger("bench.network")
 
@@ -94,7 +99,7 @@ FULL_CONFIG = REPO / "runs" / "bench-full.toml"
 MIN_OUTER_STEPS = 15  # the issue's floor: fewer outer steps make DiLoCo trail for reasons unrelated to the network
 REFERENCE_PEERS = 4  # a bench run's diloco.inner_steps is H of a network of this many peers
 PEER_COUNTS = (2, 4)
-SCRAPE_INTERVAL_S = 0.25
+SCRAPE_INTERVAL_S = 2.0  # a scrape costs the peer a little CPU: sample, do not watch
 STATUS_INTERVAL_S = 1.0
 HTTP_TIMEOUT_S = 2.0
 FP32_BYTES = 4
@@ -113,9 +118,9 @@ NETWORK_SLOWDOWN_ALLOWED = 4.0  # a run may take this many times its compute est
 STATE_SYNC_LOG = re.compile(r"downloaded state at outer step (\d+) in ([0-9.]+) s")
 CHART_NAME = "network.png"
 SHUFFLED_ROW_GROUP = 64  # rows per parquet row group of the shuffled copy (a shard reads whole groups)
-# Row order of the shuffled Python docs: with it the first 8 held-out files (bench-full's validation_max_docs;
-# bench-quick keeps 4) are ~33 K tokens of library, howto and c-api pages (the first 4: ~20 K), cheap enough
-# to evaluate at every outer step. Other seeds put a 50–65 K-token changelog first.
+# Row order of the shuffled Python docs: with it the first 8 held-out files (validation_max_docs of both
+# bench configs) are ~35 K tokens of library, howto and c-api pages, cheap enough to evaluate at every outer
+# step. Other seeds put a 50–65 K-token changelog first.
 DATA_SEED = 10
 OUTER_STEPS_FILE = "outer-steps.jsonl"
 LOAD_AVG_WINDOW = 0  # index into os.getloadavg(): the 1-minute average
@@ -351,7 +356,9 @@ class PeerStats:
     group_sizes: list[int]
     resyncs: int
     hashes: dict[int, str]
-    curve: list[tuple[int, float]]  # (outer step, val bpb)
+    curve: list[tuple[int, float]]  # (outer step, val bpb) the peer reported itself (none with --eval-every 0)
+    phases: dict[str, list[float]] = field(default_factory=dict)  # after-round phase -> seconds per outer step
+    step_seconds: float = 0.0  # of cycle_seconds, inside optimizer steps (the peer's own timing)
     step_tokens_per_s: float | None = None
     codec_relative_error: float | None = None
 
@@ -359,6 +366,12 @@ class PeerStats:
     def tokens_per_s(self) -> float | None:
         """Tokens over whole outer cycles: the peer's training rate inside the network."""
         return self.cycle_tokens / self.cycle_seconds if self.cycle_seconds > 0 else None
+
+    @property
+    def in_steps_fraction(self) -> float | None:
+        """Share of the cycles' wall time spent inside optimizer steps: utilization without the host's
+        speed drift (a peer that never waited would be at ~1)."""
+        return self.step_seconds / self.cycle_seconds if self.cycle_seconds > 0 and self.step_seconds else None
 
     @property
     def bytes_per_outer_step(self) -> float | None:
@@ -391,6 +404,10 @@ def peer_stats(name: str, events: list[dict[str, Any]], samples: list[Sample]) -
             stats.round_s.append(float(e["seconds"]))
             stats.matchmaking_s.append(float(e.get("matchmaking_s", 0.0)))
             stats.allreduce_s.append(float(e.get("allreduce_s", 0.0)))
+    for step in steps:
+        for phase, seconds in (step.get("phases") or {}).items():
+            stats.phases.setdefault(phase, []).append(float(seconds))
+    stats.step_seconds = sum(float(e.get("step_s", 0.0)) for e in steps[1:])  # the periods of cycle_tokens
     for previous, current in itertools.pairwise(steps):
         k = int(current["outer_step"])
         if k in starts:
@@ -472,6 +489,7 @@ class NetworkResult:
     stats: list[PeerStats]
     consistent: bool  # every outer step's params_sha256 agreed across the peers that logged it
     load_avg: float = 0.0
+    standalone: list[float] = field(default_factory=list)  # tokens/s alone, measured right before and after
 
 
 def run_network(run: RunConfig, *, codec: CodecChoice, peers: int, layout: Layout, settings: BenchSettings,
@@ -486,8 +504,10 @@ def run_network(run: RunConfig, *, codec: CodecChoice, peers: int, layout: Layou
     config_path = workdir / "run.toml"
     config_path.write_text(network_run_config(run, codec, peers, inner_steps=layout.inner_steps[peers]).to_toml())
     target = layout.outer_steps
+    # the peers do not evaluate (the curve is measured here afterwards) and keep every outer step's checkpoint
+    peer_args = ("--eval-every", "0", "--keep-checkpoints", str(target + 1))
     network = LocalNetwork(NetworkOptions(config=config_path, workdir=workdir, peers=peers, max_outer_steps=target,
-                                          threads_per_peer=settings.threads_per_peer))
+                                          threads_per_peer=settings.threads_per_peer, extra_peer_args=peer_args))
     started = time.monotonic()
     watcher: Watcher | None = None
     try:
@@ -517,12 +537,31 @@ def run_network(run: RunConfig, *, codec: CodecChoice, peers: int, layout: Layou
         for step, digest in peer.hashes.items():
             hashes.setdefault(step, set()).add(digest)
     per_step = layout.tokens_per_outer_step(peers)
-    longest = max(stats, key=lambda p: len(p.curve))
+    roots = [network.peer_workdir(index) / "checkpoints" for index in range(peers)]
+    curve = checkpoint_curve(max(roots, key=lambda root: len(list(root.glob("step-*")))), tokenizer=tokenizer,
+                             texts=texts, seq_len=layout.seq_len)
     return NetworkResult(name=name, peers=peers, codec=codec, outer_steps_target=target, wall_seconds=wall,
                          exit_codes=list(codes), final_bpb=final_bpb,
-                         curve=[(step * per_step, bpb) for step, bpb in longest.curve], stats=stats,
+                         curve=[(step * per_step, bpb) for step, bpb in curve], stats=stats,
                          consistent=all(len(d) == 1 for d in hashes.values()),
                          load_avg=os.getloadavg()[LOAD_AVG_WINDOW])
+
+
+def checkpoint_curve(root: Path, *, tokenizer: LilaTokenizer, texts: list[str],
+                     seq_len: int) -> list[tuple[int, float]]:
+    """(outer step, val bpb) of every checkpoint a peer kept under ``root`` that verifies, evaluated like
+    the baselines (same texts, evaluator and threads)."""
+    store = CheckpointStore(root)
+    curve = []
+    for path in sorted(root.glob("step-*")):
+        try:
+            store.verify(path)
+        except CheckpointCorrupt as exc:
+            logger.warning("not evaluated: %s", exc)
+            continue
+        model, _ = load_checkpoint(path)
+        curve.append((int(path.name.rsplit("-", 1)[-1]), evaluate(model, tokenizer, texts, seq_len=seq_len)))
+    return curve
 
 
 def measure_state_sync(run: RunConfig, preset: str, settings: BenchSettings) -> dict[str, Any]:
@@ -671,7 +710,9 @@ def build_report(*, layout: Layout, settings: BenchSettings, baselines: dict[str
         every = [s for n in runs for s in n.stats]
         finals = [n.final_bpb for n in runs if n.final_bpb is not None]
         val_bpb = statistics.fmean(finals) if finals else None
-        alone = statistics.fmean(standalone[net.peers]) if standalone.get(net.peers) else None
+        # each run against the standalone rate measured right before and after it
+        alones = [statistics.fmean(n.standalone) for n in runs if n.standalone]
+        alone = statistics.fmean(alones) if alones else None
         rate = _median([s.tokens_per_s for s in every])
         sent = _median([s.bytes_per_outer_step for s in every])
         theory_fp32 = 2 * (net.peers - 1) / net.peers * FP32_BYTES * params  # ring all-reduce, per step
@@ -695,9 +736,13 @@ def build_report(*, layout: Layout, settings: BenchSettings, baselines: dict[str
             # what a peer sends per coordinate of its share of a ring all-reduce (codec rate + overhead)
             "wire_bits_per_coord": sent * 8 / (theory_fp32 / FP32_BYTES) if sent else None,
             "standalone_tokens_per_s": alone, "step_tokens_per_s": _median([s.step_tokens_per_s for s in every]),
+            "in_steps_fraction": _median([s.in_steps_fraction for s in every]),
             "cycle_s": cycle, "inner_s": pooled("inner_s"), "round_s": pooled("round_s"),
             "matchmaking_s": pooled("matchmaking_s"), "allreduce_s": pooled("allreduce_s"),
             "after_round_s": pooled("after_s"),
+            "phases_s": {phase: _median([v for s in every for v in s.phases.get(phase, [])])
+                         for phase in sorted({p for s in every for p in s.phases})},
+            "standalone_around_runs": [n.standalone for n in runs],
             "outer_steps": [s.outer_steps for s in every], "outer_steps_target": net.outer_steps_target,
             "rounds": [s.rounds for s in every], "group_sizes": sorted({g for s in every for g in s.group_sizes}),
             "resyncs": sum(s.resyncs for s in every), "params_consistent": all(n.consistent for n in runs),
@@ -721,6 +766,7 @@ def build_report(*, layout: Layout, settings: BenchSettings, baselines: dict[str
                        "outer_steps": layout.outer_steps},
             "data": settings.data, "threads_per_peer": settings.threads_per_peer,
             "baseline_threads": settings.baseline_threads,
+            # every standalone measurement of N processes side by side, in bench order (mean of the N)
             "standalone_tokens_per_s": {str(k): v for k, v in standalone.items()},
             "join_to_first_step_s": {"median": _median(joins), "max": max(joins) if joins else None},
             "state_sync": sync, "codec_errors": errors, "load_avg_1min_at_start": started_load,
@@ -749,14 +795,20 @@ def print_report(report: dict[str, Any]) -> None:
         _fmt(v, ".4f") for v in c["val_bpb_runs"]) for c in report["configs"] if c["peers"] > 1), sep="\n  ")
     print()
     print(f"{'config':<12} {'cycle s':>7} {'inner s':>7} {'round s':>7} {'(match)':>7} {'(reduce)':>8} "
-          f"{'after s':>7} {'groups':>7} {'resyncs':>7} {'same θ':>6} {'load':>5}")
+          f"{'after s':>7} {'in steps':>8} {'groups':>7} {'resyncs':>7} {'same θ':>6} {'load':>5}")
     for c in report["configs"]:
         if c["peers"] == 1:
             continue
         print(f"{c['name']:<12} {_fmt(c['cycle_s'], '.2f'):>7} {_fmt(c['inner_s'], '.2f'):>7} "
               f"{_fmt(c['round_s'], '.2f'):>7} {_fmt(c['matchmaking_s'], '.2f'):>7} {_fmt(c['allreduce_s'], '.2f'):>8} "
-              f"{_fmt(c['after_round_s'], '.2f'):>7} {','.join(map(str, c['group_sizes'])):>7} {c['resyncs']:>7} "
+              f"{_fmt(c['after_round_s'], '.2f'):>7} {_fmt(c.get('in_steps_fraction'), '.3f'):>8} "
+              f"{','.join(map(str, c['group_sizes'])):>7} {c['resyncs']:>7} "
               f"{'yes' if c['params_consistent'] else 'NO':>6} {c['load_avg_1min']:>5.2f}")
+    print()
+    print("after-round phases, median s per outer step:")
+    for c in report["configs"]:
+        if c["peers"] > 1:
+            print(f"  {c['name']:<12}", "  ".join(f"{k} {_fmt(v, '.3f')}" for k, v in c.get("phases_s", {}).items()))
     print()
     print(f"{'codec':<8} {'bits/coord':>10} {'rel. error':>10} {'cosine':>8} {'SNR dB':>7} {'encode s':>8}"
           "   (one real pseudo-gradient)")
@@ -868,26 +920,31 @@ def run_bench(settings: BenchSettings, *, progress: Callable[[str], None] = prin
     standalone: dict[int, list[float]] = {}
     networks: list[list[NetworkResult]] = []  # the repeats of each configuration
     for peers in settings.peers:
-        rates = standalone_throughput(config_path, settings.data, processes=peers, threads=settings.threads_per_peer,
-                                      steps=settings.throughput_steps, workdir=settings.workdir)
-        progress(f"standalone, {peers} processes × {settings.threads_per_peer} thread(s): "
-                 f"{statistics.fmean(rates):,.0f} tokens/s each")
-        expected = layout.budget / peers / statistics.fmean(rates)
+
+        def alone(peers: int = peers) -> list[float]:
+            rates = standalone_throughput(config_path, settings.data, processes=peers,
+                                          threads=settings.threads_per_peer, steps=settings.throughput_steps,
+                                          workdir=settings.workdir)
+            standalone.setdefault(peers, []).append(statistics.fmean(rates))
+            progress(f"standalone, {peers} processes × {settings.threads_per_peer} thread(s): "
+                     f"{statistics.fmean(rates):,.0f} tokens/s each")
+            return rates
+
+        before = alone()
+        expected = layout.budget / peers / statistics.fmean(before)
         for codec in settings.codecs:
             runs = []
             for repeat in range(settings.repeats):
                 net = run_network(run, codec=codec, peers=peers, layout=layout, settings=settings,
                                   expected_s=expected, tokenizer=tokenizer, texts=texts, repeat=repeat)
+                after = alone()  # also the next run's "before": each run is bracketed by two measurements
+                net.standalone = [statistics.fmean(before), statistics.fmean(after)]
+                before = after
                 runs.append(net)
                 progress(f"network {net.name} (run {repeat + 1}): val bpb {_fmt(net.final_bpb, '.4f')} in "
                          f"{net.wall_seconds:.0f} s, exits {net.exit_codes}, outer steps "
                          f"{[s.outer_steps for s in net.stats]}, load {net.load_avg:.2f}")
             networks.append(runs)
-        after = standalone_throughput(config_path, settings.data, processes=peers, threads=settings.threads_per_peer,
-                                      steps=settings.throughput_steps, workdir=settings.workdir)
-        rates += after
-        standalone[peers] = rates
-        progress(f"standalone again after the {peers}-peer runs: {statistics.fmean(after):,.0f} tokens/s each")
     sync = []
     for preset in settings.sync_presets:
         try:
@@ -916,7 +973,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--error-codecs", nargs="+", choices=[c[0] for c in ERROR_CODECS],
                         help="codecs whose error on a real pseudo-gradient is measured (default: all but Leech "
                              "with --quick: its encoder takes about a minute per million coordinates here)")
-    parser.add_argument("--throughput-steps", type=int, default=40, help="timed steps of each standalone process")
+    parser.add_argument("--throughput-steps", type=int, default=100,
+                        help="timed steps of each standalone process (one measurement before and after every network)")
     parser.add_argument("--evals", type=int, default=15, help="evaluations along each baseline run")
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs of each network configuration (peers get different shards from run to run: "

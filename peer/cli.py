@@ -83,6 +83,10 @@ def _add_join(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--straggler-wait", type=float, metavar="SECONDS",
                    help="how long to wait at each round for slower peers (default: the run's averaging timeout)")
+    p.add_argument("--eval-every", type=int, default=1, metavar="K",
+                   help="evaluate the validation texts every K outer steps; 0 never (default 1)")
+    p.add_argument("--keep-checkpoints", type=int, default=2, metavar="N",
+                   help="checkpoints kept in the workdir, newest first (default 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal)")
     p.set_defaults(func=_run_join)
 
@@ -98,11 +102,19 @@ def _run_join(args: argparse.Namespace) -> int:
     if args.straggler_wait is not None and args.straggler_wait < 0:
         print("lila-peer join: --straggler-wait must be >= 0 seconds", file=sys.stderr)
         return 2
+    if args.eval_every < 0:
+        print("lila-peer join: --eval-every must be >= 0 (0: never evaluate)", file=sys.stderr)
+        return 2
+    if args.keep_checkpoints < 1:
+        print("lila-peer join: --keep-checkpoints must be >= 1 (a peer resumes from its newest checkpoint)",
+              file=sys.stderr)
+        return 2
     stop = GracefulStop().install()
     options = PeerOptions(coordinator=args.coordinator, token=args.token, name=args.name, device=args.device,
                           workdir=args.workdir, metrics_host=args.metrics_host, metrics_port=args.metrics_port,
                           max_outer_steps=args.max_outer_steps, host=args.host, client_mode=args.client_mode,
                           threads=args.threads, straggler_wait_s=args.straggler_wait,
+                          eval_every=args.eval_every, keep_checkpoints=args.keep_checkpoints,
                           progress=False if args.no_progress else None)
     return PeerNode(options, stop=stop.event, log_context=args.log_context).run()
 

@@ -16,7 +16,9 @@ id of this peer, empty before Join). The events and their fields:
   ``matchmaking_s``, ``allreduce_s``, ``group_size``, ``bytes_sent``, ``bytes_received``).
 - ``outer_step``: the peer applied outer step ``outer_step`` through averaging: ``params_sha256`` of
   the new global parameters, ``val_bpb`` (when evaluated), ``group_size``, ``status``, ``tokens``
-  trained in the inner period, ``loss``.
+  trained in the inner period, ``loss``, ``period_s`` (the inner period's seconds) and ``step_s`` (of
+  them, inside optimizer steps), ``phases`` (seconds spent after the averaging itself:
+  ``verify``, ``publish``, ``report``, ``evaluate``, ``telemetry``, ``checkpoint``).
 - ``leave``: the peer stopped (``reason``); ``released`` lists the leases given back with their
   resume positions; ``tokens_trained`` counts the tokens of every batch it trained and committed,
   ``tokens_lost`` those of them on leases the coordinator took back before they were reported.
@@ -32,6 +34,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +76,24 @@ class EventLog:
     def close(self) -> None:
         with self._lock:
             self._file.close()
+
+
+class PhaseTimer:
+    """Seconds spent in named phases (accumulated when a phase repeats), for one diary record."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def rounded(self, digits: int = 4) -> dict[str, float]:
+        return {name: round(value, digits) for name, value in self.seconds.items()}
 
 
 def read_events(path: str | Path, event: str | None = None) -> list[dict[str, Any]]:

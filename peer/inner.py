@@ -5,8 +5,9 @@ One :meth:`InnerTrainer.step` trains one batch of ``micro_batch × grad_accum`` 
 ``bf16`` (autocast on CUDA), ``fp16`` (autocast with dynamic loss scaling, for GPUs without bf16) or
 ``fp32``. Master weights and AdamW state stay float32 in every case.
 
-Tuning: ``lr`` comes from the curriculum's schedule every step (:meth:`set_lr`); ``grad_clip`` 1.0 is
-safe; a clip far below 1 slows learning, none at all lets a bad batch blow the inner run up.
+Tuning: ``lr`` comes from the curriculum's schedule every step (:meth:`set_lr`, at the run position
+:func:`schedule_position` estimates); ``grad_clip`` 1.0 is safe; a clip far below 1 slows learning, none
+at all lets a bad batch blow the inner run up.
 """
 
 from __future__ import annotations
@@ -19,6 +20,23 @@ import torch
 from torch import nn
 
 ADAM_BETAS = (0.9, 0.95)
+
+
+def schedule_position(global_tokens: int, own_tokens: int, peers: int) -> int:
+    """The run's position in tokens (what the curriculum's lr schedule is a function of) after this peer
+    trained ``own_tokens`` of its inner period, which began when the run had ``global_tokens``.
+
+    The other ``peers - 1`` active peers train their periods at the same time, so the run advances about
+    ``peers`` times as fast as this peer. Counting only its own tokens, a peer would lag the schedule by
+    ``(peers - 1) / peers`` of a period: a slower warm-up, and a final decay that never reaches
+    ``min_lr_ratio`` — unlike synchronous training with the same global batch, where step ``s`` is at
+    ``s × peers × batch`` tokens. Peers of different speeds make this an estimate; the next period starts
+    from the coordinator's credited count again, so the error never accumulates.
+    """
+    if peers < 1 or global_tokens < 0 or own_tokens < 0:
+        raise ValueError(f"peers={peers} must be >= 1 and token counts >= 0 "
+                         f"(global_tokens={global_tokens}, own_tokens={own_tokens})")
+    return global_tokens + own_tokens * peers
 
 
 @dataclass(frozen=True)

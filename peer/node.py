@@ -58,10 +58,10 @@ from .averaging.transport import Transport
 from .checkpoints import CheckpointStore
 from .coordinator_client import CoordinatorClient, CoordinatorError
 from .data_feed import DataFeed
-from .events import EVENTS_FILE, EventLog
+from .events import EVENTS_FILE, EventLog, PhaseTimer
 from .hardware import detect_hardware
 from .heartbeat import Heartbeat
-from .inner import InnerTrainer
+from .inner import InnerTrainer, schedule_position
 from .logs import PeerContext, adopt_library_loggers
 from .metrics import PeerMetrics
 from .outer import OuterOptimizer, flatten_parameters, load_flat_parameters
@@ -83,6 +83,7 @@ STOP_POLL_S = 0.2  # how often blocking network calls look at the stop flag
 IDLE_POLL_S = 1.0  # how often a peer without data asks for a shard again
 LEAVE_DHT_TIMEOUT_S = 2.0  # a leaving peer's last DHT write (the others then stop waiting for it)
 CALL_SLACK_S = 5.0
+PROGRESS_REPORT_INTERVAL_S = 1.0  # see peer.data_feed: reports of trained progress, at most this often per lease
 
 T = TypeVar("T")
 
@@ -130,7 +131,13 @@ class PeerOptions:
 
     ``straggler_wait_s``: how long this peer waits at each round for the peers it expects (None: the
     run's ``averaging_timeout_s``); see :mod:`peer.round_sync` for how to tune it. ``progress``: the
-    progress bar (None: only when stderr is a terminal)."""
+    progress bar (None: only when stderr is a terminal).
+
+    ``eval_every``: evaluate the validation texts every this many outer steps (0: never). Every peer of a
+    round holds the same parameters, and rounds are synchronous, so an evaluation delays the whole network
+    by its duration (0.7 s of a 17 s cycle for ``debug`` on one CPU thread): raise it on slow hardware or
+    when someone else watches the run. ``keep_checkpoints``: how many outer steps' checkpoints stay on
+    disk (older ones are deleted after each successful write)."""
 
     coordinator: str
     token: str
@@ -143,6 +150,7 @@ class PeerOptions:
     host: str = "127.0.0.1"
     client_mode: bool = False
     checkpoint_every: int = 1
+    keep_checkpoints: int = 2
     telemetry_every: int = 5
     eval_every: int = 1
     threads: int | None = None
@@ -152,11 +160,13 @@ class PeerOptions:
 
 @dataclass(frozen=True)
 class Period:
-    """One inner period: ``tokens`` trained in ``seconds`` (0 tokens: no data was available)."""
+    """One inner period: ``tokens`` trained in ``seconds`` (0 tokens: no data was available), of which
+    ``step_seconds`` inside the optimizer steps themselves (the rest: data, metrics, the status call)."""
 
     tokens: int
     seconds: float
     loss: float
+    step_seconds: float = 0.0
 
 
 class PeerNode:
@@ -183,8 +193,10 @@ class PeerNode:
         self.last_hash = ""
         self.last_loss = 0.0
         self.global_tokens = 0
+        self.active_peers = 1
         self.tokens_trained = 0  # committed batches since the process started (credited at the coordinator)
         self.first_step_logged = False
+        self.phases = PhaseTimer()
         self.started = time.monotonic()
 
     # ------------------------------------------------------------------ set-up
@@ -237,13 +249,14 @@ class PeerNode:
                                     weight_decay=run.diloco.weight_decay, grad_clip=run.diloco.grad_clip,
                                     micro_batch=self.plan.micro_batch, dtype=self.plan.dtype)
         self.feed = DataFeed(self.client, tokenizer=self.tokenizer, batch_size=run.diloco.batch_size,
-                             validation_fraction=run.data.validation_fraction)
+                             validation_fraction=run.data.validation_fraction,
+                             report_interval_s=PROGRESS_REPORT_INTERVAL_S)
         self.codec = get_codec(run.codec.name, **codec_options(run))
         self.aggregator = aggregator_for(run.trust)
         source = next(iter(run.data.sources.values()))
         self.val_texts = list(iter_validation_texts(source, fraction=run.data.validation_fraction,
                                                     max_docs=run.data.validation_max_docs))
-        self.store = CheckpointStore(self.options.workdir / "checkpoints")
+        self.store = CheckpointStore(self.options.workdir / "checkpoints", keep=self.options.keep_checkpoints)
 
     def _connect(self, run: RunConfig) -> None:
         join = self.client.join_response
@@ -314,6 +327,8 @@ class PeerNode:
         load_flat_parameters(self.model, self.outer.global_params)
         self._publish()
         self._state_event(source, evaluate=bool(self.options.eval_every))
+        if source == "download" and self.options.checkpoint_every:
+            self._checkpoint()
 
     def _network_step(self) -> int:
         """The highest outer step another peer announces (-1 when none does or the DHT does not answer)."""
@@ -411,6 +426,8 @@ class PeerNode:
         load_flat_parameters(self.model, self.outer.global_params)
         self._publish()
         self._state_event("resync")
+        if self.options.checkpoint_every:
+            self._checkpoint()
         return True
 
     def _catch_up(self, round_index: int, tokens: int) -> bool:
@@ -422,23 +439,28 @@ class PeerNode:
         return True
 
     # ------------------------------------------------------------------ training
-    def _global_tokens(self) -> int:
-        """Tokens trained by the whole run (for the learning-rate schedule); the last known value when the
-        coordinator does not answer right away, so a hiccup never restarts the warm-up."""
+    def _global_progress(self) -> tuple[int, int]:
+        """Tokens trained by the whole run and the number of active peers (for the learning-rate
+        schedule); the last known values when the coordinator does not answer right away, so a hiccup
+        never restarts the warm-up."""
         try:
-            self.global_tokens = int(self.client.status(retry=False).global_tokens)
+            status = self.client.status(retry=False)
+            self.global_tokens = int(status.global_tokens)
+            self.active_peers = max(1, int(status.peers_by_state.get("active", 1)))
         except Exception as exc:  # a status failure must not stop training
-            logger.warning("could not read global progress (using %d tokens): %s", self.global_tokens, exc)
-        return self.global_tokens
+            logger.warning("could not read global progress (using %d tokens, %d peers): %s", self.global_tokens,
+                           self.active_peers, exc)
+        return self.global_tokens, self.active_peers
 
     def _inner_period(self, run: RunConfig) -> Period:
         """Up to H inner steps; fewer when the data runs out or the peer is stopping."""
         assert self.feed is not None and self.heartbeat is not None and self.events is not None
         self.heartbeat.phase = "training"
         self.progress.start_period(outer_step=self.outer_step + 1, inner_steps=run.diloco.inner_steps)
-        global_tokens = self._global_tokens()
+        global_tokens, peers = self._global_progress()
         tokens = 0
         losses = []
+        step_seconds = 0.0
         started = time.perf_counter()
         for _ in range(run.diloco.inner_steps):
             if self.stop.is_set():
@@ -446,13 +468,14 @@ class PeerNode:
             batch = self.feed.next_batch(wait=False)  # no shard free now: end the period, never block
             if batch is None:
                 break
-            point = curriculum_at(run.curriculum, global_tokens + tokens)
+            point = curriculum_at(run.curriculum, schedule_position(global_tokens, tokens, peers))
             self.trainer.set_lr(point.lr)
             stats = self.trainer.step(batch.inputs, batch.targets)
             self.feed.commit(batch)
             tokens += stats.tokens
             self.tokens_trained += stats.tokens
             losses.append(stats.ce_loss)
+            step_seconds += stats.seconds
             tokens_per_s = stats.tokens / max(stats.seconds, 1e-9)
             self.metrics.tokens_total.inc(stats.tokens)
             self.metrics.loss.set(stats.ce_loss)
@@ -468,8 +491,9 @@ class PeerNode:
                 self.events.write("first_step", seconds=seconds, process_seconds=process_seconds)
                 logger.info("first training step done %.1f s after joining (%.1f s after the process started)",
                             seconds, process_seconds)
+        self.feed.flush()  # the run's token count is current before the round (and the next period's schedule)
         loss = sum(losses) / len(losses) if losses else 0.0
-        return Period(tokens=tokens, seconds=time.perf_counter() - started, loss=loss)
+        return Period(tokens=tokens, seconds=time.perf_counter() - started, loss=loss, step_seconds=step_seconds)
 
     def _on_group(self, group: Group) -> None:  # runs on the transport loop: keep it short
         assert self.events is not None
@@ -493,6 +517,7 @@ class PeerNode:
         assert self.averager is not None and self.heartbeat is not None and self.events is not None
         self.heartbeat.phase = "averaging"
         self.events.write("round_start", round=round_index)
+        self.phases = PhaseTimer()  # what follows the averaging itself, written with the outer step
         delta = self.outer.pseudo_gradient(flatten_parameters(self.model))
         vector = delta + self.residual  # error feedback: what earlier rounds' codec dropped
         started = time.perf_counter()
@@ -534,7 +559,8 @@ class PeerNode:
         self.outer_step = round_index
         load_flat_parameters(self.model, self.outer.global_params)
         self.last_hash = self.outer.params_hash()
-        self._verify(round_index, result)
+        with self.phases.phase("verify"):
+            self._verify(round_index, result)
         return result
 
     def _verify(self, round_index: int, result: RoundResult) -> None:
@@ -566,17 +592,23 @@ class PeerNode:
 
     def _after_round(self, run: RunConfig, period: Period, result: RoundResult) -> None:
         assert self.events is not None
+        phases = self.phases
         self.metrics.outer_step.set(self.outer_step)
-        self._publish()
-        try:
-            self.client.report_outer_step(self.outer_step)
-        except Exception as exc:
-            logger.warning("could not report outer step %d: %s", self.outer_step, exc)
+        with phases.phase("publish"):
+            self._publish()
+        with phases.phase("report"):
+            try:
+                self.client.report_outer_step(self.outer_step)
+            except Exception as exc:
+                logger.warning("could not report outer step %d: %s", self.outer_step, exc)
         val_bpb = None
         if self.options.eval_every and self.outer_step % self.options.eval_every == 0:
-            val_bpb = self._evaluate()
+            with phases.phase("evaluate"):
+                val_bpb = self._evaluate()
         if self.options.telemetry_every and self.outer_step % self.options.telemetry_every == 0:
-            for name, stats in layer_telemetry(self.model).items():
+            with phases.phase("telemetry"):
+                telemetry = layer_telemetry(self.model)
+            for name, stats in telemetry.items():
                 self.metrics.stable_rank.labels(layer=name).set(stats.stable_rank)
                 self.metrics.condition_number.labels(layer=name).set(stats.condition_number)
         fields: dict[str, Any] = dict(outer_step=self.outer_step, loss=period.loss,
@@ -585,22 +617,36 @@ class PeerNode:
                                       bytes_received=result.bytes_received)
         if val_bpb is not None:
             fields["val_bpb"] = val_bpb
-        try:
-            self.client.report_metrics(**fields)
-        except Exception as exc:
-            logger.warning("could not report metrics: %s", exc)
+        with phases.phase("report"):
+            try:
+                self.client.report_metrics(**fields)
+            except Exception as exc:
+                logger.warning("could not report metrics: %s", exc)
         if self.options.checkpoint_every and self.outer_step % self.options.checkpoint_every == 0:
+            with phases.phase("checkpoint"):
+                self._checkpoint(val_bpb)
+        self.events.write("outer_step", outer_step=self.outer_step, params_sha256=self.last_hash, val_bpb=val_bpb,
+                          group_size=result.group_size, status=result.status, tokens=period.tokens,
+                          loss=period.loss, round_seconds=self.last_round_seconds, phases=phases.rounded(),
+                          period_s=round(period.seconds, 4), step_s=round(period.step_seconds, 4))
+        logger.info("outer step %d: loss %.4f, %.0f tokens/s, group of %d%s", self.outer_step, period.loss,
+                    fields["tokens_per_s"], result.group_size,
+                    f", val bpb {val_bpb:.4f}" if val_bpb is not None else "")
+
+    def _checkpoint(self, val_bpb: float | None = None) -> None:
+        """Save the state held now (after a round, a download or a re-sync): a restart resumes from the
+        newest state this peer ever held, even when no other peer is left to serve it. A failed write
+        (disk full) keeps the older checkpoints and training goes on."""
+        run = self.run_config
+        try:
             self.store.save(step=self.outer_step, model=self.model, outer_state=self.outer.state_dict(),
                             inner_state=self.trainer.state_dict(),
                             meta={"outer_step": self.outer_step, "run": run.run.name,
                                   "tokenizer": run.data.tokenizer, "val_bpb": val_bpb,
                                   "params_sha256": self.last_hash})
-        self.events.write("outer_step", outer_step=self.outer_step, params_sha256=self.last_hash, val_bpb=val_bpb,
-                          group_size=result.group_size, status=result.status, tokens=period.tokens,
-                          loss=period.loss, round_seconds=self.last_round_seconds)
-        logger.info("outer step %d: loss %.4f, %.0f tokens/s, group of %d%s", self.outer_step, period.loss,
-                    fields["tokens_per_s"], result.group_size,
-                    f", val bpb {val_bpb:.4f}" if val_bpb is not None else "")
+        except OSError as exc:
+            logger.warning("could not write the checkpoint of outer step %d (%s); the older ones are kept, "
+                           "training goes on: free space in %s", self.outer_step, exc, self.store.root)
 
     def _idle(self) -> None:
         """No shard is free right now (the others hold the last ones): tell the others not to wait for

@@ -198,3 +198,35 @@ def test_matchmaking_ends_once_every_expected_peer_announced(transports: list[Tr
     alone = first.average(1, vectors[0], codec=codec, aggregator=mean, expected_peers=[])
     assert (alone.status, alone.group_size) == ("alone", 1)
     assert alone.matchmaking_s < slow.matchmaking_time / 2
+
+
+def test_a_retried_round_whose_first_leader_died_still_forms_one_group(transports: list[Transport]) -> None:
+    """Round 0 is tried twice. The first time A (smallest id) leads B and C; then A dies. The retry of
+    round 0: C starts first and, from the first attempt's announcements, thinks B is coming and asks A
+    (dead), then B — which is still in its first attempt's state and answers not_leader. C must ask B
+    again rather than lead a group of one next to B's own: two groups of one would both apply round 0 and
+    fork the parameters (seen once in a 3-peer network test)."""
+    a_t, b_t, c_t = transports
+    authorize = StaticTokenAuthorizer([GOOD])
+    a, b, c = (Averager(t, run_id=RUN_ID, credential=GOOD, authorize=authorize, max_numel=NUMEL, config=CONFIG)
+               for t in (a_t, b_t, c_t))
+    codec, mean = Fp32Codec(), get_aggregator("mean")
+    vectors = {name: torch.full((NUMEL,), float(value)) for name, value in (("a", 1), ("b", 2), ("c", 6))}
+    first = run_together({name: (lambda avg=avg, name=name: avg.average(0, vectors[name], codec=codec,
+                                                                          aggregator=mean))
+                          for name, avg in (("a", a), ("b", b), ("c", c))})
+    assert {r.group_size for r in first.values()} == {3} and first["a"].group.leader == a_t.peer_id
+    a.shutdown()
+    a_t.shutdown()
+
+    def b_later() -> RoundResult:
+        threading.Event().wait(0.5)  # B is still busy with its first attempt's aftermath
+        return b.average(0, vectors["b"], codec=codec, aggregator=mean, expected_peers=[c_t.peer_id])
+
+    retry = run_together({
+        "c": lambda: c.average(0, vectors["c"], codec=codec, aggregator=mean, expected_peers=[b_t.peer_id]),
+        "b": b_later,
+    })
+    for name, result in retry.items():
+        assert (result.status, result.group_size) == ("ok", 2), (name, result.status, result.reason)
+        assert torch.equal(result.average, torch.full((NUMEL,), 4.0))

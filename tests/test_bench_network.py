@@ -20,14 +20,17 @@ from bench.baseline import (
     BaselineResult,
     BenchConfigError,
     build_model,
+    evaluate,
     iter_batches,
     single_stage,
     train_plain,
+    validation_texts,
     with_data,
 )
 from bench.network import (
     CODECS,
     Layout,
+    checkpoint_curve,
     derive_layout,
     network_run_config,
     parse_metrics,
@@ -37,6 +40,7 @@ from bench.network import (
 )
 from lila_data import StageConfig, is_validation, load_tokenizer
 from lila_run.config import RunConfig, load_run_config
+from peer.checkpoints import CheckpointStore
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_BATCH = 2
@@ -170,7 +174,8 @@ def _diary() -> list[dict]:
             {"event": "round", "t": t + 2.0, "round": k, "status": status, "applied": True, "group_size": group,
              "seconds": 2.0, "matchmaking_s": 1.5, "allreduce_s": 0.5, "bytes_sent": sent, "bytes_received": sent + 1},
             {"event": "outer_step", "t": t + 3.0, "outer_step": k, "params_sha256": f"h{k}", "val_bpb": bpb,
-             "group_size": group, "status": status, "tokens": 2560},
+             "group_size": group, "status": status, "tokens": 2560, "period_s": 7.0, "step_s": 5.0,
+             "phases": {"verify": 0.25 * k, "checkpoint": 0.5} if k < 3 else {"checkpoint": 0.75}},
         ]
         t += 10.0
     return events
@@ -190,6 +195,27 @@ def test_peer_stats_reduce_a_diary_to_the_reported_figures() -> None:
     assert stats.group_sizes == [1, 2]
     assert stats.curve == [(0, 5.5), (1, 4.75), (2, 4.5), (3, 4.25)]
     assert stats.hashes == {1: "h1", 2: "h2", 3: "h3"}
+    assert stats.phases == {"verify": [0.25, 0.5], "checkpoint": [0.5, 0.5, 0.75]}
+    assert stats.in_steps_fraction == 0.5  # 2 cycles of 10 s, 5 s of each inside optimizer steps
+
+
+def test_checkpoint_curve_evaluates_every_verified_checkpoint_like_the_baselines(tiny_run: RunConfig,
+                                                                              tmp_path: Path) -> None:
+    tokenizer = load_tokenizer(tiny_run.data.tokenizer)
+    texts = validation_texts(tiny_run)
+    store = CheckpointStore(tmp_path / "checkpoints", keep=10)
+    model = build_model(tiny_run, tokenizer)
+    expected = {}
+    for step in (1, 2, 3):
+        with torch.no_grad():
+            model.tok_emb.weight.mul_(0.5)  # a different model at every step
+        store.save(step=step, model=model, outer_state={"global_params": torch.zeros(3)}, inner_state={},
+                   meta={"tokenizer": tiny_run.data.tokenizer})
+        expected[step] = evaluate(model, tokenizer, texts, seq_len=TINY_SEQ)
+    (tmp_path / "checkpoints" / "step-00000002" / "outer.safetensors").write_bytes(b"torn")
+    curve = checkpoint_curve(tmp_path / "checkpoints", tokenizer=tokenizer, texts=texts, seq_len=TINY_SEQ)
+    assert curve == [(1, expected[1]), (3, expected[3])]  # the corrupt step 2 is skipped, not evaluated
+    assert expected[1] != expected[3]
 
 
 def test_shuffled_source_keeps_every_document_in_a_fixed_new_order(tmp_path: Path) -> None:

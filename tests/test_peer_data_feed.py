@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
 import torch
 
 from lila_data import ResumePosition, load_tokenizer, plan_shards
@@ -143,3 +144,43 @@ def test_a_lease_taken_back_by_the_coordinator_is_dropped_and_training_goes_on()
     assert {lease_id for lease_id, _ in third.marks} == {"l2"}  # the next shard, not the lost one
     feed.commit(third)
     assert [lease.lease_id for lease, _ in feed.release()] == ["l2"]
+
+
+@dataclass
+class CountingLeases(InMemoryLeases):
+    reports: list = field(default_factory=list)
+
+    def report_progress(self, lease: Lease, position: ResumePosition, tokens: int) -> None:
+        self.reports.append((lease.lease_id, position, tokens))
+        super().report_progress(lease, position, tokens)
+
+
+def test_progress_is_reported_at_most_every_interval_and_flushed_exactly() -> None:
+    tokenizer = load_tokenizer()
+    shards = plan_shards(SPEC, docs_per_shard=5)[:1]
+    ledger = CountingLeases(shards)
+    now = [100.0]
+    feed = DataFeed(ledger, tokenizer=tokenizer, batch_size=BATCH, validation_fraction=0.1,
+                    report_interval_s=1.0, clock=lambda: now[0])
+    batches = []
+    for _ in range(4):  # 4 batches within 0.75 s of the lease: nothing reported yet
+        batches.append(feed.next_batch())
+        feed.commit(batches[-1])
+        now[0] += 0.25
+    assert ledger.reports == []
+    batches.append(feed.next_batch())
+    feed.commit(batches[-1])  # 1 s after the lease: the 5 batches in one report
+    assert ledger.reports == [("l1", batches[-1].marks[-1][1], 5 * BATCH * SEQ_LEN)]
+    batches.append(feed.next_batch())
+    feed.commit(batches[-1])
+    assert len(ledger.reports) == 1
+    feed.flush()  # end of an inner period: the rest at once, at the last trained position
+    assert ledger.reports[-1] == ("l1", batches[-1].marks[-1][1], BATCH * SEQ_LEN)
+    feed.flush()  # nothing new: no empty report
+    assert len(ledger.reports) == 2 and ledger.tokens == 6 * BATCH * SEQ_LEN
+
+
+def test_a_negative_report_interval_is_refused() -> None:
+    with pytest.raises(ValueError, match="report_interval_s"):
+        DataFeed(InMemoryLeases([]), tokenizer=load_tokenizer(), batch_size=BATCH, validation_fraction=0.1,
+                 report_interval_s=-1.0)

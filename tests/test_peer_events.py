@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
-from peer.events import EVENTS_FILE, EventLog, read_events
+from peer.events import EVENTS_FILE, EventLog, PhaseTimer, read_events
 
 THREADS = 4
 LINES_PER_THREAD = 200
@@ -53,3 +54,16 @@ def test_concurrent_writers_never_interleave_lines(tmp_path: Path) -> None:
     records = [json.loads(line) for line in raw]
     for index in range(THREADS):
         assert [r["line"] for r in records if r["thread"] == index] == list(range(LINES_PER_THREAD))
+
+
+def test_phase_timer_accumulates_repeated_phases() -> None:
+    timer = PhaseTimer()
+    with timer.phase("report"):
+        time.sleep(0.01)
+    with timer.phase("checkpoint"):
+        pass
+    with timer.phase("report"):
+        time.sleep(0.01)
+    assert list(timer.seconds) == ["report", "checkpoint"]
+    assert timer.seconds["report"] >= 0.02 and timer.seconds["checkpoint"] < timer.seconds["report"]
+    assert timer.rounded(2)["report"] == round(timer.seconds["report"], 2)

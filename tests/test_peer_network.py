@@ -358,6 +358,9 @@ def test_a_frozen_peer_resyncs_and_ctrl_c_releases_its_lease_and_leaves_within_t
         resync = net.wait_for("peer 1 to re-sync", lambda: next(
             (r for r in net.events(leaver, "state") if r["source"] == "resync"), None), timeout=60)
         assert resync["outer_step"] > frozen_at
+        # the re-synced state is checkpointed at once: a restart now would resume from it, not from before
+        resynced = net.network.peer_workdir(leaver) / "checkpoints" / f"step-{resync['outer_step']:08d}"
+        net.wait_for("the re-synced state's checkpoint", lambda: (resynced / "manifest.json").is_file(), timeout=20)
         net.wait_for("peer 1 to average with peer 0 again", lambda: any(
             r["outer_step"] > resync["outer_step"] and r["group_size"] == 2
             for r in net.events(leaver, "outer_step")), timeout=90)

@@ -13,6 +13,9 @@ For round ``k`` every peer:
    to the leader and adopt the list it answers (carrying the leader's credential, checked too).
    A leader that refuses, is unreachable or unauthorized is dropped and the next smallest candidate is
    tried (``max_leader_attempts``), so an intruder or a dead peer with the smallest id cannot stall a round.
+   A leader that answers *not leader* is asked again until ``matchmaking_time + join_timeout`` after the
+   start: in a retried round it may still hold its previous attempt's state, and passing over a live
+   leader would make two groups of one that both apply the round.
    A peer whose leader says the group is closed or full sits the round out and reports why.
 
 A group of one (nobody else announced or joined) is a valid outcome: the caller skips communication.
@@ -43,6 +46,7 @@ GROUP_ID_PATTERN = re.compile(rf"^[0-9a-f]{{{2 * GROUP_ID_BYTES}}}$")
 MAX_ANNOUNCEMENT_BYTES = 256
 MAX_ROUNDS_IN_FLIGHT = 8
 MAX_GROUP_RECORD_BYTES = 1 << 20
+NOT_LEADER_RETRY_S = 0.1  # how soon a peer asks again a leader that answered not_leader (see form_group)
 EXPECTED_POLL_S = 0.05  # how often a peer that knows who is coming looks whether they all announced
 
 ERR_NOT_LEADER = "not_leader"
@@ -240,7 +244,12 @@ class Matchmaker:
         candidates = await self._candidates(key, deadline=started + cfg.matchmaking_time, expected=expected)
         candidates[me] = client
         excluded: set[str] = set()
-        for attempt in range(cfg.max_leader_attempts):
+        # A leader that answers not_leader may still be in an earlier attempt at this round (a retried
+        # round: its old state answers until it starts the new attempt): ask it again until this deadline
+        # rather than passing it over — passing over a live leader can make two groups of one.
+        patience = started + cfg.matchmaking_time + cfg.join_timeout
+        attempt = 0
+        while attempt < cfg.max_leader_attempts:
             leaders = [
                 peer for peer, is_client in candidates.items() if not is_client and peer not in excluded
             ]
@@ -269,10 +278,14 @@ class Matchmaker:
                 if error.code in (ERR_CLOSED, ERR_FULL):
                     await slot.set_state(SlotState.FAILED)
                     return MatchOutcome(None, f"leader {leader} refused to admit us: {error.code}")
+                if error.code == ERR_NOT_LEADER and loop.time() < patience:
+                    await asyncio.sleep(NOT_LEADER_RETRY_S)
+                    continue
                 logger.info(
                     "round %d: leader %s answered %s; trying the next one", round_index, leader, error.code
                 )
                 excluded.add(leader)
+                attempt += 1
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # timeout, vanished peer, refused credential, malformed reply
@@ -280,6 +293,7 @@ class Matchmaker:
                     "round %d: leader %s failed (attempt %d): %r", round_index, leader, attempt + 1, error
                 )
                 excluded.add(leader)
+                attempt += 1
             else:
                 if not slot.group.done():
                     slot.group.set_result(group)
