@@ -644,9 +644,10 @@ class PeerNode:
                             meta={"outer_step": self.outer_step, "run": run.run.name,
                                   "tokenizer": run.data.tokenizer, "val_bpb": val_bpb,
                                   "params_sha256": self.last_hash})
-        except OSError as exc:
-            logger.warning("could not write the checkpoint of outer step %d (%s); the older ones are kept, "
-                           "training goes on: free space in %s", self.outer_step, exc, self.store.root)
+        except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+            logger.warning("could not write the checkpoint of outer step %d (%s: %s); the older ones are kept "
+                           "and training goes on: free space in %s", self.outer_step, type(exc).__name__, exc,
+                           self.store.root)
 
     def _idle(self) -> None:
         """No shard is free right now (the others hold the last ones): tell the others not to wait for

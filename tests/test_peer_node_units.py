@@ -9,12 +9,14 @@ import hashlib
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from lila_run.config import load_run_config
 from peer.averaging import DownloadResult, StateSnapshot
+from peer.checkpoints import CheckpointStore
 from peer.node import PeerNode, PeerOptions, Stopped, averaging_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,3 +68,23 @@ def test_a_blocking_network_call_gives_way_to_the_stop_flag_and_is_cancelled() -
     finally:
         node.client.close()
         node.metrics.close()
+
+
+def test_a_checkpoint_that_cannot_be_written_is_reported_and_training_goes_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    node = PeerNode(PeerOptions(coordinator="127.0.0.1:9", token="t"), stop=threading.Event())
+    try:
+        blocked = tmp_path / "not-a-directory"
+        blocked.write_text("a file where the checkpoint folder should be")  # every write fails (OSError)
+        node.run_config = load_run_config(REPO / "runs" / "cpu-demo.toml")
+        node.store = CheckpointStore(blocked)
+        node.model = torch.nn.Linear(2, 2)
+        node.outer = SimpleNamespace(state_dict=lambda: {"global_params": torch.zeros(6)})
+        node.trainer = SimpleNamespace(state_dict=lambda: {})
+        node.outer_step = 3
+        with caplog.at_level("WARNING", logger="peer.node"):
+            node._checkpoint(val_bpb=2.5)  # no exception
+        assert "could not write the checkpoint of outer step 3" in caplog.text and "free space" in caplog.text
+        assert blocked.read_text().startswith("a file")  # nothing was lost or half-written
+    finally:
+        node.close()
