@@ -135,7 +135,7 @@ class PeerOptions:
 
     ``eval_every``: evaluate the validation texts every this many outer steps (0: never). Every peer of a
     round holds the same parameters, and rounds are synchronous, so an evaluation delays the whole network
-    by its duration (0.7 s of a 17 s cycle for ``debug`` on one CPU thread): raise it on slow hardware or
+    by its duration (0.7–1.1 s of a 13–18 s cycle for ``debug`` on one CPU thread here): raise it on slow hardware or
     when someone else watches the run. ``keep_checkpoints``: how many outer steps' checkpoints stay on
     disk (older ones are deleted after each successful write)."""
 
