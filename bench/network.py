@@ -524,11 +524,16 @@ def run_network(run: RunConfig, *, codec: CodecChoice, peers: int, layout: Layou
         if watcher is not None:
             watcher.stop()
         network.stop()
+    roots = [network.peer_workdir(index) / "checkpoints" for index in range(peers)]
+    curve = checkpoint_curve(max(roots, key=lambda root: len(list(root.glob("step-*")))), tokenizer=tokenizer,
+                             texts=texts, seq_len=layout.seq_len)
     final_bpb = None
-    checkpoint = network.collect_checkpoint()
+    checkpoint = network.collect_checkpoint()  # the newest over all peers, for `lila eval` by hand
     if checkpoint is not None:
-        model, _ = load_checkpoint(checkpoint)
-        final_bpb = evaluate(model, tokenizer, texts, seq_len=layout.seq_len)
+        model, extra = load_checkpoint(checkpoint)
+        # every peer holds the same parameters at a step: the curve's last point is this step's value
+        final_bpb = (curve[-1][1] if curve and curve[-1][0] == extra.get("outer_step")
+                     else evaluate(model, tokenizer, texts, seq_len=layout.seq_len))
     names = [f"peer-{index}" for index in range(peers)]
     stats = [peer_stats(peer, read_diary(workdir / peer / OUTER_STEPS_FILE), watcher.series.get(peer, []))
              for peer in names]
@@ -537,9 +542,6 @@ def run_network(run: RunConfig, *, codec: CodecChoice, peers: int, layout: Layou
         for step, digest in peer.hashes.items():
             hashes.setdefault(step, set()).add(digest)
     per_step = layout.tokens_per_outer_step(peers)
-    roots = [network.peer_workdir(index) / "checkpoints" for index in range(peers)]
-    curve = checkpoint_curve(max(roots, key=lambda root: len(list(root.glob("step-*")))), tokenizer=tokenizer,
-                             texts=texts, seq_len=layout.seq_len)
     return NetworkResult(name=name, peers=peers, codec=codec, outer_steps_target=target, wall_seconds=wall,
                          exit_codes=list(codes), final_bpb=final_bpb,
                          curve=[(step * per_step, bpb) for step, bpb in curve], stats=stats,
