@@ -44,7 +44,7 @@ from lila_data import (  # noqa: E402
 from lila_data.tokenizer import LilaTokenizer  # noqa: E402
 from lila_model.config import get_preset  # noqa: E402
 from lila_model.model import LilaLM  # noqa: E402
-from lila_run.config import RunConfig, load_run_config  # noqa: E402
+from lila_net.config import RunConfig, load_run_config  # noqa: E402
 from peer.hardware import detect_hardware  # noqa: E402
 from peer.inner import InnerTrainer  # noqa: E402
 from peer.outer import flatten_parameters  # noqa: E402

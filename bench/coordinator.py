@@ -164,8 +164,8 @@ def _worker(
 ) -> None:
     import grpc
 
-    from lila_proto import coordinator_pb2 as pb
-    from lila_proto import coordinator_pb2_grpc as pb_grpc
+    from lila_net.proto import coordinator_pb2 as pb
+    from lila_net.proto import coordinator_pb2_grpc as pb_grpc
 
     async def main() -> tuple[list[float], dict[str, int]]:
         latencies: list[float] = []

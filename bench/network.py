@@ -86,7 +86,7 @@ from lila_codec import get_codec  # noqa: E402
 from lila_data import load_tokenizer  # noqa: E402
 from lila_data.tokenizer import LilaTokenizer  # noqa: E402
 from lila_model.checkpoint import load_checkpoint  # noqa: E402
-from lila_run.config import RunConfig, load_run_config  # noqa: E402
+from lila_net.config import RunConfig, load_run_config  # noqa: E402
 from lila_run.local_network import LocalNetwork, NetworkOptions  # noqa: E402
 from peer.checkpoints import CheckpointCorrupt, CheckpointStore  # noqa: E402
 

@@ -45,8 +45,8 @@ from coordinator.state import CoreConfig, PeerState, initial_state  # noqa: E402
 from lila_data import evaluate_bpb, iter_texts, iter_validation_texts, load_tokenizer  # noqa: E402
 from lila_model.config import get_preset  # noqa: E402
 from lila_model.model import LilaLM  # noqa: E402
+from lila_net.aggregation import AggregationError, Contribution, aggregator_for  # noqa: E402
 from peer.accountability import strike_request  # noqa: E402
-from peer.averaging.aggregators import AggregationError, Contribution, aggregator_for  # noqa: E402
 from peer.averaging.allreduce import part_bounds  # noqa: E402
 from peer.averaging.averager import RoundResult  # noqa: E402
 from peer.averaging.matchmaking import Group  # noqa: E402

@@ -8,9 +8,10 @@ Layers, from pure to I/O:
 * ``storage`` — the SQLite ledger (WAL, versioned migrations, restart from tables);
 * ``engine`` — applies events in batches and commits each batch before answering;
 * ``auth``, ``ratelimit``, ``validation``, ``server`` — the ``lila.v1.Coordinator`` gRPC service;
-* ``credentials`` — averaging credentials: Ed25519-signed, bound to one libp2p identity, revocable (the
-  format is shared with the peers, which check them);
-* ``dht`` — the hivemind DHT bootstrap node; ``status``, ``metrics``, ``web`` — snapshot, Prometheus
-  and the status page; ``planning`` — run config to data plan with ``lila_data``;
+* ``status``, ``metrics``, ``web`` — snapshot, Prometheus and the status page; ``planning`` — run
+  config to data plan with ``lila_data``;
 * ``app`` assembles one coordinator, ``cli`` is ``lila-coordinator``, ``launch`` starts it as a subprocess.
+
+What it shares with the peers (the run config, averaging credentials, the DHT node and its records,
+the generated proto) lives in ``lila_net``; the coordinator never imports ``peer``.
 """

@@ -14,8 +14,6 @@ from pathlib import Path
 import grpc
 
 from coordinator.auth import SessionSigner
-from coordinator.credentials import CredentialAuthority
-from coordinator.dht import DhtNode, start_dht
 from coordinator.engine import Engine
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.plan import RunPlan
@@ -24,6 +22,8 @@ from coordinator.settings import ServerSettings
 from coordinator.status import RunInfo, StatusBoard
 from coordinator.storage import Storage
 from coordinator.web import StatusWeb
+from lila_net.credentials import CredentialAuthority
+from lila_net.dht.node import DhtNode, start_dht
 
 logger = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from coordinator.planning import plan_from_config
     from coordinator.settings import ServerSettings
     from coordinator.status import RunInfo
-    from lila_run.config import load_run_config
+    from lila_net.config import load_run_config
 
     grpc_host, grpc_port = parse_host_port(args.grpc, flag="--grpc")
     http_host, http_port = parse_host_port(args.http, flag="--http")

@@ -18,7 +18,7 @@ from lila_data.curriculum import next_source
 from lila_data.shards import ShardAddress, plan_shards
 
 if TYPE_CHECKING:
-    from lila_run.config import RunConfig
+    from lila_net.config import RunConfig
 
 logger = logging.getLogger(__name__)
 

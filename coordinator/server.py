@@ -28,14 +28,14 @@ from coordinator import actions as act
 from coordinator import events as ev
 from coordinator import validation as check
 from coordinator.auth import AuthError, SessionClaims, SessionSigner, check_join_token
-from coordinator.credentials import CredentialAuthority, CredentialError
 from coordinator.engine import Engine, StorageUnavailable
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.ratelimit import RateLimiter
 from coordinator.settings import ServerSettings
 from coordinator.state import Hardware, Lease, PeerState
 from coordinator.status import StatusBoard
-from lila_proto import coordinator_pb2 as pb
+from lila_net.credentials import CredentialAuthority, CredentialError
+from lila_net.proto import coordinator_pb2 as pb
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from coordinator.credentials import DEFAULT_CREDENTIAL_TTL_S
 from coordinator.state import (
     DEFAULT_LEASE_TIMEOUT_S,
     DEFAULT_STALL_TIMEOUT_S,
@@ -20,6 +19,7 @@ from coordinator.state import (
     DEFAULT_STRIKES_TO_BAN,
     CoreConfig,
 )
+from lila_net.credentials import DEFAULT_CREDENTIAL_TTL_S
 
 MIB = 1024 * 1024
 
@@ -38,7 +38,7 @@ class ServerSettings:
     ``max_message_bytes``: largest request accepted (RESOURCE_EXHAUSTED beyond); requests are small,
     so 4 MiB leaves plenty of room while bounding memory per call.
     ``strikes_to_ban`` / ``strike_witnesses`` / ``strike_memory_rounds``: the banning policy (see :class:`~coordinator.state.CoreConfig`).
-    ``credential_ttl_s``: lifetime of averaging credentials (see :mod:`coordinator.credentials`): a
+    ``credential_ttl_s``: lifetime of averaging credentials (see :mod:`lila_net.credentials`): a
     ban reaches peers that missed the revocation list within this time.
     ``dht_auth``: run the DHT node with the credential authorizer and record validator, so only
     admitted peers can bootstrap from it and only signed, schema-checked records are stored. Turn it
@@ -84,7 +84,7 @@ class ServerSettings:
 
     @classmethod
     def from_run_config(cls, config: Any) -> ServerSettings:
-        """Settings from a ``lila_run.config.RunConfig`` (any object with ``coordinator`` and ``trust``)."""
+        """Settings from a ``lila_net.config.RunConfig`` (any object with ``coordinator`` and ``trust``)."""
         values: dict[str, Any] = {}
         section = getattr(config, "coordinator", None)
         for f in dataclasses.fields(cls):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from collections.abc import Collection
 
-from coordinator import credentials
 from coordinator.state import Position
+from lila_net import credentials
 
 MAX_NAME_CHARS = 64
 MAX_SHORT_TEXT_CHARS = 128

@@ -24,7 +24,7 @@ leech (keys and queries snapped to Λ24)
     back by ‖b‖/R (so its length stays ≈ ‖b‖). The rounding is straight-through for q/k and
     LSQ-style for R (d/dR = −‖b‖·(N(u) − u)/R²). This changes the scores; an orthogonal
     matrix applied to both q and k would not (qRᵀ·kRᵀ = q·k), which is why the upstream
-    "Leech kernel" was a no-op (see tests/test_model_attention.py).
+    "Leech kernel" was a no-op (see tests/unit/model/test_attention.py).
 """
 
 from __future__ import annotations

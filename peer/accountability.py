@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lila_proto import coordinator_pb2 as pb
-from peer.averaging.aggregators import Rejection
+from lila_net.aggregation import Rejection
+from lila_net.proto import coordinator_pb2 as pb
 from peer.averaging.averager import Averager, RoundResult
 from peer.averaging.config import AveragingConfig
 from peer.averaging.state_sync import StateSync, StateSyncConfig

@@ -37,7 +37,7 @@ def _run_plan(args: argparse.Namespace) -> int:
 
     preset, variant, batch, seq_len = args.preset, "vanilla", args.batch_size, args.seq_len
     if args.config:
-        from lila_run.config import load_run_config
+        from lila_net.config import load_run_config
 
         run = load_run_config(args.config)
         preset = preset or run.model.preset

@@ -19,8 +19,8 @@ from typing import TypeVar
 import grpc
 
 from lila_data import ResumePosition, ShardAddress
-from lila_proto import coordinator_pb2 as pb
-from lila_proto import coordinator_pb2_grpc as pb_grpc
+from lila_net.proto import coordinator_pb2 as pb
+from lila_net.proto import coordinator_pb2_grpc as pb_grpc
 
 from .data_feed import Lease, LeaseLost
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import grpc
 
-from lila_proto import coordinator_pb2 as pb
+from lila_net.proto import coordinator_pb2 as pb
 
 from .coordinator_client import CoordinatorClient, CoordinatorError
 

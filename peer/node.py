@@ -44,11 +44,11 @@ from lila_data import curriculum_at, evaluate_bpb, iter_validation_texts, load_t
 from lila_model.config import get_preset
 from lila_model.model import LilaLM
 from lila_model.telemetry import layer_telemetry
-from lila_proto import coordinator_pb2 as pb
-from lila_run.config import RunConfig, loads_run_config
+from lila_net.aggregation import aggregator_for
+from lila_net.config import RunConfig, loads_run_config
+from lila_net.proto import coordinator_pb2 as pb
 
 from .accountability import TrustedAveraging, open_trusted_averaging
-from .averaging.aggregators import aggregator_for
 from .averaging.averager import STATUS_FAILED, Averager, RoundResult
 from .averaging.config import AveragingConfig
 from .averaging.matchmaking import Group

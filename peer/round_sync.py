@@ -16,7 +16,7 @@ missing rounds (they re-sync every time and never contribute); too long and a pe
 holds everyone up for that long, once per round, until its donor announcement expires (three announce
 periods).
 
-DHT keys (besides the averaging layer's, see ``peer.averaging.dht_keys``):
+DHT keys (besides the averaging layer's, see ``lila_net.dht.keys``):
 ``lila/{run}/ready/{round}`` (subkey peer id, value ``{"v": 1}``) and ``lila/{run}/absent`` (subkey peer id,
 value ``{"why": "idle" | "left"}``).
 """
@@ -29,25 +29,19 @@ import threading
 import time
 from dataclasses import dataclass
 
+from lila_net.dht.keys import absent_key, ready_key
+from lila_net.dht.records import MAX_MARKER_BYTES
+
 from .averaging.state_sync import Donor, StateSync
 from .averaging.transport import Transport
 
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.25
-MAX_RECORD_BYTES = 256
 READY_TTL_ROUNDS = 4  # a ready marker outlives this many straggler waits
 LEFT_TTL_S = 600.0
 DHT_CALL_TIMEOUT_S = 10.0
 ABSENT_REASONS = ("idle", "left")
-
-
-def ready_key(run_id: str, round_index: int) -> str:
-    return f"lila/{run_id}/ready/{round_index}"
-
-
-def absent_key(run_id: str) -> str:
-    return f"lila/{run_id}/absent"
 
 
 @dataclass(frozen=True)
@@ -119,7 +113,7 @@ class RoundSync:
 
     def _subkeys(self, key: str) -> dict[str, bytes]:
         records = self.transport.run(self.transport.dht_get_subkeys(key), timeout=DHT_CALL_TIMEOUT_S)
-        return {peer: value for peer, value in records.items() if len(value) <= MAX_RECORD_BYTES}
+        return {peer: value for peer, value in records.items() if len(value) <= MAX_MARKER_BYTES}
 
     def absent(self) -> set[str]:
         """Peers that said they are idle or gone."""

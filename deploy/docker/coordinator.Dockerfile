@@ -31,7 +31,7 @@ COPY lila_model ./lila_model
 COPY lila_data ./lila_data
 COPY lila_codec ./lila_codec
 COPY lila_run ./lila_run
-COPY lila_proto ./lila_proto
+COPY lila_net ./lila_net
 COPY coordinator ./coordinator
 COPY peer ./peer
 RUN pip install --no-cache-dir /src

@@ -33,7 +33,7 @@ def _effective_config(args: argparse.Namespace) -> Path:
     """The run config, with --preset/--data applied, written into the workdir."""
     from dataclasses import replace
 
-    from lila_run.config import load_run_config
+    from lila_net.config import load_run_config
 
     config = load_run_config(args.config)
     if args.preset:

@@ -41,7 +41,7 @@ Typical use (one peer)::
         report = averager.verify_round(step, params_hash(model.parameters()), members=result.group.members)
 """
 
-from peer.averaging.aggregators import (
+from lila_net.aggregation import (
     AggregateResult,
     AggregationError,
     Aggregator,

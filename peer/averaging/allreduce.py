@@ -24,14 +24,14 @@ from typing import Any, Protocol
 
 import torch
 
-from peer.averaging.aggregators import (
+from lila_net.aggregation import (
     REASON_UNDECODABLE,
     Aggregator,
     Contribution,
     Rejection,
 )
+from lila_net.dht.keys import protocol
 from peer.averaging.config import AveragingConfig
-from peer.averaging.dht_keys import protocol
 from peer.averaging.matchmaking import Group, is_peer_id
 from peer.averaging.rpc import Endpoint, Refused, Reply, call
 from peer.averaging.stats import ByteCounter

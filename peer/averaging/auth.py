@@ -8,7 +8,7 @@ else of the request. Replies that carry data carry the responder's credential to
 
 A credential is sent to the peer being called, so it must be bound to the sender's identity: use
 :class:`CredentialAuthorizer`, which accepts only coordinator-signed credentials naming the caller's
-libp2p peer id (see :mod:`coordinator.credentials`), so a peer that collects them cannot replay them.
+libp2p peer id (see :mod:`lila_net.credentials`), so a peer that collects them cannot replay them.
 :class:`StaticTokenAuthorizer` (one shared secret) remains for tests and private runs.
 """
 
@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from coordinator.credentials import CredentialError, CredentialVerifier
+from lila_net.credentials import CredentialError, CredentialVerifier
 
 logger = logging.getLogger(__name__)
 

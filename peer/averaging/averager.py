@@ -12,12 +12,13 @@ from typing import Any
 
 import torch
 
-from peer.averaging.aggregators import Aggregator, Rejection
+from lila_net.aggregation import Aggregator, Rejection
+from lila_net.dht.keys import check_run_id, protocol
+from lila_net.dht.records import GROUP_ID_PATTERN
 from peer.averaging.allreduce import AllReduceSession, Codec, PartFailure
 from peer.averaging.auth import Authorize
-from peer.averaging.config import AveragingConfig, check_run_id
-from peer.averaging.dht_keys import protocol
-from peer.averaging.matchmaking import GROUP_ID_PATTERN, Group, Matchmaker
+from peer.averaging.config import AveragingConfig
+from peer.averaging.matchmaking import Group, Matchmaker
 from peer.averaging.rpc import Endpoint, Refused, Reply, serve
 from peer.averaging.stats import ByteCounter
 from peer.averaging.transport import Transport

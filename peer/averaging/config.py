@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 FP32_BYTES_PER_VALUE = 4.0
 
 
@@ -83,12 +81,3 @@ class AveragingConfig:
     def allreduce_deadline(self) -> float:
         """Longest time the all-reduce phase of a round may take once the group is fixed."""
         return self.part_timeout + self.result_timeout
-
-
-def check_run_id(run_id: str) -> str:
-    """Return ``run_id`` if it is a safe name for DHT keys and protocol names, else raise ValueError."""
-    if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id):
-        raise ValueError(
-            f"run id {run_id!r} is not usable: use 1-64 characters from letters, digits, '_', '.', '-'"
-        )
-    return run_id

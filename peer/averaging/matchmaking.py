@@ -26,26 +26,27 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import secrets
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from peer.averaging.config import AveragingConfig, check_run_id
-from peer.averaging.dht_keys import announce_key, group_key, protocol
+from lila_net.credentials import PEER_ID_PATTERN
+from lila_net.dht.keys import announce_key, check_run_id, group_key, protocol
+from lila_net.dht.records import (
+    GROUP_ID_BYTES,
+    GROUP_ID_PATTERN,
+    MAX_ANNOUNCEMENT_BYTES,
+    MAX_GROUP_RECORD_BYTES,
+)
+from peer.averaging.config import AveragingConfig
 from peer.averaging.rpc import Endpoint, Refused, Reply, call, serve
 from peer.averaging.stats import ByteCounter
 from peer.averaging.wire import Limits, RemoteError, WireError, require
 
 logger = logging.getLogger(__name__)
 
-PEER_ID_PATTERN = re.compile(r"^[1-9A-HJ-NP-Za-km-z]{20,128}$")  # base58 alphabet
-GROUP_ID_BYTES = 8
-GROUP_ID_PATTERN = re.compile(rf"^[0-9a-f]{{{2 * GROUP_ID_BYTES}}}$")
-MAX_ANNOUNCEMENT_BYTES = 256
 MAX_ROUNDS_IN_FLIGHT = 8
-MAX_GROUP_RECORD_BYTES = 1 << 20
 NOT_LEADER_RETRY_S = 0.1  # how soon a peer asks again a leader that answered not_leader (see form_group)
 EXPECTED_POLL_S = 0.05  # how often a peer that knows who is coming looks whether they all announced
 

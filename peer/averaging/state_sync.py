@@ -20,9 +20,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lila_net.dht.keys import check_run_id, protocol, state_key
+from lila_net.dht.records import MAX_STATE_RECORD_BYTES
 from peer.averaging.auth import Authorize
-from peer.averaging.config import check_run_id
-from peer.averaging.dht_keys import protocol, state_key
 from peer.averaging.matchmaking import is_peer_id
 from peer.averaging.rpc import Endpoint, Refused, Reply, serve
 from peer.averaging.state_format import StateSnapshot, pack_state, unpack_state
@@ -41,7 +41,6 @@ from peer.averaging.wire import (
 logger = logging.getLogger(__name__)
 
 ANNOUNCE_LIFETIMES = 3  # an announcement outlives this many announce periods
-MAX_ANNOUNCEMENT_BYTES = 1024
 ERR_NO_STATE = "no_state"
 GIB = 1 << 30
 MIB = 1 << 20
@@ -190,7 +189,7 @@ class StateSync:
         records = await self.transport.dht_get_subkeys(state_key(self.run_id))
         donors = []
         for peer, value in records.items():
-            if peer == self.transport.peer_id or not is_peer_id(peer) or len(value) > MAX_ANNOUNCEMENT_BYTES:
+            if peer == self.transport.peer_id or not is_peer_id(peer) or len(value) > MAX_STATE_RECORD_BYTES:
                 continue
             try:
                 step = json.loads(value.decode()).get("outer_step")

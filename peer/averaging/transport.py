@@ -23,7 +23,7 @@ import hivemind
 from hivemind.p2p import P2P, PeerID
 from hivemind.utils import get_dht_time
 
-from peer.averaging.dht_records import RecordError, unwrap, wrap
+from lila_net.dht.records import RecordError, unwrap, wrap
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class Transport:
         called, so the averaging layer never elects them leader nor gives them a part to own (they only
         contribute and receive); use it only when the reachability check fails, since every client peer
         adds load to the others. Extra options go to ``hivemind.DHT``: for an admitted-only DHT pass
-        :func:`peer.averaging.dht_security.dht_options` (identity, ``authorizer``, ``record_validators``).
+        :func:`lila_net.dht.security.dht_options` (identity, ``authorizer``, ``record_validators``).
 
         ``bootstrap_timeout_s``: when none of ``initial_peers`` answers (the coordinator's DHT node is
         restarting, a network blip), retry with backoff for this long before giving up. Set it above the
@@ -222,7 +222,7 @@ class Transport:
     async def dht_store(self, key: str, subkey: str, value: bytes, expiration_time: float) -> bool:
         """Store ``value`` under ``key``/``subkey`` until ``expiration_time`` (DHT time); True if stored.
 
-        The key name travels with the value (:mod:`peer.averaging.dht_records`) so that DHT nodes can
+        The key name travels with the value (:mod:`lila_net.dht.records`) so that DHT nodes can
         schema-check it."""
         future = self._dht.store(key, wrap(key, value), expiration_time, subkey=subkey, return_future=True)
         return bool(await future)

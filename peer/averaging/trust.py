@@ -6,7 +6,7 @@ credential bound to it (``fetch``: ``IssueCredential`` over gRPC in a real peer)
 current from then on, from a background thread or explicit :meth:`TrustSession.refresh` calls:
 
 - the credential, renewed at half its lifetime, and pushed to every listener (the averager and the state
-  sync present it on each call) and to the :class:`~peer.averaging.dht_security.CredentialFile` the DHT
+  sync present it on each call) and to the :class:`~lila_net.dht.security.CredentialFile` the DHT
   process reads;
 - the revocation list (libp2p ids of banned peers), from each fetch and from heartbeats (:meth:`revoke`),
   so banned peers are refused by the averaging layer and the DHT at once;
@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coordinator.credentials import CredentialVerifier
+from lila_net.credentials import CredentialVerifier
+from lila_net.dht.security import CredentialFile, PeerIdentity, dht_options
 from peer.averaging.auth import CredentialAuthorizer
-from peer.averaging.dht_security import CredentialFile, PeerIdentity, dht_options
 
 logger = logging.getLogger(__name__)
 

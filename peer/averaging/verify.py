@@ -10,18 +10,16 @@ verdict. A peer whose hash is not the reference must re-download the state.
 from __future__ import annotations
 
 import hashlib
-import re
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from peer.averaging.dht_keys import verify_key
+from lila_net.dht.keys import verify_key
+from lila_net.dht.records import HASH_PATTERN
 from peer.averaging.matchmaking import is_peer_id
 from peer.averaging.transport import Transport
-
-HASH_PATTERN = re.compile(rb"^[0-9a-f]{64}$")
 
 
 def params_hash(tensors: Iterable[torch.Tensor]) -> str:

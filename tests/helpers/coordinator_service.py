@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass
 
 from coordinator.auth import SessionSigner, create_join_token
-from coordinator.credentials import CredentialAuthority
 from coordinator.engine import Engine
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.plan import synthetic_plan
@@ -16,6 +15,7 @@ from coordinator.server import CoordinatorService, RunDescription
 from coordinator.settings import ServerSettings
 from coordinator.status import RunInfo, StatusBoard
 from coordinator.storage import Storage
+from lila_net.credentials import CredentialAuthority
 
 SESSION_TTL_S = 3600.0
 AUTHORITY_SEED = bytes(32)

@@ -2,7 +2,7 @@
 """An attacker for the trust tests: ``lila-peer join`` whose pseudo-gradients are scaled by ``LILA_TEST_POISON_SCALE``
 (default 100) before they are averaged. Everything else — joining, credentials, the DHT, leases — is the real peer.
 
-    python tests/helpers/poisoned_peer.py join 127.0.0.1:PORT --name attacker ...
+    python -m tests.helpers.poisoned_peer join 127.0.0.1:PORT --name attacker ...
 """
 
 from __future__ import annotations

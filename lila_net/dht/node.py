@@ -1,0 +1,153 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""The coordinator's hivemind DHT node: the bootstrap peer every joiner is pointed at.
+
+hivemind runs the DHT in a child process (plus its ``p2pd`` daemon), so start it before the gRPC
+server (forking after gRPC has started threads is unsafe) and shut it down on exit. Importing
+hivemind takes about 2 s; it happens only when a node is started.
+
+With a credential ``authority`` the node is admitted-only (:mod:`lila_net.dht.security`): it
+mints a credential for its own identity, refuses DHT requests from peers without a valid one, stores
+only signed, schema-checked records, and refuses banned peers as soon as :meth:`DhtNode.refresh`
+passes it the revocation list.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lila_net.credentials import CredentialAuthority
+
+logger = logging.getLogger(__name__)
+
+COORDINATOR_PEER = "coordinator"
+RENEW_AT_FRACTION = 0.5
+
+
+@dataclass
+class DhtNode:
+    """A running DHT node: ``maddrs`` are the multiaddrs (with ``/p2p/<id>``) joiners should dial;
+    ``start_seconds`` is how long the node took to come up, ``import_seconds`` the hivemind import."""
+
+    dht: Any
+    maddrs: list[str]
+    start_seconds: float
+    import_seconds: float
+    authority: CredentialAuthority | None = None
+    identity: Any = None
+    credentials: Any = None
+    private_dir: Path | None = None
+    _renew_at: float = 0.0
+    _revoked: tuple[str, ...] = field(default_factory=tuple)
+
+    def refresh(self, revoked: Iterable[str], *, now: float) -> None:
+        """Renew the node's own credential at half its lifetime and publish the current revocation list
+        to its DHT process (cheap when nothing changed)."""
+        if self.authority is None:
+            return
+        revoked = tuple(sorted(revoked))
+        if now < self._renew_at and revoked == self._revoked:
+            return
+        credential, claims = self.authority.issue(
+            peer=COORDINATOR_PEER, libp2p_id=self.identity.peer_id, public_key=self.identity.public_key, now=now
+        )
+        self.credentials.write(credential, revoked)
+        self._renew_at = claims.issued_at + RENEW_AT_FRACTION * (claims.expires_at - claims.issued_at)
+        self._revoked = revoked
+
+    def shutdown(self) -> None:
+        """Stop the node and its daemon processes."""
+        self.dht.shutdown()
+        if self.private_dir is not None:
+            shutil.rmtree(self.private_dir, ignore_errors=True)
+
+
+def start_dht(
+    *,
+    host: str,
+    port: int = 0,
+    identity_path: str | None = None,
+    authority: CredentialAuthority | None = None,
+    now: float | None = None,
+) -> DhtNode:
+    """Start a DHT node listening on ``host:port`` over TCP (port 0: any free port).
+
+    ``identity_path`` keeps the node's libp2p key in a file so its peer id survives restarts (the
+    file is created if missing); without it every start gets a new id. ``host`` must be an IPv4
+    address that joiners can reach (``0.0.0.0`` listens everywhere but is not a dialable address:
+    use the public address in that case). ``authority``: make the node admitted-only (see above).
+    """
+    if authority is not None:
+        return _start_secure_dht(
+            host=host,
+            port=port,
+            identity_path=identity_path,
+            authority=authority,
+            now=time.time() if now is None else now,
+        )
+    started = time.perf_counter()
+    import hivemind  # deferred: slow import, only needed when a node runs
+
+    imported = time.perf_counter()
+    import_seconds = imported - started
+    started = imported
+    kwargs: dict[str, Any] = {"host_maddrs": [f"/ip4/{host}/tcp/{port}"], "start": True}
+    if identity_path:
+        kwargs["identity_path"] = identity_path
+    dht = hivemind.DHT(**kwargs)
+    maddrs = [str(m) for m in dht.get_visible_maddrs()]
+    seconds = time.perf_counter() - started
+    logger.info(
+        "DHT node up in %.2f s (+%.2f s importing hivemind) at %s", seconds, import_seconds, ", ".join(maddrs)
+    )
+    return DhtNode(dht, maddrs, seconds, import_seconds)
+
+
+def _start_secure_dht(
+    *, host: str, port: int, identity_path: str | None, authority: CredentialAuthority, now: float
+) -> DhtNode:
+    started = time.perf_counter()
+    import hivemind
+
+    from lila_net.credentials import CredentialVerifier
+    from lila_net.dht.security import CredentialFile, PeerIdentity, dht_options
+
+    import_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    private_dir = Path(tempfile.mkdtemp(prefix="lila-dht-"))
+    try:
+        if identity_path and Path(identity_path).is_file():
+            identity = PeerIdentity.from_identity_file(identity_path)
+        else:
+            identity = PeerIdentity.generate()
+            if identity_path:
+                identity.write_identity_file(identity_path)
+        credentials = CredentialFile(private_dir / "credential.json")
+        node = DhtNode(None, [], 0.0, import_seconds, authority, identity, credentials, private_dir)
+        node.refresh((), now=now)
+        verifier = CredentialVerifier([authority.public_key], run=authority.run)
+        options = dht_options(
+            identity=identity,
+            identity_path=private_dir / "identity.key",
+            credentials=credentials,
+            verifier=verifier,
+        )
+        node.dht = hivemind.DHT(host_maddrs=[f"/ip4/{host}/tcp/{port}"], start=True, **options)
+    except BaseException:
+        shutil.rmtree(private_dir, ignore_errors=True)
+        raise
+    node.maddrs = [str(m) for m in node.dht.get_visible_maddrs()]
+    node.start_seconds = time.perf_counter() - started
+    logger.info(
+        "admitted-only DHT node up in %.2f s (+%.2f s importing hivemind) at %s",
+        node.start_seconds,
+        import_seconds,
+        ", ".join(node.maddrs),
+    )
+    return node
