@@ -86,7 +86,7 @@ class CoordinatorApp:
         """Open the database, start the DHT node (first: it forks), the engine, gRPC and HTTP."""
         self.storage = Storage(self.db_path)
         self.authority = CredentialAuthority(
-            self.storage.secret(AUTHORITY_SECRET_NAME), run=self.run.name, ttl_s=self.settings.credential_ttl_s
+            self.storage.secret(AUTHORITY_SECRET_NAME), run=self.run.name, ttl_s=self.settings.trust.credential_ttl_s
         )
         addresses = Addresses(grpc="", http="")
         if self.dht_options.enabled:
@@ -94,7 +94,7 @@ class CoordinatorApp:
                 host=self.dht_options.host or grpc_host,
                 port=self.dht_options.port,
                 identity_path=self.dht_options.identity_path,
-                authority=self.authority if self.settings.dht_auth else None,
+                authority=self.authority if self.settings.coordinator.dht_auth else None,
             )
             addresses.dht_maddrs, addresses.dht_start_s = self.dht.maddrs, self.dht.start_seconds
             addresses.dht_import_s = self.dht.import_seconds
@@ -102,8 +102,8 @@ class CoordinatorApp:
             storage=self.storage,
             plan=self.plan,
             config=self.settings.core_config(),
-            max_batch=self.settings.max_batch,
-            tick_interval_s=self.settings.tick_interval_s,
+            max_batch=self.settings.coordinator.max_batch,
+            tick_interval_s=self.settings.coordinator.tick_interval_s,
         )
         await self.engine.start()
         engine = self.engine
@@ -112,15 +112,15 @@ class CoordinatorApp:
             state=lambda: engine.state,
             history=lambda limit: history.metrics_history(limit=limit),
             run=self.run,
-            refresh_s=self.settings.status_refresh_s,
-            history_limit=self.settings.history_limit,
+            refresh_s=self.settings.coordinator.status_refresh_s,
+            history_limit=self.settings.coordinator.history_limit,
         )
         board.listeners.append(self.metrics.set_snapshot)
         self._web = StatusWeb(board=board, metrics=self.metrics)
         board.refresh()
         self.service = CoordinatorService(
             engine=self.engine,
-            signer=SessionSigner(self.storage.secret(), ttl_s=self.settings.session_ttl_s),
+            signer=SessionSigner(self.storage.secret(), ttl_s=self.settings.coordinator.session_ttl_s),
             settings=self.settings,
             description=RunDescription(self.run_config_toml, tuple(addresses.dht_maddrs)),
             metrics=self.metrics,
@@ -151,7 +151,7 @@ class CoordinatorApp:
     async def _refresh_revocations(self) -> None:
         assert self.service is not None and self.storage is not None
         while True:
-            await asyncio.sleep(self.settings.token_refresh_s)
+            await asyncio.sleep(self.settings.coordinator.token_refresh_s)
             try:
                 self.service.revoked_token_ids = self.storage.revoked_token_ids()
             except Exception:

@@ -22,11 +22,10 @@ from coordinator import events as ev
 from coordinator.plan import RunPlan
 from coordinator.state import CoordinatorState, CoreConfig
 from coordinator.storage import Storage
+from lila_net.config import CoordinatorSection
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_BATCH = 256
-DEFAULT_TICK_INTERVAL_S = 1.0
 
 
 class StorageUnavailable(RuntimeError):
@@ -48,8 +47,8 @@ class Engine:
         storage: Storage,
         plan: RunPlan,
         config: CoreConfig,
-        max_batch: int = DEFAULT_MAX_BATCH,
-        tick_interval_s: float = DEFAULT_TICK_INTERVAL_S,
+        max_batch: int = CoordinatorSection.max_batch,
+        tick_interval_s: float = CoordinatorSection.tick_interval_s,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_batch < 1 or tick_interval_s <= 0:

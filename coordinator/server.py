@@ -119,10 +119,10 @@ class CoordinatorService:
         self._clock = clock
         self._monotonic = monotonic
         self._peer_limiter = RateLimiter(
-            rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst
+            rate_per_s=settings.coordinator.rate_limit_per_s, burst=settings.coordinator.rate_limit_burst
         )
         self._join_limiter = RateLimiter(
-            rate_per_s=settings.join_rate_limit_per_s, burst=settings.join_rate_limit_burst
+            rate_per_s=settings.coordinator.join_rate_limit_per_s, burst=settings.coordinator.join_rate_limit_burst
         )
         self.revoked_token_ids: set[str] = set()
         self._methods: dict[str, tuple[type[Message], Callable[..., Awaitable[Message]], bool]] = {
@@ -154,7 +154,7 @@ class CoordinatorService:
 
     def _wrap(self, name: str) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]:
         request_type, method, authenticated = self._methods[name]
-        timeout = self.settings.handler_timeout_s
+        timeout = self.settings.coordinator.handler_timeout_s
 
         async def handler(raw: bytes, context: grpc.aio.ServicerContext) -> Message:
             started = time.perf_counter()
@@ -301,8 +301,8 @@ class CoordinatorService:
             dht_initial_peers=list(self.description.dht_initial_peers),
             current_outer_step=state.outer_step,
             start_outer_step=admitted.start_outer_step,
-            heartbeat_interval_s=self.settings.heartbeat_interval_s,
-            lease_timeout_s=self.settings.lease_timeout_s,
+            heartbeat_interval_s=self.settings.coordinator.heartbeat_interval_s,
+            lease_timeout_s=self.settings.coordinator.lease_timeout_s,
             last_report_seq=admitted.last_report_seq,
             authority_public_keys=self._authority_keys(),
         )
@@ -540,8 +540,8 @@ async def start_grpc_server(
     """Start a ``grpc.aio`` server for ``service`` on ``host:port`` (0: any free port); returns it and its port."""
     server = grpc.aio.server(
         options=[
-            ("grpc.max_receive_message_length", service.settings.max_message_bytes),
-            ("grpc.max_send_message_length", service.settings.max_send_message_bytes),
+            ("grpc.max_receive_message_length", service.settings.coordinator.max_message_bytes),
+            ("grpc.max_send_message_length", service.settings.coordinator.max_send_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
     )

@@ -15,13 +15,6 @@ from typing import Any
 
 from coordinator.plan import RunPlan, ShardKey
 
-DEFAULT_LEASE_TIMEOUT_S = 30.0
-DEFAULT_STALL_TIMEOUT_S = 3600.0
-DEFAULT_RETRY_AFTER_S = 5.0
-DEFAULT_STRIKES_TO_BAN = 3
-DEFAULT_STRIKE_WITNESSES = 2
-DEFAULT_STRIKE_MEMORY_ROUNDS = 50
-
 
 class PeerState(str, Enum):
     """Life cycle of a peer (names match the proto's ``PeerState`` without the prefix)."""
@@ -36,53 +29,21 @@ class PeerState(str, Enum):
 LIVE_STATES = frozenset({PeerState.JOINING, PeerState.ACTIVE})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CoreConfig:
-    """Timing and policy of the scheduler.
+    """Timing and policy of the scheduler: its view of the run config's ``[coordinator]`` and ``[trust]``
+    sections, which check every value and say how to tune it (built by
+    ``coordinator.settings.ServerSettings.core_config``). ``retry_after_s`` is what a peer that got no
+    shard is told to wait: the heartbeat interval."""
 
-    ``lease_timeout_s``: a lease expires this long after its holder's last call, and the holder counts
-    as lost; too short loses shards of slow-but-alive peers, too long leaves a crashed peer's shard idle.
-    ``stall_timeout_s``: a lease also expires if its holder heartbeats but reports no progress for this
-    long (a stuck peer); set it well above the time a peer needs between two progress reports.
-    ``max_leases_per_peer``: shards one peer may hold at once (1 unless peers prefetch).
-    ``outer_step_quorum``: how many peers must report an outer step before it becomes the run's step.
-    ``strikes_to_ban``: strikes (rounds in which the peer's contribution was rejected) after which it
-    is banned. 3 tolerates a peer with one broken round (a transient GPU fault); 1 bans at the first.
-    ``strike_witnesses``: distinct peers that must report the same peer in the same round before that
-    round counts as a strike. Each part owner reports only what it rejected itself, so an attacker is
-    reported by every honest owner of its group, while one lying peer alone cannot get honest peers
-    banned. 1 lets any single admitted peer ban anyone (only for trusted groups); in groups of two,
-    a value of 2 means nobody is ever banned automatically.
-    ``strike_memory_rounds``: a ban needs ``strikes_to_ban`` strikes within this many rounds, so rare
-    false alarms against an honest peer (its update happened to point elsewhere) never add up over a
-    long run, while an attacker, struck every round it attacks, is banned after ``strikes_to_ban`` rounds.
-    Too small and an attacker that strikes only now and then escapes; too large and false alarms add up.
-    ``retry_after_s``: what a peer that got no shard is told to wait.
-    """
-
-    lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S
-    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S
-    max_leases_per_peer: int = 1
-    outer_step_quorum: int = 1
-    strikes_to_ban: int = DEFAULT_STRIKES_TO_BAN
-    retry_after_s: float = DEFAULT_RETRY_AFTER_S
-    strike_witnesses: int = DEFAULT_STRIKE_WITNESSES
-    strike_memory_rounds: int = DEFAULT_STRIKE_MEMORY_ROUNDS
-
-    def __post_init__(self) -> None:
-        if self.lease_timeout_s <= 0 or self.stall_timeout_s <= 0 or self.retry_after_s <= 0:
-            raise ValueError("CoreConfig: lease_timeout_s, stall_timeout_s and retry_after_s must be > 0")
-        if (
-            self.max_leases_per_peer < 1
-            or self.outer_step_quorum < 1
-            or self.strikes_to_ban < 1
-            or self.strike_witnesses < 1
-            or self.strike_memory_rounds < 1
-        ):
-            raise ValueError(
-                "CoreConfig: max_leases_per_peer, outer_step_quorum, strikes_to_ban, strike_witnesses and "
-                "strike_memory_rounds must be >= 1"
-            )
+    lease_timeout_s: float
+    stall_timeout_s: float
+    max_leases_per_peer: int
+    outer_step_quorum: int
+    retry_after_s: float
+    strikes_to_ban: int
+    strike_witnesses: int
+    strike_memory_rounds: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,8 @@ from typing import Any
 from lila_net.aggregation import Rejection
 from lila_net.proto import coordinator_pb2 as pb
 from peer.averaging.averager import Averager, RoundResult
-from peer.averaging.config import AveragingConfig
-from peer.averaging.state_sync import StateSync, StateSyncConfig
+from peer.averaging.config import AveragingConfig, StateSyncConfig
+from peer.averaging.state_sync import StateSync
 from peer.averaging.transport import Transport
 from peer.averaging.trust import IssuedCredential, TrustSession
 

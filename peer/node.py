@@ -88,27 +88,6 @@ PROGRESS_REPORT_INTERVAL_S = 1.0  # see peer.data_feed: reports of trained progr
 T = TypeVar("T")
 
 
-def codec_options(run: RunConfig) -> dict[str, object]:
-    """The lila_codec options the run's [codec] section asks for."""
-    c = run.codec
-    if c.name in ("fp32", "fp16"):
-        return {}
-    # rotation=None lets the codec pick its Hadamard size (the largest power of two dividing the block); 0 = off
-    options: dict[str, object] = {"block": c.block_size, "rotation": None if c.hadamard else 0, "dither": c.dither}
-    if c.name == "e8":
-        options["bits"] = c.bits
-    return options
-
-
-def averaging_config(run: RunConfig) -> AveragingConfig:
-    """Averaging timeouts from the run: matchmaking gets ``matchmaking_time_s``, and the all-reduce the rest
-    of ``averaging_timeout_s`` (half to collect the parts, half to wait for the results), so a round
-    whose matchmaking goes well ends within ``averaging_timeout_s`` even when a member dies in it."""
-    d = run.diloco
-    exchange = (d.averaging_timeout_s - d.matchmaking_time_s) / 2
-    return AveragingConfig(matchmaking_time=d.matchmaking_time_s, part_timeout=exchange, result_timeout=exchange)
-
-
 class PlanRefused(RuntimeError):
     """The run's preset does not fit this device; the message is the memory planner's."""
 
@@ -251,7 +230,7 @@ class PeerNode:
         self.feed = DataFeed(self.client, tokenizer=self.tokenizer, batch_size=run.diloco.batch_size,
                              validation_fraction=run.data.validation_fraction,
                              report_interval_s=PROGRESS_REPORT_INTERVAL_S)
-        self.codec = get_codec(run.codec.name, **codec_options(run))
+        self.codec = get_codec(run.codec.name, **run.codec.options())
         self.aggregator = aggregator_for(run.trust)
         source = next(iter(run.data.sources.values()))
         self.val_texts = list(iter_validation_texts(source, fraction=run.data.validation_fraction,
@@ -264,7 +243,7 @@ class PeerNode:
         self.trust = open_trusted_averaging(
             self.client, run_name=run.run.name, run_id=run_id, initial_peers=list(join.dht_initial_peers),
             host=self.options.host, client_mode=self.options.client_mode,
-            max_numel=self.outer.global_params.numel(), config=averaging_config(run),
+            max_numel=self.outer.global_params.numel(), config=AveragingConfig.for_run(run.diloco),
             state_config=StateSyncConfig(announce_period=DONOR_ANNOUNCE_PERIOD_S))
         self.transport, self.averager = self.trust.transport, self.trust.averager
         self.state_sync = self.trust.state_sync

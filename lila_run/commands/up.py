@@ -40,7 +40,6 @@ def _effective_config(args: argparse.Namespace) -> Path:
         config = replace(config, model=replace(config.model, preset=args.preset))
     if args.data:
         config = replace(config, data=replace(config.data, sources={name: args.data for name in config.data.sources}))
-    config.validate()
     args.workdir.mkdir(parents=True, exist_ok=True)
     path = args.workdir / "run.toml"
     path.write_text(config.to_toml())

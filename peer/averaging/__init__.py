@@ -56,10 +56,10 @@ from lila_net.aggregation import (
 from peer.averaging.allreduce import Codec, PartFailure, part_bounds
 from peer.averaging.auth import Authorize, CredentialAuthorizer, StaticTokenAuthorizer
 from peer.averaging.averager import Averager, RoundResult, describe
-from peer.averaging.config import AveragingConfig
+from peer.averaging.config import AveragingConfig, StateSyncConfig
 from peer.averaging.matchmaking import Group
 from peer.averaging.state_format import StateFormatError, StateSnapshot, pack_state, unpack_state
-from peer.averaging.state_sync import Donor, DownloadResult, StateSync, StateSyncConfig, StateSyncError
+from peer.averaging.state_sync import Donor, DownloadResult, StateSync, StateSyncError
 from peer.averaging.transport import Transport
 from peer.averaging.trust import IssuedCredential, TrustSession
 from peer.averaging.verify import VerifyReport, params_hash

@@ -15,7 +15,6 @@ import asyncio
 import concurrent.futures
 import json
 import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 from lila_net.dht.keys import check_run_id, protocol, state_key
 from lila_net.dht.records import MAX_STATE_RECORD_BYTES
 from peer.averaging.auth import Authorize
+from peer.averaging.config import StateSyncConfig
 from peer.averaging.matchmaking import is_peer_id
 from peer.averaging.rpc import Endpoint, Refused, Reply, serve
 from peer.averaging.state_format import StateSnapshot, pack_state, unpack_state
@@ -42,53 +42,10 @@ logger = logging.getLogger(__name__)
 
 ANNOUNCE_LIFETIMES = 3  # an announcement outlives this many announce periods
 ERR_NO_STATE = "no_state"
-GIB = 1 << 30
-MIB = 1 << 20
 
 
 class StateSyncError(RuntimeError):
     """No donor delivered a valid state; the message lists every donor tried and what went wrong."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class StateSyncConfig:
-    """Tuning of state serving and download.
-
-    - ``announce_period``: a donor re-announces itself this often; its record lives 3 periods, so a donor
-      that died stays listed that long (the downloader then just moves on). 10 s is fine; much shorter
-      loads the DHT, much longer lists dead donors for minutes.
-    - ``max_upload_bytes_per_s``: cap on the upload rate when serving (None = unlimited). A volunteer on a
-      slow uplink sets it so serving state does not starve their own averaging traffic.
-    - ``request_timeout``: opening a stream and getting the table back.
-    - ``chunk_timeout``: a donor that sends nothing for this long is abandoned for the next one. Too small
-      drops donors on a congested link; too large waits long for a vanished donor.
-    - ``total_timeout``: the whole download, all donors together.
-    - ``max_state_bytes`` / ``max_table_bytes``: larger announcements are refused unread. Set the first to
-      the expected state size plus a margin (lila-1b with Adam state: ~16 GB).
-    """
-
-    announce_period: float = 10.0
-    max_upload_bytes_per_s: float | None = None
-    request_timeout: float = 5.0
-    chunk_timeout: float = 10.0
-    total_timeout: float = 600.0
-    max_state_bytes: int = 32 * GIB
-    max_table_bytes: int = 16 * MIB
-    max_credential_bytes: int = 4096
-
-    def __post_init__(self) -> None:
-        for name in ("announce_period", "request_timeout", "chunk_timeout", "total_timeout"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(
-                    f"StateSyncConfig.{name} must be a positive number of seconds, got {value!r}"
-                )
-        rate = self.max_upload_bytes_per_s
-        if rate is not None and not (math.isfinite(rate) and rate > 0):
-            raise ValueError(f"StateSyncConfig.max_upload_bytes_per_s must be positive or None, got {rate!r}")
-        for name in ("max_state_bytes", "max_table_bytes", "max_credential_bytes"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
-                raise ValueError(f"StateSyncConfig.{name} must be an int >= 1")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ that call its RPCs directly: one join token, a status board, a credential author
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.plan import synthetic_plan
 from coordinator.server import CoordinatorService, RunDescription
 from coordinator.settings import ServerSettings
+from coordinator.state import CoreConfig
 from coordinator.status import RunInfo, StatusBoard
 from coordinator.storage import Storage
 from lila_net.credentials import CredentialAuthority
@@ -46,3 +48,9 @@ def in_process_service(storage: Storage, settings: ServerSettings, *, run: str,
         authority=CredentialAuthority(AUTHORITY_SEED, run=run),
     )
     return InProcessService(storage, engine, token, service)
+
+
+def core_config(**overrides) -> CoreConfig:
+    """The scheduler's config from the default run sections, with ``overrides`` applied to it directly
+    (pure-core tests may use values a run config would refuse, e.g. a lease timeout of 1 s)."""
+    return dataclasses.replace(ServerSettings().core_config(), **overrides)

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.settings import ServerSettings
-from peer.averaging.config import AveragingConfig
-from peer.averaging.state_sync import StateSyncConfig
+from peer.averaging.config import AveragingConfig, StateSyncConfig
 from peer.averaging.wire import (
     KIND_REQUEST,
     MAGIC,
@@ -66,8 +65,7 @@ def test_nothing_is_unpickled_or_evaluated() -> None:
 
 
 def test_every_input_has_a_size_limit() -> None:
-    settings = ServerSettings()
-    assert settings.max_message_bytes == 4 * 1024 * 1024  # gRPC requests to the coordinator
+    assert ServerSettings().coordinator.max_message_bytes == 4 * 1024 * 1024  # gRPC requests to the coordinator
     averaging = AveragingConfig()
     assert (averaging.max_credential_bytes, averaging.max_header_bytes) == (4096, 65536)
     assert averaging.max_part_payload(1000) == 4000 + 65536  # fp32 plus a codec header, no more

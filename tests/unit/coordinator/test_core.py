@@ -9,14 +9,16 @@ from coordinator import actions as act
 from coordinator import core
 from coordinator import events as ev
 from coordinator.plan import synthetic_plan
-from coordinator.state import CoreConfig, PeerState, Position, initial_state
+from coordinator.state import PeerState, Position, initial_state
+from tests.helpers.coordinator_service import core_config
 
 TIMEOUT = 10.0
 
 
 def _state(docs=((4, 4, 4),), budgets=None, **config):
+    """A fresh state; one lease per peer unless a test asks for more."""
     plan = synthetic_plan([list(d) for d in docs], budgets)
-    return initial_state(plan, CoreConfig(lease_timeout_s=TIMEOUT, **config))
+    return initial_state(plan, core_config(**{"lease_timeout_s": TIMEOUT, "max_leases_per_peer": 1, **config}))
 
 
 def _run(state, events):

@@ -18,11 +18,11 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.plan import synthetic_plan
 from coordinator.server import CoordinatorService, RunDescription, start_grpc_server
 from coordinator.settings import ServerSettings
-from coordinator.state import CoreConfig
 from coordinator.status import RunInfo, StatusBoard
 from coordinator.storage import Storage
 from lila_net.proto import coordinator_pb2 as pb
 from lila_net.proto import coordinator_pb2_grpc as pb_grpc
+from tests.helpers.coordinator_service import core_config
 
 PLAN = synthetic_plan([[2, 2, 2]])
 PEERS = 50
@@ -42,7 +42,7 @@ class FlakyStorage(Storage):
 
 def test_concurrent_events_share_commits_and_are_durable(tmp_path):
     async def scenario():
-        engine = Engine(storage=Storage(tmp_path / "run.db"), plan=PLAN, config=CoreConfig())
+        engine = Engine(storage=Storage(tmp_path / "run.db"), plan=PLAN, config=core_config())
         await engine.start()
         commits_before = engine.commits
         results = await asyncio.gather(
@@ -56,14 +56,14 @@ def test_concurrent_events_share_commits_and_are_durable(tmp_path):
 
     batched = asyncio.run(scenario())
     assert 1 <= batched < PEERS
-    restored = Storage(tmp_path / "run.db").load(PLAN, CoreConfig())
+    restored = Storage(tmp_path / "run.db").load(PLAN, core_config())
     assert sorted(restored.peers) == sorted(f"p{i}" for i in range(PEERS))
 
 
 def test_failed_commit_refuses_the_batch_and_keeps_serving(tmp_path):
     async def scenario():
         storage = FlakyStorage(tmp_path / "run.db")
-        engine = Engine(storage=storage, plan=PLAN, config=CoreConfig())
+        engine = Engine(storage=storage, plan=PLAN, config=core_config())
         await engine.start()
         storage.fail = 1
         with pytest.raises(StorageUnavailable, match="disk full"):
@@ -78,7 +78,7 @@ def test_failed_commit_refuses_the_batch_and_keeps_serving(tmp_path):
 
     state = asyncio.run(scenario())
     assert sorted(state.peers) == ["p2"]
-    assert sorted(Storage(tmp_path / "run.db").load(PLAN, CoreConfig()).peers) == ["p2"]
+    assert sorted(Storage(tmp_path / "run.db").load(PLAN, core_config()).peers) == ["p2"]
 
 
 class StuckEngine:
@@ -87,7 +87,7 @@ class StuckEngine:
     def __init__(self, storage, mode: str) -> None:
         self.storage = storage
         self.mode = mode
-        self.state = storage.load(PLAN, CoreConfig())
+        self.state = storage.load(PLAN, core_config())
 
     async def submit(self, event):
         if self.mode == "bug":
@@ -107,7 +107,7 @@ def test_handler_deadline_and_internal_errors(tmp_path, mode, code, text):
         storage = Storage(tmp_path / "run.db")
         _, token = create_join_token(storage, label="t", now=time.time())
         engine = StuckEngine(storage, mode)
-        settings = ServerSettings(handler_timeout_s=0.3)
+        settings = ServerSettings.of(handler_timeout_s=0.3)
         board = StatusBoard(
             state=lambda: engine.state,
             history=lambda n: [],

@@ -57,7 +57,7 @@ class Server:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.storage = Storage(path)
-        settings = ServerSettings(
+        settings = ServerSettings.of(
             rate_limit_per_s=1e9, rate_limit_burst=10**9, join_rate_limit_per_s=1e9, join_rate_limit_burst=10**9,
             max_message_bytes=MAX_MESSAGE_BYTES, lease_timeout_s=1e6,
         )

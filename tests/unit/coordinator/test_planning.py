@@ -52,39 +52,23 @@ def test_cpu_demo_plan_has_every_shard_in_every_stage():
 def test_every_shipped_config_gives_valid_server_settings(path):
     config = load_run_config(path)
     settings = ServerSettings.from_run_config(config)
-    assert settings.lease_timeout_s == config.coordinator.lease_timeout_s
-    assert settings.heartbeat_interval_s == config.coordinator.heartbeat_interval_s
-    assert settings.strikes_to_ban == config.trust.strikes_to_ban
-    assert settings.strike_witnesses == config.trust.strike_witnesses
-    assert settings.strike_memory_rounds == config.trust.strike_memory_rounds
-    assert settings.credential_ttl_s == config.trust.credential_ttl_s
+    assert (settings.coordinator, settings.trust) == (config.coordinator, config.trust)
     core = settings.core_config()
     assert core.retry_after_s == config.coordinator.heartbeat_interval_s
+    assert (core.lease_timeout_s, core.max_leases_per_peer) == (config.coordinator.lease_timeout_s,
+                                                              config.coordinator.max_leases_per_peer)
+    assert (core.strikes_to_ban, core.strike_witnesses, core.strike_memory_rounds) == (
+        config.trust.strikes_to_ban, config.trust.strike_witnesses, config.trust.strike_memory_rounds)
 
 
-def test_trust_section_defaults_are_the_coordinators_defaults():
-    from coordinator.state import (
-        DEFAULT_STRIKE_MEMORY_ROUNDS,
-        DEFAULT_STRIKE_WITNESSES,
-        DEFAULT_STRIKES_TO_BAN,
-    )
-    from lila_net.config import TrustSection
-    from lila_net.credentials import DEFAULT_CREDENTIAL_TTL_S
-
-    trust = TrustSection()
-    assert (trust.strikes_to_ban, trust.strike_witnesses, trust.strike_memory_rounds, trust.credential_ttl_s) == (
-        DEFAULT_STRIKES_TO_BAN, DEFAULT_STRIKE_WITNESSES, DEFAULT_STRIKE_MEMORY_ROUNDS, DEFAULT_CREDENTIAL_TTL_S)
-
-
-def test_trust_section_rejects_a_policy_that_can_never_ban():
-    from lila_net.config import ConfigError, TrustSection
-
-    with pytest.raises(ConfigError, match="strike_memory_rounds"):
-        TrustSection(strikes_to_ban=5, strike_memory_rounds=4).validate()
-    with pytest.raises(ConfigError, match="strike_witnesses"):
-        TrustSection(strike_witnesses=0).validate()
-    with pytest.raises(ConfigError, match="credential_ttl_s"):
-        TrustSection(credential_ttl_s=1).validate()
+def test_server_settings_overrides_reach_the_section_that_holds_them():
+    settings = ServerSettings.of(lease_timeout_s=60.0, strikes_to_ban=2, dht_auth=None)
+    assert (settings.coordinator.lease_timeout_s, settings.trust.strikes_to_ban) == (60.0, 2)
+    assert settings.coordinator.dht_auth is True  # None leaves a setting as it is
+    with pytest.raises(TypeError, match="'colour' is not a"):
+        ServerSettings.of(colour="red")
+    with pytest.raises(ValueError, match="under 3 heartbeat intervals"):
+        ServerSettings.of(lease_timeout_s=1.0)
 
 
 def test_plan_values_are_checked():

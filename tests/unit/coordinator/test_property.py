@@ -23,8 +23,9 @@ from coordinator import actions as act
 from coordinator import core
 from coordinator import events as ev
 from coordinator.plan import synthetic_plan
-from coordinator.state import LIVE_STATES, CoreConfig, Position
+from coordinator.state import LIVE_STATES, Position
 from coordinator.storage import VOLATILE_PEER_FIELDS, Storage
+from tests.helpers.coordinator_service import core_config
 
 TIMEOUT = 10.0
 N_PEERS = 3
@@ -54,7 +55,7 @@ class Harness:
     def __init__(self, db_path: Path) -> None:
         self.db_path = db_path
         self.storage = Storage(db_path)
-        self.state = self.storage.load(PLAN, CoreConfig(lease_timeout_s=TIMEOUT))
+        self.state = self.storage.load(PLAN, core_config(lease_timeout_s=TIMEOUT))
         self.now = 0.0
         self.peers = [SimPeer() for _ in range(N_PEERS)]
         self.next_peer = 0

@@ -11,11 +11,12 @@ import pytest
 from coordinator import core
 from coordinator import events as ev
 from coordinator.plan import synthetic_plan
-from coordinator.state import CoreConfig, Position
+from coordinator.state import Position
 from coordinator.storage import SCHEMA_VERSION, Storage, StorageError
+from tests.helpers.coordinator_service import core_config
 
 PLAN = synthetic_plan([[2, 3], [4]])
-CONFIG = CoreConfig(lease_timeout_s=10.0)
+CONFIG = core_config(lease_timeout_s=10.0)
 
 
 def _drive(storage, state, events):

@@ -17,7 +17,7 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.plan import synthetic_plan
 from coordinator.server import start_grpc_server
 from coordinator.settings import ServerSettings
-from coordinator.state import CoreConfig, PeerState, initial_state
+from coordinator.state import PeerState, initial_state
 from coordinator.status import RunInfo, build_snapshot
 from coordinator.storage import Storage
 from coordinator.web import render_page
@@ -28,13 +28,13 @@ from lila_net.proto import coordinator_pb2_grpc as pb_grpc
 from peer.accountability import StrikeReporter, strike_evidence
 from peer.averaging.averager import RoundResult
 from peer.averaging.matchmaking import Group
-from tests.helpers.coordinator_service import in_process_service
+from tests.helpers.coordinator_service import core_config, in_process_service
 
 IDS = {name: "Qm" + letter * 44 for name, letter in (("a", "a"), ("b", "b"), ("c", "c"), ("d", "d"))}
 
 
 def _state(**config):
-    state = initial_state(synthetic_plan([[4, 4, 4]]), CoreConfig(lease_timeout_s=100.0, **config))
+    state = initial_state(synthetic_plan([[4, 4, 4]]), core_config(lease_timeout_s=100.0, **config))
     for name in IDS:
         state, _ = core.apply(state, ev.PeerJoined(name, name), 0.0)
         state, _ = core.apply(state, ev.CredentialIssued(name, IDS[name]), 0.0)
@@ -128,7 +128,7 @@ def test_identities_are_per_peer_and_bounded():
 
 
 def test_ledger_and_ban_survive_a_restart(tmp_path):
-    config = CoreConfig(lease_timeout_s=100.0, strike_witnesses=1, strikes_to_ban=2)
+    config = core_config(lease_timeout_s=100.0, strike_witnesses=1, strikes_to_ban=2)
     plan = synthetic_plan([[4, 4]])
     storage = Storage(tmp_path / "run.db")
     state = storage.load(plan, config)
@@ -179,7 +179,7 @@ class _Service:
 
     def __init__(self, tmp_path, **settings):
         self.storage = Storage(tmp_path / "run.db")
-        self.settings = ServerSettings(**settings)
+        self.settings = ServerSettings.of(**settings)
         built = in_process_service(self.storage, self.settings, run="r")
         self.engine, self.token, self.service = built.engine, built.token, built.service
 

@@ -12,10 +12,11 @@ from coordinator import core
 from coordinator import events as ev
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.plan import synthetic_plan
-from coordinator.state import CoreConfig, Hardware, Position, initial_state
+from coordinator.state import Hardware, Position, initial_state
 from coordinator.status import RunInfo, StatusBoard, build_snapshot
 from coordinator.storage import MetricsRow
 from coordinator.web import StatusWeb, prometheus_targets, render_page
+from tests.helpers.coordinator_service import core_config
 
 RUN = RunInfo("demo-run", "debug", "e8")
 EVIL = "<script>alert(1)</script>"
@@ -23,7 +24,7 @@ EVIL = "<script>alert(1)</script>"
 
 def _state():
     state = initial_state(
-        synthetic_plan([[2, 2], [3]], budgets=[1000, None]), CoreConfig(lease_timeout_s=10.0)
+        synthetic_plan([[2, 2], [3]], budgets=[1000, None]), core_config(lease_timeout_s=10.0)
     )
     events = [
         (ev.PeerJoined("p1", "alice", Hardware("cuda", "H200"), "0.1", "10.0.0.1:9100"), 0.0),
@@ -149,7 +150,7 @@ def test_routes_serve_the_cached_snapshot():
 
 def test_tokens_per_second_from_successive_refreshes():
     clock = iter([0.0, 10.0])
-    states = iter([initial_state(synthetic_plan([[1]]), CoreConfig()), _state()])
+    states = iter([initial_state(synthetic_plan([[1]]), core_config()), _state()])
     board = StatusBoard(
         state=lambda: next(states),
         history=lambda n: [],

@@ -21,10 +21,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.planning import plan_from_config
-from coordinator.state import CoreConfig, initial_state
+from coordinator.state import initial_state
 from coordinator.status import RunInfo, build_snapshot
 from coordinator.storage import MetricsRow
 from lila_net.config import load_run_config
+from tests.helpers.coordinator_service import core_config
 from tests.helpers.paths import REPO
 
 DEPLOY = REPO / "deploy"
@@ -69,7 +70,7 @@ def exported() -> dict[str, set[str]]:
         )
     ]
     snapshot = build_snapshot(
-        initial_state(plan_from_config(config), CoreConfig()),
+        initial_state(plan_from_config(config), core_config()),
         history,
         run=RunInfo(config.run.name, config.model.preset),
         now=2.0,

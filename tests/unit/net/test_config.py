@@ -3,12 +3,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from lila_model.config import PRESETS
-from lila_net.config import ConfigError, RunConfig, load_run_config, loads_run_config
+from lila_net.config import (
+    CodecSection,
+    ConfigError,
+    RunConfig,
+    TrustSection,
+    load_run_config,
+    loads_run_config,
+)
 from tests.helpers.paths import RUNS
 
 SHIPPED = sorted(RUNS.glob("*.toml"))
@@ -32,12 +40,16 @@ def _demo_dict() -> dict:
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda d: d["codec"].update(bits=5), "codec.bits=5"),
+        (lambda d: d["codec"].update(bits=9), "e8 bits must be one of"),
+        (lambda d: d["codec"].update(block_size=60), "codec.block_size=60: must be a multiple of 8"),
         (lambda d: d["codec"].update(name="zip"), "codec.name='zip'"),
         (lambda d: d["diloco"].update(inner_steps=0), "diloco.inner_steps=0"),
         (lambda d: d["diloco"].update(inner_steps="ten"), "diloco.inner_steps must be int"),
         (lambda d: d["coordinator"].update(lease_timeout_s=1.0), "under 3 heartbeat intervals"),
-        (lambda d: d["trust"].update(aggregator="median"), "trust.aggregator='median'"),
+        (lambda d: d["trust"].update(aggregator="median"), "trust.aggregator='median': choose one of mean"),
+        (lambda d: d["model"].update(preset="gpt-9"), "model.preset='gpt-9': choose one of debug"),
+        (lambda d: d["diloco"].update(outer_lr=float("nan")), "diloco.outer_lr=nan: must be a finite number"),
+        (lambda d: d["diloco"].update(batch_size=True), "diloco.batch_size must be int, got bool"),
         (lambda d: d["run"].update(name="bad name!"), "run.name"),
         (lambda d: d["data"].update(sources={}), "data.sources is empty"),
         (lambda d: d["data"].update(colour="red"), "unknown key(s) ['colour']"),
@@ -60,3 +72,29 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
     bad.write_text("[run\nname = 1")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_run_config(bad)
+
+
+def test_sections_check_themselves_when_replaced() -> None:
+    config = load_run_config(RUNS / "cpu-demo.toml")
+    with pytest.raises(ConfigError, match=r"diloco.inner_steps=0: must be >= 1"):
+        replace(config.diloco, inner_steps=0)
+    with pytest.raises(ConfigError, match="under 3 heartbeat intervals"):
+        replace(config.coordinator, heartbeat_interval_s=60.0)
+    with pytest.raises(ConfigError, match="does not declare"):
+        replace(config, data=replace(config.data, sources={"other": "bundled:fineweb-edu-sample"}))
+    assert replace(config.diloco, outer_lr=1).outer_lr == 1.0  # an int where a float is expected is widened
+
+
+def test_trust_rules() -> None:
+    with pytest.raises(ConfigError, match="strike_memory_rounds"):
+        TrustSection(strikes_to_ban=5, strike_memory_rounds=4)
+    with pytest.raises(ConfigError, match=r"trust.strike_witnesses=0: must be >= 1 \(2 is typical\)"):
+        TrustSection(strike_witnesses=0)
+    with pytest.raises(ConfigError, match=r"trust.credential_ttl_s=1.0: must be >= 60"):
+        TrustSection(credential_ttl_s=1)
+
+
+def test_codec_options_are_the_codecs_own() -> None:
+    assert CodecSection(name="fp16").options() == {}
+    assert CodecSection(name="int4", hadamard=False).options() == {"block": 64, "rotation": 0, "dither": False}
+    assert CodecSection(name="e8", bits=2).options() == {"block": 64, "rotation": None, "dither": False, "bits": 2}

@@ -16,14 +16,15 @@ import torch
 
 from lila_net.config import load_run_config
 from peer.averaging import DownloadResult, StateSnapshot
+from peer.averaging.config import AveragingConfig
 from peer.checkpoints import CheckpointStore
-from peer.node import PeerNode, PeerOptions, Stopped, averaging_config
+from peer.node import PeerNode, PeerOptions, Stopped
 from tests.helpers.paths import REPO
 
 
 def test_averaging_timeouts_split_the_run_s_averaging_timeout() -> None:
     run = load_run_config(REPO / "runs" / "cpu-demo.toml")  # matchmaking 2 s, averaging timeout 20 s
-    cfg = averaging_config(run)
+    cfg = AveragingConfig.for_run(run.diloco)
     assert (cfg.matchmaking_time, cfg.part_timeout, cfg.result_timeout) == (2.0, 9.0, 9.0)
     assert cfg.matchmaking_time + cfg.allreduce_deadline == run.diloco.averaging_timeout_s
 
