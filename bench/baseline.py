@@ -4,12 +4,12 @@
 The same code path as a peer's inner loop, without coordinator, DHT or averaging: the run config's model
 (seeded like every peer's θ_0), its data read with :class:`lila_data.ShardReader` shard by shard in plan
 order (held-out documents skipped), :class:`peer.inner.InnerTrainer` with the micro-batch of the peer's
-memory plan, and the run's learning-rate schedule indexed by tokens trained. Used by ``bench/network.py``
+memory plan, and the run's learning-rate schedule indexed by tokens trained. Used by ``bench.network``
 for baselines (a) batch B and (b) batch N×B, and for the standalone throughput of one peer's process setup.
 
-    python bench/baseline.py --config runs/bench-quick.toml --data parquet:../shared/data/python-docs \\
+    python -m bench.baseline --config runs/bench-quick.toml --data parquet:/path/to/python-docs \\
         --batch-size 4 --tokens 200000 --evals 4 --out baseline.json
-    python bench/baseline.py --config runs/bench-quick.toml --throughput --threads 1 --steps 20
+    python -m bench.baseline --config runs/bench-quick.toml --throughput --threads 1 --steps 20
 
 Only single-stage, single-source curricula are supported (a bench run trains one sequence length on one
 source); anything else is refused with a message that says so.
@@ -28,12 +28,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-BENCH = Path(__file__).resolve().parent
-# Run as a script, bench/ itself is first on sys.path and bench/coordinator.py would shadow the package.
-sys.path[:] = [str(REPO), *(p for p in sys.path if Path(p or ".").resolve() not in (BENCH, REPO))]
-
-from lila_data import (  # noqa: E402
+from lila_data import (
     ShardReader,
     curriculum_at,
     evaluate_bpb,
@@ -41,14 +36,14 @@ from lila_data import (  # noqa: E402
     load_tokenizer,
     plan_shards,
 )
-from lila_data.tokenizer import LilaTokenizer  # noqa: E402
-from lila_model.config import get_preset  # noqa: E402
-from lila_model.model import LilaLM  # noqa: E402
-from lila_net.config import RunConfig, load_run_config  # noqa: E402
-from peer.hardware import detect_hardware  # noqa: E402
-from peer.inner import InnerTrainer  # noqa: E402
-from peer.outer import flatten_parameters  # noqa: E402
-from peer.plan import make_plan  # noqa: E402
+from lila_data.tokenizer import LilaTokenizer
+from lila_model.config import get_preset
+from lila_model.model import LilaLM
+from lila_net.config import RunConfig, load_run_config
+from peer.hardware import detect_hardware
+from peer.inner import InnerTrainer
+from peer.outer import flatten_parameters
+from peer.plan import make_plan
 
 logger = logging.getLogger("bench.baseline")
 
@@ -274,7 +269,8 @@ def measure_throughput(run: RunConfig, *, batch_size: int, threads: int, steps: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.baseline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True, help="a bench run config (runs/bench-*.toml)")
     parser.add_argument("--data", help="source spec replacing the config's (e.g. parquet:/path/to/dir)")
     parser.add_argument("--batch-size", type=int, help="sequences per step (default: the run's diloco.batch_size)")

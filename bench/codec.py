@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
 """Codec benchmark: bits per coordinate, SNR, relative error, cosine and throughput of every scheme.
 
-    python bench/codec.py --quick --out codec.json [--threads 2] [--compile] [--no-leech]
+    python -m bench.codec --quick --out codec.json [--threads 2] [--compile] [--no-leech]
 
 Data: (1) i.i.d. Gaussian; (2) real pseudo-gradients θ_start − θ_end of the ``debug`` LILA model
 after a few dozen AdamW steps on the bundled FineWeb-Edu sample (random tokens if the data
@@ -34,12 +34,8 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from lila_codec import get_codec  # noqa: E402
-from lila_codec.base import Codec  # noqa: E402
+from lila_codec import get_codec
+from lila_codec.base import Codec
 
 logger = logging.getLogger("bench.codec")
 

@@ -1,12 +1,12 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
 """Weight-export benchmark: file size and validation bpb of exported models against the fp32 checkpoint.
 
-    python bench/model.py --quick --save-checkpoint /tmp/ckpt      # a trained model (or any checkpoint)
-    python bench/export.py --checkpoint /tmp/ckpt --quick --out export.json
+    python -m bench.model --quick --save-checkpoint /tmp/ckpt      # a trained model (or any checkpoint)
+    python -m bench.export --checkpoint /tmp/ckpt --quick --out export.json
 
 Exports the checkpoint with E8 at 2, 3 and 4 bits (plus 0.25 bits of scales), int4, int8 and fp16,
 reloads each file with :func:`lila_codec.export.load_model` and scores bits per byte on the held-out
-split of the source with lila_data's ``evaluate_bpb``. Targets (issue 3): at ≤ 4.25 bits per weight
+split of the source with lila_data's ``evaluate_bpb``. Targets: at ≤ 4.25 bits per weight
 within 0.05 bpb of fp32, at 2.25 bits within 0.2 bpb.
 
 JSON: ``{"checkpoint", "fp32_bpb", "exports": [{"name", "file_bytes", "compression",
@@ -24,11 +24,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from lila_codec.export import export_model, load_model  # noqa: E402
+from lila_codec.export import export_model, load_model
 
 logger = logging.getLogger("bench.export")
 
@@ -47,7 +43,7 @@ def bpb(model, tokenizer, texts: list[str], seq_len: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m bench.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory")
     parser.add_argument("--quick", action="store_true", help=f"score {QUICK_DOCS} validation documents")

@@ -2,7 +2,7 @@
 """Benchmark the Leech-lattice decoders: throughput of nearest_leech vs the reference, and empirical G.
 
 Usage:
-    python bench/leech.py [--quick] [--out FILE.json]
+    python -m bench.leech [--quick] [--out FILE.json]
 
 Prints a table and optionally writes JSON:
     {"decoders": [{"name", "threads", "chunk_size", "mcoords_s", "mcoords_per_cpu_s"}],
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import torch
@@ -52,12 +53,12 @@ def best_rate(fn, x: torch.Tensor, repeats: int) -> tuple[float, float]:
     return x.numel() / wall / 1e6, x.numel() / cpu / 1e6
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer points (about half a minute)")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.leech", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer points")
     parser.add_argument("--out", help="write results as JSON to this file")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     gen = torch.Generator().manual_seed(args.seed)
 
@@ -126,7 +127,8 @@ def main() -> None:
         }
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump(result, fh, indent=2)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

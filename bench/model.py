@@ -1,12 +1,12 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
 """Train the LILA variants at equal parameters and tokens and compare bpb, speed and memory.
 
-    python bench/model.py --quick --out model.json [--save-checkpoint DIR]
+    python -m bench.model --quick --out model.json [--save-checkpoint DIR]
 
 Every variant starts from the same seed and sees the same batches in the same order; the
 variants are trained round-robin (one step each in turn) so that load from other processes
 on a shared machine slows them all alike. On CPU, step times are process CPU seconds with one
-torch thread by default (wall time on a machine shared with other jobs swings by 2-4×; CPU
+torch thread by default (wall time on a machine shared with other jobs swings; CPU
 time of a single-threaded step does not); on CUDA they are wall seconds after a synchronize. Reported per variant: learned non-embedding
 parameters, validation bits per byte on the held-out split of the source (lila_data's
 ``evaluate_bpb``), training tokens/s, speed relative to vanilla, step time relative to
@@ -29,15 +29,11 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from lila_data import iter_texts, iter_validation_texts, load_tokenizer  # noqa: E402
-from lila_data.evaluate import evaluate_bpb  # noqa: E402
-from lila_model.checkpoint import save_checkpoint  # noqa: E402
-from lila_model.config import VARIANTS, get_preset  # noqa: E402
-from lila_model.model import LilaLM, compile_model  # noqa: E402
+from lila_data import iter_texts, iter_validation_texts, load_tokenizer
+from lila_data.evaluate import evaluate_bpb
+from lila_model.checkpoint import save_checkpoint
+from lila_model.config import VARIANTS, get_preset
+from lila_model.model import LilaLM, compile_model
 
 logger = logging.getLogger("bench.model")
 
@@ -156,7 +152,8 @@ def build_runs(args: argparse.Namespace, vocab_size: int, device: torch.device) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.model", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=f"short run: {QUICK}")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--save-checkpoint", type=Path, help="save the trained vanilla model here")

@@ -16,10 +16,10 @@ it); the accountability is real: each honest owner turns its part's rejections i
 request (``peer.accountability.strike_request``) and the coordinator's pure core (``coordinator.core``,
 ``strike_witnesses`` = 2, ``strikes_to_ban`` = 3) decides strikes and the ban, after which the other peers
 refuse the banned one and it leaves the group. Network transport is not part of this benchmark (see
-bench/averaging.py for that).
+``bench.averaging`` for that).
 
-    python bench/robust.py --quick --out robust.json
-    python bench/robust.py --rounds 20 --inner-steps 20 --aggregator trimmed_mean
+    python -m bench.robust --quick --out robust.json
+    python -m bench.robust --rounds 20 --inner-steps 20 --aggregator trimmed_mean
 """
 
 from __future__ import annotations
@@ -35,22 +35,20 @@ from typing import Any
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # first: bench/coordinator.py must not shadow the coordinator package
-
-from coordinator import core  # noqa: E402
-from coordinator import events as ev  # noqa: E402
-from coordinator.plan import synthetic_plan  # noqa: E402
-from coordinator.state import CoreConfig, PeerState, initial_state  # noqa: E402
-from lila_data import evaluate_bpb, iter_texts, iter_validation_texts, load_tokenizer  # noqa: E402
-from lila_model.config import get_preset  # noqa: E402
-from lila_model.model import LilaLM  # noqa: E402
-from lila_net.aggregation import AggregationError, Contribution, aggregator_for  # noqa: E402
-from peer.accountability import strike_request  # noqa: E402
-from peer.averaging.allreduce import part_bounds  # noqa: E402
-from peer.averaging.averager import RoundResult  # noqa: E402
-from peer.averaging.matchmaking import Group  # noqa: E402
-from peer.outer import OuterOptimizer, flatten_parameters, load_flat_parameters  # noqa: E402
+from coordinator import core
+from coordinator import events as ev
+from coordinator.plan import synthetic_plan
+from coordinator.settings import ServerSettings
+from coordinator.state import PeerState, initial_state
+from lila_data import evaluate_bpb, iter_texts, iter_validation_texts, load_tokenizer
+from lila_model.config import get_preset
+from lila_model.model import LilaLM
+from lila_net.aggregation import AggregationError, Contribution, aggregator_for
+from peer.accountability import strike_request
+from peer.averaging.allreduce import part_bounds
+from peer.averaging.averager import RoundResult
+from peer.averaging.matchmaking import Group
+from peer.outer import OuterOptimizer, flatten_parameters, load_flat_parameters
 
 SOURCE = "bundled:fineweb-edu-sample"
 TOKENIZER = "fineweb-edu-2048"
@@ -152,7 +150,8 @@ def run(
     ids = [libp2p_id(i) for i in range(PEERS)]
     state = initial_state(
         synthetic_plan([[1]]),
-        CoreConfig(strike_witnesses=STRIKE_WITNESSES, strikes_to_ban=STRIKES_TO_BAN, lease_timeout_s=1e9),
+        ServerSettings.of(strike_witnesses=STRIKE_WITNESSES, strikes_to_ban=STRIKES_TO_BAN,
+                          lease_timeout_s=1e9).core_config(),
     )
     for i in range(PEERS):
         state, _ = core.apply(state, ev.PeerJoined(f"p{i}", f"peer-{i}"), 0.0)
@@ -232,8 +231,9 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a smaller model and fewer rounds (4-5 min on 2 busy cores)")
+    parser = argparse.ArgumentParser(prog="python -m bench.robust", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a smaller model and fewer rounds")
     parser.add_argument("--out", help="write the results as JSON")
     parser.add_argument(
         "--aggregator", default="centered_clip", choices=("centered_clip", "trimmed_mean"), help="the robust rule"
@@ -285,4 +285,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

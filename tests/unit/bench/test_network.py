@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
-"""bench/baseline.py (plain training on a bench run's tokens) and the pure parts of bench/network.py.
+"""bench.baseline (plain training on a bench run's tokens) and the pure parts of bench.network.
 
 The network runs themselves are the benchmark (minutes to hours); here only what can be checked in
 seconds: the baseline's batches, token accounting, determinism and captured pseudo-gradient, the layout
@@ -27,17 +27,10 @@ from bench.baseline import (
     validation_texts,
     with_data,
 )
-from bench.network import (
-    CODECS,
-    Layout,
-    checkpoint_curve,
-    derive_layout,
-    network_run_config,
-    parse_metrics,
-    peer_stats,
-    shuffled_source,
-    state_sync_from,
-)
+from bench.network.data import shuffled_source
+from bench.network.layout import CODECS, Layout, derive_layout, network_run_config
+from bench.network.measure import checkpoint_curve
+from bench.network.watch import parse_metrics, peer_stats, state_sync_from
 from lila_data import StageConfig, is_validation, load_tokenizer
 from lila_net.config import RunConfig, load_run_config
 from peer.checkpoints import CheckpointStore

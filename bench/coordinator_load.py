@@ -1,16 +1,16 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
-"""Benchmark the coordinator: N simulated peers heartbeating and leasing over real gRPC.
+"""Coordinator load: N simulated peers heartbeating and leasing over real gRPC.
 
 A real ``lila-coordinator serve`` process runs on 127.0.0.1 (no DHT) with a synthetic JSON-lines
 source large enough that shards never run out. Peers are asyncio gRPC clients, each with its own
-channel (its own TCP connection, as real peers have), spread over ``--workers`` processes. Each
-peer joins, then every ``--interval`` seconds (with a random phase) sends a Heartbeat, and every
-``--lease-every``-th beat also one lease-cycle call (LeaseShard, then ReportProgress, then
-CompleteShard on later beats). Latency is measured client-side around each call, in a window that
-starts after every peer joined and ran one interval.
+channel (its own TCP connection, as real peers have), spread over ``--workers`` processes
+(``bench.coordinator_clients``). Each peer joins, then every ``--interval`` seconds (with a random phase)
+sends a Heartbeat, and every ``--lease-every``-th beat also one lease-cycle call (LeaseShard, then
+ReportProgress, then CompleteShard on later beats). Latency is measured client-side around each call, in
+a window that starts after every peer joined and ran one interval.
 
-    python bench/coordinator.py --quick --out coordinator.json
-    python bench/coordinator.py --peers 100 1000 3000 --duration 60
+    python -m bench.coordinator_load --quick --out coordinator.json
+    python -m bench.coordinator_load --peers 100 1000 3000 --duration 60
 
 Prints a table and writes ``{"runs": [{"peers", "rpc_per_s", "p50_ms", "p99_ms", ...}]}``.
 Target on a 2-core machine: 1,000 peers heartbeating every 2 s with p99 < 50 ms.
@@ -25,19 +25,18 @@ scheduler starved of CPU); ``load_average_1m`` and the CPU columns show how busy
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import multiprocessing as mp
 import os
-import random
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.coordinator_clients import worker
+
+REPO = Path(__file__).resolve().parents[1]  # the coordinator process imports from here
 
 DOCS = 40_000
 DOCS_PER_SHARD = 2
@@ -47,9 +46,6 @@ DEFAULT_INTERVAL_S = 2.0
 DEFAULT_LEASE_EVERY = 5
 FULL_DURATION_S = 40.0
 QUICK_DURATION_S = 12.0
-JOIN_CONCURRENCY = 20
-RPC_TIMEOUT_S = 10.0
-TOKENS_PER_REPORT = 100
 CONFIG = """
 [run]
 name = "bench-coordinator"
@@ -81,121 +77,6 @@ rate_limit_per_s = 50.0
 rate_limit_burst = 100
 status_refresh_s = 2.0
 """
-
-
-async def _peer(
-    stub,
-    pb,
-    token: str,
-    name: str,
-    t_start: float,
-    t_end: float,
-    interval: float,
-    lease_every: int,
-    latencies: list[float],
-    errors: dict[str, int],
-    joined: asyncio.Semaphore,
-) -> None:
-    async with joined:
-        response = await stub.Join(pb.JoinRequest(join_token=token, peer_name=name), timeout=RPC_TIMEOUT_S)
-    md = (("authorization", f"Bearer {response.session_token}"),)
-    seq = response.last_report_seq
-    lease = None
-    docs = tokens = 0
-    beat = random.randrange(lease_every)
-    next_at = max(time.time(), t_start - interval) + random.uniform(0, interval)
-
-    async def call(method, request):
-        started = time.perf_counter()
-        try:
-            result = await method(request, metadata=md, timeout=RPC_TIMEOUT_S)
-        except Exception as exc:  # counted, not fatal: the benchmark reports errors
-            code = getattr(exc, "code", lambda: None)()
-            errors[str(code)] = errors.get(str(code), 0) + 1
-            return None
-        if t_start <= time.time() <= t_end:
-            latencies.append((time.perf_counter() - started) * 1000.0)
-        return result
-
-    while True:
-        await asyncio.sleep(max(0.0, next_at - time.time()))
-        if time.time() > t_end:
-            return
-        next_at += interval
-        beat += 1
-        await call(stub.Heartbeat, pb.HeartbeatRequest(phase="training"))
-        if beat % lease_every:
-            continue
-        if lease is None:
-            got = await call(stub.LeaseShard, pb.LeaseShardRequest())
-            if got is not None and got.granted:
-                lease = got.lease
-                docs, tokens = lease.position.docs_consumed, lease.position.tokens_consumed
-        else:
-            seq += 1
-            size = lease.shard.row_stop - lease.shard.row_start
-            tokens += TOKENS_PER_REPORT
-            if docs + 1 >= size:
-                position = pb.ResumePosition(docs_consumed=size, tokens_consumed=tokens)
-                await call(
-                    stub.CompleteShard,
-                    pb.CompleteShardRequest(lease_id=lease.lease_id, report_seq=seq, position=position),
-                )
-                lease = None
-            else:
-                docs += 1
-                position = pb.ResumePosition(docs_consumed=docs, tokens_consumed=tokens)
-                await call(
-                    stub.ReportProgress,
-                    pb.ReportProgressRequest(lease_id=lease.lease_id, report_seq=seq, position=position),
-                )
-
-
-def _worker(
-    address: str,
-    token: str,
-    first: int,
-    count: int,
-    t_start: float,
-    t_end: float,
-    interval: float,
-    lease_every: int,
-    out: mp.Queue,
-) -> None:
-    import grpc
-
-    from lila_net.proto import coordinator_pb2 as pb
-    from lila_net.proto import coordinator_pb2_grpc as pb_grpc
-
-    async def main() -> tuple[list[float], dict[str, int]]:
-        latencies: list[float] = []
-        errors: dict[str, int] = {}
-        joined = asyncio.Semaphore(JOIN_CONCURRENCY)
-        channels = [grpc.aio.insecure_channel(address) for _ in range(count)]
-        try:
-            await asyncio.gather(
-                *(
-                    _peer(
-                        pb_grpc.CoordinatorStub(ch),
-                        pb,
-                        token,
-                        f"bench-{first + i}",
-                        t_start,
-                        t_end,
-                        interval,
-                        lease_every,
-                        latencies,
-                        errors,
-                        joined,
-                    )
-                    for i, ch in enumerate(channels)
-                )
-            )
-        finally:
-            await asyncio.gather(*(ch.close() for ch in channels))
-        return latencies, errors
-
-    out.put(asyncio.run(main()))
 
 
 def _server_histogram(http: str, name: str = "lila_rpc_latency_seconds") -> dict[float, float]:
@@ -278,7 +159,7 @@ def run_one(
         for count in per:
             if count:
                 p = ctx.Process(
-                    target=_worker,
+                    target=worker,
                     args=(info["grpc"], token, first, count, t_start, t_end, interval, lease_every, queue),
                     daemon=True,  # never outlive the benchmark
                 )
@@ -336,7 +217,7 @@ def run_one(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.coordinator_load", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"short runs ({QUICK_DURATION_S:g} s each)")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--peers", type=int, nargs="+", default=list(DEFAULT_PEERS))
@@ -386,4 +267,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())
