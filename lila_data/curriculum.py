@@ -151,6 +151,11 @@ class CurriculumConfig:
         """Global token budget of the whole curriculum."""
         return sum(stage.tokens for stage in self.stages)
 
+    @property
+    def max_seq_len(self) -> int:
+        """The longest sequence of any stage (what a peer plans its memory and evaluates with)."""
+        return max(stage.seq_len for stage in self.stages)
+
     def validate(self) -> None:
         """Raise :class:`DataError` naming the bad field and the fix."""
         if not self.stages:

@@ -11,23 +11,25 @@ from dataclasses import replace
 from pathlib import Path
 
 from lila_model.config import PRESETS
+from lila_net.config import ConfigError, DilocoSection, ModelSection
 
 from .hardware import DEVICE_CHOICES, HardwareError, detect_hardware
 from .logs import LOG_FORMATS, PeerContext, configure_logging
+from .options import PeerOptions
 from .plan import GIB, make_plan
-
-DEFAULT_PLAN_BATCH = 8
 
 
 def _add_plan(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "plan", help="say whether and how a model preset fits this machine (or a GPU of --memory-gb)"
     )
-    p.add_argument("--preset", choices=PRESETS, help="model preset (default: the run config's, else debug)")
+    p.add_argument("--preset", choices=PRESETS,
+                   help=f"model preset (default: the run config's, else {ModelSection.preset})")
     p.add_argument("--config", help="a run config TOML: takes preset, variant, batch and sequence length from it")
     p.add_argument("--memory-gb", type=float, help="plan for a CUDA GPU with this much memory instead of this machine")
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
-    p.add_argument("--batch-size", type=int, help=f"sequences per inner step (default: run config's, else {DEFAULT_PLAN_BATCH})")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default=PeerOptions.device)
+    p.add_argument("--batch-size", type=int,
+                   help=f"sequences per inner step (default: run config's, else {DilocoSection.batch_size})")
     p.add_argument("--seq-len", type=int, help="sequence length (default: the run's longest stage, else the preset's context)")
     p.set_defaults(func=_run_plan)
 
@@ -35,7 +37,7 @@ def _add_plan(subparsers: argparse._SubParsersAction) -> None:
 def _run_plan(args: argparse.Namespace) -> int:
     from lila_model.config import get_preset
 
-    preset, variant, batch, seq_len = args.preset, "vanilla", args.batch_size, args.seq_len
+    preset, variant, batch, seq_len = args.preset, ModelSection.variant, args.batch_size, args.seq_len
     if args.config:
         from lila_net.config import load_run_config
 
@@ -43,9 +45,9 @@ def _run_plan(args: argparse.Namespace) -> int:
         preset = preset or run.model.preset
         variant = run.model.variant
         batch = batch or run.diloco.batch_size
-        seq_len = seq_len or max(stage.seq_len for stage in run.curriculum.stages)
-    preset = preset or "debug"
-    batch = batch or DEFAULT_PLAN_BATCH
+        seq_len = seq_len or run.curriculum.max_seq_len
+    preset = preset or ModelSection.preset
+    batch = batch or DilocoSection.batch_size
     seq_len = seq_len or get_preset(preset).block_size
     try:
         hardware = detect_hardware(args.device)
@@ -70,52 +72,43 @@ def _add_join(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("coordinator", help="the coordinator's gRPC address, HOST:PORT")
     p.add_argument("--token", default=os.environ.get("LILA_JOIN_TOKEN", ""),
                    help="join token from the run's organizer (or set LILA_JOIN_TOKEN)")
-    p.add_argument("--name", default="", help="name shown on the status page (default: host name)")
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
-    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0 picks a free one)")
-    p.add_argument("--metrics-host", default="127.0.0.1", help="address to serve /metrics on")
-    p.add_argument("--host", default="127.0.0.1",
+    p.add_argument("--name", default=PeerOptions.name, help="name shown on the status page (default: host name)")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default=PeerOptions.device)
+    p.add_argument("--metrics-port", type=int, default=PeerOptions.metrics_port,
+                   help="Prometheus /metrics port (0 picks a free one)")
+    p.add_argument("--metrics-host", default=PeerOptions.metrics_host, help="address to serve /metrics on")
+    p.add_argument("--host", default=PeerOptions.host,
                    help="address this peer listens on for other peers (0.0.0.0 to accept from the network)")
     p.add_argument("--client-mode", action="store_true",
                    help="behind NAT: only make outgoing connections (this peer then never owns a part)")
     p.add_argument("--max-outer-steps", type=int, help="leave after this many outer steps")
-    p.add_argument("--workdir", type=Path, default=Path("lila-peer-workdir"), help="checkpoints and logs")
+    p.add_argument("--workdir", type=Path, default=PeerOptions.workdir, help="checkpoints and logs")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--straggler-wait", type=float, metavar="SECONDS",
                    help="how long to wait at each round for slower peers (default: the run's averaging timeout)")
-    p.add_argument("--eval-every", type=int, default=1, metavar="K",
-                   help="evaluate the validation texts every K outer steps; 0 never (default 1)")
-    p.add_argument("--keep-checkpoints", type=int, default=2, metavar="N",
-                   help="checkpoints kept in the workdir, newest first (default 2)")
+    p.add_argument("--eval-every", type=int, default=PeerOptions.eval_every, metavar="K",
+                   help="evaluate the validation texts every K outer steps; 0 never (default %(default)s)")
+    p.add_argument("--keep-checkpoints", type=int, default=PeerOptions.keep_checkpoints, metavar="N",
+                   help="checkpoints kept in the workdir, newest first (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal)")
     p.set_defaults(func=_run_join)
 
 
 def _run_join(args: argparse.Namespace) -> int:
-    from .node import PeerNode, PeerOptions
+    from .node import PeerNode
     from .shutdown import GracefulStop
 
-    if not args.token:
-        print("lila-peer join: no join token: pass --token or set LILA_JOIN_TOKEN "
-              "(the run's organizer creates one with `lila-coordinator token create`)", file=sys.stderr)
-        return 2
-    if args.straggler_wait is not None and args.straggler_wait < 0:
-        print("lila-peer join: --straggler-wait must be >= 0 seconds", file=sys.stderr)
-        return 2
-    if args.eval_every < 0:
-        print("lila-peer join: --eval-every must be >= 0 (0: never evaluate)", file=sys.stderr)
-        return 2
-    if args.keep_checkpoints < 1:
-        print("lila-peer join: --keep-checkpoints must be >= 1 (a peer resumes from its newest checkpoint)",
-              file=sys.stderr)
+    try:
+        options = PeerOptions(coordinator=args.coordinator, token=args.token, name=args.name, device=args.device,
+                              workdir=args.workdir, metrics_host=args.metrics_host, metrics_port=args.metrics_port,
+                              max_outer_steps=args.max_outer_steps, host=args.host, client_mode=args.client_mode,
+                              threads=args.threads, straggler_wait_s=args.straggler_wait,
+                              eval_every=args.eval_every, keep_checkpoints=args.keep_checkpoints,
+                              progress=False if args.no_progress else None)
+    except ConfigError as exc:
+        print(f"lila-peer join: {exc}", file=sys.stderr)
         return 2
     stop = GracefulStop().install()
-    options = PeerOptions(coordinator=args.coordinator, token=args.token, name=args.name, device=args.device,
-                          workdir=args.workdir, metrics_host=args.metrics_host, metrics_port=args.metrics_port,
-                          max_outer_steps=args.max_outer_steps, host=args.host, client_mode=args.client_mode,
-                          threads=args.threads, straggler_wait_s=args.straggler_wait,
-                          eval_every=args.eval_every, keep_checkpoints=args.keep_checkpoints,
-                          progress=False if args.no_progress else None)
     return PeerNode(options, stop=stop.event, log_context=args.log_context).run()
 
 

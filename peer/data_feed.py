@@ -11,9 +11,9 @@ next holder — no token is lost or trained twice.
 Progress reports: every committed batch moves a lease's trained position, but the feed tells the
 coordinator at most every ``report_interval_s`` per lease (and at :meth:`flush`, completion and release).
 Tuning: each report is a gRPC call and a ledger write at the coordinator, so with fast steps reporting
-every batch costs the peer time on every step (3–4 ms here, 5% of a `debug` step on one CPU thread) and
-the coordinator a transaction per step per peer (and trips its per-peer rate limit); 1 s is plenty for
-the status page.
+every batch costs the peer a round trip on every step (a visible share of a small model's step) and
+the coordinator a transaction per step per peer (and trips its per-peer rate limit); about a second is
+plenty for the status page.
 Longer intervals only mean that a peer dying mid-period leaves more unreported sequences, which its
 lease's next holder trains again — its own unaveraged work is lost anyway, so nothing is credited twice.
 """

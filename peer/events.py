@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
 """A machine-readable diary of the peer: one JSON object per line in ``WORKDIR/outer-steps.jsonl``.
 
-Tests, benchmarks (``bench/network.py``) and people read it to follow a peer without parsing its log.
+Tests, benchmarks (``python -m bench.network``) and people read it to follow a peer without parsing its log.
 Every line has ``event`` (what happened), ``t`` (unix time, seconds) and ``peer_id`` (the coordinator's
 id of this peer, empty before Join). The events and their fields:
 

@@ -47,6 +47,7 @@ class Rule:
     multiple_of: int | None = None
     choices: Callable[[], Collection[str]] | None = None
     hint: str = ""
+    label: str = ""
 
     def check(self, key: str, value: Any) -> None:
         if value is None:
@@ -79,9 +80,11 @@ def setting(
     multiple_of: int | None = None,
     choices: Callable[[], Collection[str]] | None = None,
     hint: str = "",
+    label: str = "",
 ) -> Any:
-    """A dataclass field with its default (or ``factory`` for mutable defaults) and its :class:`Rule`."""
-    rule = Rule(ge=ge, gt=gt, le=le, lt=lt, multiple_of=multiple_of, choices=choices, hint=hint)
+    """A dataclass field with its default (or ``factory`` for mutable defaults) and its :class:`Rule`.
+    ``hint`` is appended to an error; ``label`` replaces the key in errors (a command-line flag, say)."""
+    rule = Rule(ge=ge, gt=gt, le=le, lt=lt, multiple_of=multiple_of, choices=choices, hint=hint, label=label)
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata={"rule": rule})
     return dataclasses.field(default=default, metadata={"rule": rule})
@@ -97,10 +100,12 @@ class Section:
     def __post_init__(self) -> None:
         hints = field_types(type(self))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            rule = f.metadata.get("rule")
             key = f"{self.section}.{f.name}" if self.section else f.name
+            if rule is not None and rule.label:
+                key = rule.label
             value = _check_type(key, getattr(self, f.name), hints[f.name])
             object.__setattr__(self, f.name, value)
-            rule = f.metadata.get("rule")
             if rule is not None:
                 rule.check(key, value)
         self.check()

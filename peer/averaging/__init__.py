@@ -1,35 +1,17 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
 """The peer's averaging layer: our own all-reduce on hivemind's P2P streams and DHT.
 
-Decision (issue 5): we do NOT use hivemind's ``DecentralizedAverager``. We keep hivemind for what works
-(the DHT, libp2p streams through its ``p2pd``, NAT traversal) and build matchmaking, the all-reduce and
-state download ourselves, because
+hivemind gives the DHT and libp2p streams (through its ``p2pd``); matchmaking, the all-reduce, robust
+aggregation at the part owners, round verification and state download are ours — why, in
+``docs/decisions/0001-own-allreduce-over-hivemind.md``. The part owner encodes its aggregate once and every
+member decodes the same bytes, so all peers get bitwise-identical results; every request carries a
+credential checked before anything else is read, and nothing from a peer is unpickled.
 
-1. its ``CompressionBase`` cannot carry our lattice codec: a custom codec only enters by borrowing one of
-   six fixed ``CompressionType`` enum values and patching the module-global registry on every peer
-   before the averager process forks;
-2. lossy codecs make its peers drift: the part owner keeps its own slice uncompressed and every peer
-   applies ``local + decompress(avg - local)``, so results differ by 1e-3 after a few 4-bit rounds. Here the
-   owner encodes the aggregate once and every member, the owner too, decodes the same bytes:
-   bitwise-identical results on all peers;
-3. its averaging and state-download RPCs have no authorization hook (hivemind's authorizer covers the
-   DHT only). Here every request carries a credential checked by a pluggable ``authorize(peer_id,
-   credential)`` before anything else is read, and nothing from a peer is unpickled;
-4. robust aggregation (trimmed mean, CenteredClip) must run at the part reducer, with per-contributor
-   evidence, which its reducer has no place for.
-
-Also, its 8-bit codecs silently fail under numpy 2 while ``step()`` reports success; every round here is
-verified (``Averager.verify_round``) and a failed part is always reported, never silent.
-
-Modules: ``transport`` and ``dht_security`` (the only hivemind imports), ``wire`` (frames), ``rpc``
-(authorized calls), ``matchmaking``, ``allreduce``, ``aggregators``, ``averager`` (facade), ``verify``,
-``state_format``, ``state_sync``, ``auth``, ``config``, ``dht_keys``, ``dht_records`` (DHT record schemas),
-``trust`` (identity, coordinator-signed credential, ban list), ``stats``.
-
-Trust (issue 7): every averaging, state and DHT call carries a credential the coordinator signed for the
-caller's libp2p identity (:class:`CredentialAuthorizer` checks it against the authenticated peer id), the
-DHT admits only credentialed peers and stores only signed, schema-checked records, and banned peers are
-refused as soon as the coordinator's ban list arrives. See ``peer.accountability.open_trusted_averaging``.
+Modules: ``transport`` (the only hivemind import besides ``lila_net.dht.security``), ``wire`` (frames),
+``rpc`` (authorized calls), ``matchmaking``, ``allreduce``, ``averager`` (facade), ``verify``,
+``state_format``, ``state_sync``, ``auth``, ``config``, ``trust`` (identity, coordinator-signed credential,
+ban list), ``stats``. Aggregation rules, DHT keys and record schemas are shared contracts in ``lila_net``.
+Trust: see ``peer.accountability.open_trusted_averaging``.
 
 Typical use (one peer)::
 

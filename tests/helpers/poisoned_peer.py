@@ -12,18 +12,19 @@ import sys
 
 import torch
 
-import peer.node
+from peer import rounds
 from peer.averaging.averager import RoundResult
 from peer.cli import main
+from peer.parts import Peer
 
 SCALE = float(os.environ.get("LILA_TEST_POISON_SCALE", "100"))
+honest_average = rounds.average
 
 
-class PoisonedNode(peer.node.PeerNode):
-    def _average(self, round_index: int, vector: torch.Tensor, **kwargs) -> RoundResult:
-        return super()._average(round_index, vector * SCALE, **kwargs)
+def poisoned_average(peer: Peer, round_index: int, vector: torch.Tensor, **kwargs) -> RoundResult:
+    return honest_average(peer, round_index, vector * SCALE, **kwargs)
 
 
 if __name__ == "__main__":
-    peer.node.PeerNode = PoisonedNode  # peer.cli imports PeerNode from peer.node when `join` runs
+    rounds.average = poisoned_average  # rounds.outer_round calls the module's average at each round
     sys.exit(main())

@@ -24,8 +24,8 @@ import pytest
 
 from lila_net.config import RunConfig
 from lila_run.local_network import LocalNetwork, NetworkOptions
+from peer.errors import EXIT_BANNED
 from peer.events import EVENTS_FILE, read_events
-from peer.node import EXIT_BANNED
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
 

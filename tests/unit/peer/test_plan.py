@@ -55,7 +55,7 @@ def test_checkpointing_shrinks_activations() -> None:
 
 def test_lila_1b_shipped_run_fits_24gb_but_not_12gb() -> None:
     run = load_run_config("runs/lila-1b.toml")
-    seq_len = max(stage.seq_len for stage in run.curriculum.stages)
+    seq_len = run.curriculum.max_seq_len
     plan24 = make_plan(
         "lila-1b", gpu(24), batch_size=run.diloco.batch_size, seq_len=seq_len, variant=run.model.variant
     )

@@ -1,0 +1,127 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""Phase 4 of a peer: the work after an applied round, one small function per job.
+
+:func:`after_round` runs them in order — publish the new state, report the outer step, evaluate,
+layer telemetry, report metrics, checkpoint, write the diary line — each timed into
+``peer.progress.phases`` (``python -m bench.network`` reports these phases). :func:`publish`,
+:func:`evaluate` and :func:`checkpoint` also run after a state download or re-sync (:mod:`peer.sync`).
+Every job that talks to the network or the disk logs its failure and lets training go on.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from lila_data import evaluate_bpb
+from lila_model.telemetry import layer_telemetry
+
+from .averaging.averager import RoundResult
+from .averaging.state_format import StateSnapshot
+from .parts import Peer, Period
+
+logger = logging.getLogger(__name__)
+
+VAL_BATCH = 8
+
+
+def publish(peer: Peer) -> None:
+    """Serve the current state and announce its outer step (joiners download it; the others now expect
+    this peer at the next round)."""
+    outer, progress = peer.training.outer, peer.progress
+    snapshot = StateSnapshot(
+        tensors={"global_params": outer.global_params, "momentum_buffer": outer.momentum_buffer},
+        metadata={"outer_step": progress.outer_step, "params_sha256": progress.params_hash})
+    try:
+        peer.network.state_sync.publish(snapshot)
+    except Exception as exc:  # serving state is a courtesy; training goes on without it
+        logger.warning("could not publish the state of outer step %d: %s", progress.outer_step, exc)
+
+
+def evaluate(peer: Peer) -> float | None:
+    """Validation bits per byte of the parameters held now (None without validation texts)."""
+    training = peer.training
+    if not training.val_texts:
+        return None
+    bpb = evaluate_bpb(training.model, training.tokenizer, training.val_texts,
+                       seq_len=peer.run.curriculum.max_seq_len, batch_size=VAL_BATCH, device=training.device).bpb
+    peer.metrics.val_bpb.set(bpb)
+    return bpb
+
+
+def checkpoint(peer: Peer, val_bpb: float | None = None) -> None:
+    """Save the state held now (after a round, a download or a re-sync): a restart resumes from the
+    newest state this peer ever held, even when no other peer is left to serve it. A failed write
+    (disk full) keeps the older checkpoints and training goes on."""
+    training, step, run = peer.training, peer.progress.outer_step, peer.run
+    try:
+        training.store.save(step=step, model=training.model, outer_state=training.outer.state_dict(),
+                            inner_state=training.trainer.state_dict(),
+                            meta={"outer_step": step, "run": run.run.name, "tokenizer": run.data.tokenizer,
+                                  "val_bpb": val_bpb, "params_sha256": peer.progress.params_hash})
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+        logger.warning("could not write the checkpoint of outer step %d (%s: %s); the older ones are kept "
+                       "and training goes on: free space in %s", step, type(exc).__name__, exc,
+                       training.store.root)
+
+
+def report_outer_step(peer: Peer) -> None:
+    try:
+        peer.client.report_outer_step(peer.progress.outer_step)
+    except Exception as exc:
+        logger.warning("could not report outer step %d: %s", peer.progress.outer_step, exc)
+
+
+def record_telemetry(peer: Peer) -> None:
+    """Stable rank and condition number of every attention and MLP weight, as metrics."""
+    with peer.progress.phases.phase("telemetry"):
+        telemetry = layer_telemetry(peer.training.model)
+    for name, stats in telemetry.items():
+        peer.metrics.stable_rank.labels(layer=name).set(stats.stable_rank)
+        peer.metrics.condition_number.labels(layer=name).set(stats.condition_number)
+
+
+def report_metrics(peer: Peer, fields: dict[str, Any]) -> None:
+    try:
+        peer.client.report_metrics(**fields)
+    except Exception as exc:
+        logger.warning("could not report metrics: %s", exc)
+
+
+def _due(every: int, step: int) -> bool:
+    return bool(every) and step % every == 0
+
+
+def after_round(peer: Peer, period: Period, result: RoundResult) -> None:
+    """Everything after round ``result`` was applied (``peer.progress.outer_step`` is its step)."""
+    options, progress = peer.options, peer.progress
+    phases, step = progress.phases, progress.outer_step
+    peer.metrics.outer_step.set(step)
+    with phases.phase("publish"):
+        publish(peer)
+    with phases.phase("report"):
+        report_outer_step(peer)
+    val_bpb = None
+    if _due(options.eval_every, step):
+        with phases.phase("evaluate"):
+            val_bpb = evaluate(peer)
+    if _due(options.telemetry_every, step):
+        record_telemetry(peer)
+    fields: dict[str, Any] = dict(outer_step=step, loss=period.loss,
+                                  tokens_per_s=period.tokens / max(period.seconds, 1e-9),
+                                  tokens_processed=period.tokens, bytes_sent=result.bytes_sent,
+                                  bytes_received=result.bytes_received)
+    if val_bpb is not None:
+        fields["val_bpb"] = val_bpb
+    with phases.phase("report"):
+        report_metrics(peer, fields)
+    if _due(options.checkpoint_every, step):
+        with phases.phase("checkpoint"):
+            checkpoint(peer, val_bpb)
+    peer.events.write("outer_step", outer_step=step, params_sha256=progress.params_hash, val_bpb=val_bpb,
+                      group_size=result.group_size, status=result.status, tokens=period.tokens,
+                      loss=period.loss, round_seconds=progress.round_seconds, phases=phases.rounded(),
+                      period_s=round(period.seconds, 4), step_s=round(period.step_seconds, 4))
+    logger.info("outer step %d: loss %.4f, %.0f tokens/s, group of %d%s", step, period.loss,
+                fields["tokens_per_s"], result.group_size,
+                f", val bpb {val_bpb:.4f}" if val_bpb is not None else "")

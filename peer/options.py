@@ -1,0 +1,53 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""What ``lila-peer join`` is told on its command line (its flags take their defaults from here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lila_net.config import ConfigError, Section, setting
+
+from .hardware import DEVICE_CHOICES
+
+
+@dataclass(frozen=True, kw_only=True)
+class PeerOptions(Section):
+    """Everything ``lila-peer join`` is told on its command line; checked on construction.
+
+    ``host``: the address this peer listens on for other peers (``0.0.0.0`` accepts from the network);
+    ``client_mode``: only outgoing connections (behind a NAT; the peer then never owns a part).
+    ``straggler_wait_s``: how long this peer waits at each round for the peers it expects (None: the
+    run's ``averaging_timeout_s``); see :mod:`peer.round_sync` for how to tune it. ``progress``: the
+    progress bar (None: only when stderr is a terminal).
+
+    ``eval_every``: evaluate the validation texts every this many outer steps (0: never). Every peer of a
+    round holds the same parameters, and rounds are synchronous, so an evaluation delays the whole network
+    by its duration: raise it on slow hardware or when someone else watches the run (``python -m
+    bench.network`` reports the evaluation's share of a cycle). ``keep_checkpoints``: how many outer
+    steps' checkpoints stay on disk (older ones are deleted after each successful write); a peer resumes
+    from its newest. ``checkpoint_every`` / ``telemetry_every``: every this many outer steps (0: never).
+    """
+
+    coordinator: str = setting()
+    token: str = setting()
+    name: str = setting("")
+    device: str = setting("auto", choices=lambda: DEVICE_CHOICES)
+    workdir: Path = setting(Path("lila-peer-workdir"))
+    metrics_host: str = setting("127.0.0.1")
+    metrics_port: int | None = setting(0, ge=0, le=65535, label="--metrics-port")
+    max_outer_steps: int | None = setting(None, ge=0, label="--max-outer-steps")
+    host: str = setting("127.0.0.1")
+    client_mode: bool = setting(False)
+    checkpoint_every: int = setting(1, ge=0)
+    keep_checkpoints: int = setting(2, ge=1, hint="a peer resumes from its newest checkpoint", label="--keep-checkpoints")
+    telemetry_every: int = setting(5, ge=0)
+    eval_every: int = setting(1, ge=0, hint="0: never evaluate", label="--eval-every")
+    threads: int | None = setting(None, ge=1, label="--threads")
+    straggler_wait_s: float | None = setting(None, ge=0, hint="seconds", label="--straggler-wait")
+    progress: bool | None = setting(None)
+
+    def check(self) -> None:
+        if not self.token:
+            raise ConfigError("no join token: pass --token or set LILA_JOIN_TOKEN (the run's organizer creates "
+                              "one with `lila-coordinator token create`)")

@@ -1,0 +1,147 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""What a running peer holds, built phase by phase (:mod:`peer.setup`): every field exists from the moment
+its object is constructed, so nothing downstream checks for a part that is not there yet.
+
+- :class:`Joined` — the coordinator's answer to Join and what it implies for this device (run config,
+  hardware, memory plan);
+- :class:`Training` — the model, the inner and outer optimizers, the data feed, the codec and aggregation
+  rule, validation texts, the checkpoint store;
+- :class:`Network` — the averaging layer (credentials, DHT, averager, state sync) and the round barrier;
+- :class:`Progress` — what changes as the peer trains: its outer step and parameter hash, the
+  error-feedback residual, token counts, timings; :class:`Period` — one inner period's work;
+- :class:`Peer` — all of the above plus the services every phase uses (coordinator client, heartbeat,
+  metrics, event diary, progress bar, stop flag).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lila_data.tokenizer import LilaTokenizer
+from lila_model.model import LilaLM
+from lila_net.aggregation import Aggregator
+from lila_net.config import RunConfig
+from lila_net.proto import coordinator_pb2 as pb
+
+from .accountability import TrustedAveraging
+from .averaging.averager import Averager
+from .averaging.state_sync import StateSync
+from .averaging.transport import Transport
+from .checkpoints import CheckpointStore
+from .coordinator_client import CoordinatorClient
+from .data_feed import DataFeed
+from .events import EventLog, PhaseTimer
+from .hardware import Hardware
+from .heartbeat import Heartbeat
+from .inner import InnerTrainer
+from .metrics import PeerMetrics
+from .options import PeerOptions
+from .outer import OuterOptimizer
+from .plan import MemoryPlan
+from .progress import ProgressBar
+from .round_sync import RoundSync
+
+
+@dataclass(frozen=True, kw_only=True)
+class Joined:
+    """The run this peer joined (``response``: the coordinator's JoinResponse) and its plan for this device."""
+
+    run: RunConfig
+    response: pb.JoinResponse
+    hardware: Hardware
+    plan: MemoryPlan
+
+
+@dataclass(frozen=True, kw_only=True)
+class Training:
+    """The model and everything that trains it; ``outer`` holds θ_global and the outer momentum."""
+
+    tokenizer: LilaTokenizer
+    model: LilaLM
+    device: torch.device
+    outer: OuterOptimizer
+    trainer: InnerTrainer
+    feed: DataFeed
+    codec: Any
+    aggregator: Aggregator
+    val_texts: list[str]
+    store: CheckpointStore
+
+
+@dataclass(frozen=True, kw_only=True)
+class Network:
+    """The averaging layer and the round barrier of a connected peer."""
+
+    trust: TrustedAveraging
+    round_sync: RoundSync
+
+    @property
+    def transport(self) -> Transport:
+        return self.trust.transport
+
+    @property
+    def averager(self) -> Averager:
+        return self.trust.averager
+
+    @property
+    def state_sync(self) -> StateSync:
+        return self.trust.state_sync
+
+
+@dataclass(frozen=True)
+class Period:
+    """One inner period: ``tokens`` trained in ``seconds`` (0 tokens: no data was available), of which
+    ``step_seconds`` inside the optimizer steps themselves (the rest: data, metrics, the status call)."""
+
+    tokens: int
+    seconds: float
+    loss: float
+    step_seconds: float = 0.0
+
+
+@dataclass(kw_only=True)
+class Progress:
+    """What changes while the peer trains.
+
+    ``outer_step`` / ``params_hash``: the global parameters held now. ``residual``: the error-feedback
+    residual (what earlier rounds' codec dropped). ``global_tokens`` / ``active_peers``: the run's
+    progress as last read from the coordinator (the learning-rate schedule). ``tokens_trained``: committed
+    batches since the process started (credited at the coordinator). ``phases``: timings of the work after
+    the current round; ``round_seconds``: how long the last averaging round took."""
+
+    residual: torch.Tensor
+    outer_step: int = 0
+    params_hash: str = ""
+    global_tokens: int = 0
+    active_peers: int = 1
+    tokens_trained: int = 0
+    first_step_done: bool = False
+    round_seconds: float = 0.0
+    phases: PhaseTimer = field(default_factory=PhaseTimer)
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Peer:
+    """A joined, built and connected peer: what every phase of the loop works on."""
+
+    options: PeerOptions
+    stop: threading.Event
+    client: CoordinatorClient
+    heartbeat: Heartbeat
+    metrics: PeerMetrics
+    events: EventLog
+    bar: ProgressBar
+    joined: Joined
+    training: Training
+    network: Network
+    progress: Progress
+
+    @property
+    def run(self) -> RunConfig:
+        return self.joined.run

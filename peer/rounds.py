@@ -1,0 +1,186 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""Phase 3 of a peer: one inner period, then one averaging round.
+
+:func:`train_period` runs up to H inner AdamW steps on leased data at the run's place on the learning-rate
+schedule. :func:`outer_round` takes Δ = θ_global − θ_local plus the error-feedback residual, averages it
+with the peers of the same outer step (lattice codec, robust aggregation at the part owners), applies the
+outer Nesterov step to θ_global and checks through the DHT that the group holds the same parameters
+(re-downloading them when this peer does not). A failed round is never applied silently: the peer keeps
+training from its local parameters, so the next round's Δ covers both periods.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import time
+
+import psutil
+import torch
+
+from lila_data import curriculum_at
+
+from .averaging.averager import STATUS_FAILED, RoundResult
+from .averaging.matchmaking import Group
+from .events import EventLog, PhaseTimer
+from .inner import schedule_position
+from .outer import flatten_parameters, load_flat_parameters
+from .parts import Peer, Period
+from .sync import CALL_SLACK_S, resync, wait_future
+
+logger = logging.getLogger(__name__)
+
+
+def global_progress(peer: Peer) -> tuple[int, int]:
+    """Tokens trained by the whole run and the number of active peers (for the learning-rate
+    schedule); the last known values when the coordinator does not answer right away, so a hiccup
+    never restarts the warm-up."""
+    progress = peer.progress
+    try:
+        status = peer.client.status(retry=False)
+        progress.global_tokens = int(status.global_tokens)
+        progress.active_peers = max(1, int(status.peers_by_state.get("active", 1)))
+    except Exception as exc:  # a status failure must not stop training
+        logger.warning("could not read global progress (using %d tokens, %d peers): %s", progress.global_tokens,
+                       progress.active_peers, exc)
+    return progress.global_tokens, progress.active_peers
+
+
+def train_period(peer: Peer) -> Period:
+    """Up to H inner steps; fewer when the data runs out or the peer is stopping."""
+    run, training, progress, metrics = peer.run, peer.training, peer.progress, peer.metrics
+    peer.heartbeat.phase = "training"
+    peer.bar.start_period(outer_step=progress.outer_step + 1, inner_steps=run.diloco.inner_steps)
+    global_tokens, peers = global_progress(peer)
+    tokens = 0
+    losses = []
+    step_seconds = 0.0
+    started = time.perf_counter()
+    for _ in range(run.diloco.inner_steps):
+        if peer.stop.is_set():
+            break
+        batch = training.feed.next_batch(wait=False)  # no shard free now: end the period, never block
+        if batch is None:
+            break
+        point = curriculum_at(run.curriculum, schedule_position(global_tokens, tokens, peers))
+        training.trainer.set_lr(point.lr)
+        stats = training.trainer.step(batch.inputs, batch.targets)
+        training.feed.commit(batch)
+        tokens += stats.tokens
+        progress.tokens_trained += stats.tokens
+        losses.append(stats.ce_loss)
+        step_seconds += stats.seconds
+        tokens_per_s = stats.tokens / max(stats.seconds, 1e-9)
+        metrics.tokens_total.inc(stats.tokens)
+        metrics.loss.set(stats.ce_loss)
+        metrics.geo_loss.set(stats.geo_loss)
+        metrics.learning_rate.set(point.lr)
+        metrics.tokens_per_second.set(tokens_per_s)
+        peer.bar.inner_step(loss=stats.ce_loss, tokens_per_s=tokens_per_s)
+        if not progress.first_step_done:
+            progress.first_step_done = True
+            _first_step(peer)
+    training.feed.flush()  # the run's token count is current before the round (and the next period's schedule)
+    loss = sum(losses) / len(losses) if losses else 0.0
+    return Period(tokens=tokens, seconds=time.perf_counter() - started, loss=loss, step_seconds=step_seconds)
+
+
+def _first_step(peer: Peer) -> None:
+    seconds = time.monotonic() - peer.progress.started
+    process_seconds = time.time() - psutil.Process().create_time()
+    peer.events.write("first_step", seconds=seconds, process_seconds=process_seconds)
+    logger.info("first training step done %.1f s after joining (%.1f s after the process started)",
+                seconds, process_seconds)
+
+
+def _group_logger(events: EventLog):
+    def on_group(group: Group) -> None:  # runs on the transport loop: keep it short
+        events.write("group", round=group.round_index, members=list(group.members), leader=group.leader)
+
+    return on_group
+
+
+def average(peer: Peer, round_index: int, vector: torch.Tensor, *,
+            expected: frozenset[str] | None = None) -> RoundResult:
+    """One averaging round; ``expected``: the peers the round barrier saw arrive (None: unknown)."""
+    averager = peer.network.averager
+    future = peer.network.transport.submit(averager.average_async(
+        round_index, vector, codec=peer.training.codec, aggregator=peer.training.aggregator,
+        on_group=_group_logger(peer.events), want_reconstruction=True, expected_peers=expected))
+    try:
+        return wait_future(future, averager.round_timeout + CALL_SLACK_S, stop=peer.stop)
+    except concurrent.futures.TimeoutError:
+        return RoundResult(round_index, STATUS_FAILED, "the round did not end in time", None, None)
+
+
+def _record_round(peer: Peer, result: RoundResult, seconds: float) -> None:
+    metrics = peer.metrics
+    metrics.round_seconds.observe(seconds)
+    metrics.rounds_total.labels(outcome=result.status).inc()
+    metrics.group_size.set(result.group_size)
+    metrics.bytes_sent.inc(result.bytes_sent)
+    metrics.bytes_received.inc(result.bytes_received)
+    peer.bar.round_done(seconds=seconds, bytes_exchanged=result.bytes_sent + result.bytes_received,
+                        group_size=result.group_size)
+
+
+def outer_round(peer: Peer, round_index: int, period: Period, *,
+                expected: frozenset[str] | None = None) -> RoundResult | None:
+    """Average and apply outer step ``round_index``; the result when it was applied, else None."""
+    training, progress, min_group = peer.training, peer.progress, peer.run.diloco.min_group_size
+    peer.heartbeat.phase = "averaging"
+    peer.events.write("round_start", round=round_index)
+    progress.phases = PhaseTimer()  # what follows the averaging itself, written with the outer step
+    delta = training.outer.pseudo_gradient(flatten_parameters(training.model))
+    vector = delta + progress.residual  # error feedback: what earlier rounds' codec dropped
+    started = time.perf_counter()
+    result = average(peer, round_index, vector, expected=expected)
+    seconds = time.perf_counter() - started
+    peer.network.trust.report_round(result)  # rejections in this peer's part -> ReportStrike
+    _record_round(peer, result, seconds)
+    progress.round_seconds = seconds
+    applied = result.ok and result.group_size >= min_group
+    peer.events.write("round", round=round_index, status=result.status, reason=result.reason,
+                      applied=applied, group_size=result.group_size, seconds=seconds,
+                      matchmaking_s=result.matchmaking_s, allreduce_s=result.allreduce_s,
+                      bytes_sent=result.bytes_sent, bytes_received=result.bytes_received,
+                      members=list(result.group.members) if result.group is not None else [])
+    if not applied:
+        why = f"{result.status} ({result.reason})"
+        if result.ok:
+            why = f"group of {result.group_size} is below diloco.min_group_size={min_group}"
+        logger.warning("round %d not applied: %s; keeping local progress for the next round", round_index, why)
+        return None
+    if result.reconstruction is not None:
+        progress.residual = vector - result.reconstruction
+        norm = float(vector.norm())
+        if norm > 0:
+            peer.metrics.codec_relative_error.set(float(progress.residual.norm()) / norm)
+    if result.group_size > 1:
+        peer.metrics.compression_ratio.set(vector.numel() * 4 * (result.group_size - 1)
+                                           / result.group_size / max(result.bytes_sent, 1))
+    training.outer.step(result.average)
+    progress.outer_step = round_index
+    load_flat_parameters(training.model, training.outer.global_params)
+    progress.params_hash = training.outer.params_hash()
+    with progress.phases.phase("verify"):
+        verify(peer, round_index, result)
+    return result
+
+
+def verify(peer: Peer, round_index: int, result: RoundResult) -> None:
+    """Compare hashes with the group (and anyone else who published for this round); re-download the
+    state from the agreeing peers when this peer's parameters differ."""
+    members = result.group.members if result.group is not None and result.group_size > 1 else ()
+    try:
+        report = peer.network.averager.verify_round(round_index, peer.progress.params_hash, members=members,
+                                                    wait=None if members else 0.0)
+    except Exception as exc:
+        logger.warning("round %d: could not verify the parameters: %s", round_index, exc)
+        return
+    if not report.consistent:
+        logger.warning("round %d: peers %s hold other parameters than %s", round_index,
+                       list(report.disagreeing), list(report.agreeing))
+    if not report.i_agree:
+        resync(peer, round_index, f"round {round_index}: my parameters differ from the group's",
+               donors=list(report.agreeing))

@@ -1,0 +1,129 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""Phase 1 of a peer: join the run, build the training parts, connect to the other peers.
+
+Each step returns a complete object (:mod:`peer.parts`); the node calls them in order and hands what
+exists to the leave phase if a later one fails.
+
+1. :func:`join_run` — Join at the coordinator (run config, DHT bootstrap addresses, current outer step)
+   and check the memory plan; refuse with the planner's message when the preset does not fit.
+2. :func:`build_training` — the seeded model (every peer initializes the same θ_0), inner and outer
+   optimizers, data feed, codec, aggregation rule, validation texts, checkpoint store.
+3. :func:`connect_network` — credential, admitted-only DHT, averager and state sync
+   (:func:`peer.accountability.open_trusted_averaging`) and the round barrier.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import psutil
+import torch
+
+from lila_codec import get_codec
+from lila_data import iter_validation_texts, load_tokenizer
+from lila_model.config import get_preset
+from lila_model.model import LilaLM
+from lila_net.aggregation import aggregator_for
+from lila_net.config import loads_run_config
+
+from .accountability import open_trusted_averaging
+from .averaging.config import AveragingConfig, StateSyncConfig
+from .checkpoints import CheckpointStore
+from .coordinator_client import CoordinatorClient
+from .data_feed import DataFeed
+from .errors import PlanRefused
+from .hardware import detect_hardware
+from .inner import InnerTrainer
+from .logs import PeerContext
+from .metrics import PeerMetrics
+from .options import PeerOptions
+from .outer import OuterOptimizer, flatten_parameters
+from .parts import Joined, Network, Training
+from .plan import make_plan
+from .round_sync import RoundSync
+from .sync import DONOR_ANNOUNCE_PERIOD_S, IDLE_POLL_S
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_REPORT_INTERVAL_S = 1.0  # see peer.data_feed: reports of trained progress, at most this often per lease
+
+
+def join_run(options: PeerOptions, *, client: CoordinatorClient, metrics: PeerMetrics,
+             log_context: PeerContext) -> Joined:
+    """Join the run and plan this device's memory; raises :class:`PlanRefused` when the model does not fit."""
+    hardware = detect_hardware(options.device)
+    metrics_address = ""
+    if options.metrics_port is not None:
+        port = metrics.serve(host=options.metrics_host, port=options.metrics_port)
+        metrics_address = f"{options.metrics_host}:{port}"
+        logger.info("metrics on http://%s/metrics", metrics_address)
+    response = client.join(
+        join_token=options.token, peer_name=options.name or socket.gethostname(),
+        device_type=hardware.device, device_name=hardware.name, memory_bytes=hardware.memory_bytes,
+        cpu_cores=psutil.cpu_count() or 1, metrics_address=metrics_address,
+    )
+    log_context.peer_id = response.peer_id
+    run = loads_run_config(response.run_config_toml, origin="the coordinator's run config")
+    logger.info("joined run %s as %s (outer step %d)", run.run.name, response.peer_id, response.current_outer_step)
+    plan = make_plan(run.model.preset, hardware, batch_size=run.diloco.batch_size, seq_len=run.curriculum.max_seq_len,
+                     variant=run.model.variant)
+    logger.info("memory plan:\n%s", plan.render())
+    if not plan.fits:
+        raise PlanRefused(plan.message)
+    return Joined(run=run, response=response, hardware=hardware, plan=plan)
+
+
+def build_training(options: PeerOptions, joined: Joined, *, client: CoordinatorClient) -> Training:
+    """The model and everything that trains it, as the run and the memory plan say."""
+    run, plan = joined.run, joined.plan
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    tokenizer = load_tokenizer(run.data.tokenizer)
+    overrides = {"variant": run.model.variant, "activation_checkpointing": plan.activation_checkpointing,
+                 "mixed_precision": plan.dtype == "bf16"}
+    if run.model.lambda_geo is not None:
+        overrides["lambda_geo"] = run.model.lambda_geo
+    config = get_preset(run.model.preset, vocab_size=tokenizer.vocab_size, **overrides)
+    torch.manual_seed(run.run.seed)  # every peer initializes the same θ_0
+    model = LilaLM(config)
+    device = torch.device(joined.hardware.device)
+    model.to(device)
+    diloco = run.diloco
+    source = next(iter(run.data.sources.values()))
+    return Training(
+        tokenizer=tokenizer,
+        model=model,
+        device=device,
+        outer=OuterOptimizer(flatten_parameters(model), lr=diloco.outer_lr, momentum=diloco.outer_momentum,
+                             nesterov=diloco.nesterov),
+        trainer=InnerTrainer(model, device=device, lr=run.curriculum.schedule.peak_lr,
+                             weight_decay=diloco.weight_decay, grad_clip=diloco.grad_clip,
+                             micro_batch=plan.micro_batch, dtype=plan.dtype),
+        feed=DataFeed(client, tokenizer=tokenizer, batch_size=diloco.batch_size,
+                      validation_fraction=run.data.validation_fraction,
+                      report_interval_s=PROGRESS_REPORT_INTERVAL_S),
+        codec=get_codec(run.codec.name, **run.codec.options()),
+        aggregator=aggregator_for(run.trust),
+        val_texts=list(iter_validation_texts(source, fraction=run.data.validation_fraction,
+                                             max_docs=run.data.validation_max_docs)),
+        store=CheckpointStore(options.workdir / "checkpoints", keep=options.keep_checkpoints),
+    )
+
+
+def connect_network(options: PeerOptions, joined: Joined, training: Training, *,
+                    client: CoordinatorClient) -> Network:
+    """Credential, admitted-only DHT, averager, state sync and the round barrier."""
+    run = joined.run
+    run_id = run.run.name.replace(".", "-")
+    trust = open_trusted_averaging(
+        client, run_name=run.run.name, run_id=run_id, initial_peers=list(joined.response.dht_initial_peers),
+        host=options.host, client_mode=options.client_mode, max_numel=training.outer.global_params.numel(),
+        config=AveragingConfig.for_run(run.diloco),
+        state_config=StateSyncConfig(announce_period=DONOR_ANNOUNCE_PERIOD_S))
+    wait = options.straggler_wait_s
+    round_sync = RoundSync(trust.transport, trust.state_sync, run_id=run_id,
+                           straggler_wait_s=run.diloco.averaging_timeout_s if wait is None else wait,
+                           idle_ttl_s=DONOR_ANNOUNCE_PERIOD_S + IDLE_POLL_S * 2)
+    logger.info("averaging as libp2p peer %s", trust.transport.peer_id)
+    return Network(trust=trust, round_sync=round_sync)

@@ -1,0 +1,203 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""Phase 2 of a peer, and every later catch-up: hold the network's global state.
+
+:func:`restore` starts a peer from a verified local checkpoint, the state of a peer further ahead
+(downloaded), or — for the first peers of a run — the seeded initialization every peer computes
+identically; then it announces the state, so the others expect this peer at the next round: a joiner
+enters at an outer-step boundary, synced before it trains. :func:`resync` replaces the local state when
+the network moved past this peer (it sat a round out, it was late, its part failed while the others'
+did not, its hash disagreed): it drops its local work instead of averaging against a stale base, so every
+peer that reports outer step k holds bitwise-identical global parameters.
+
+Tuning: a live peer re-announces its state every ``DONOR_ANNOUNCE_PERIOD_S`` and a dead one vanishes
+after three periods; a joiner the coordinator says is behind looks for a donor for ``DONOR_WAIT_S``.
+Shorter periods find donors sooner but load the DHT.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import logging
+import threading
+import time
+from typing import TypeVar
+
+import torch
+
+from .after_round import checkpoint, evaluate, publish
+from .averaging.state_sync import DownloadResult, StateSyncError
+from .errors import Stopped
+from .outer import load_flat_parameters
+from .parts import Peer
+
+logger = logging.getLogger(__name__)
+
+DONOR_ANNOUNCE_PERIOD_S = 2.0  # a live peer re-announces its state this often; a dead one vanishes in 3×
+DONOR_WAIT_S = 3 * DONOR_ANNOUNCE_PERIOD_S  # how long a joiner looks for a donor the coordinator implies
+IDLE_POLL_S = 1.0  # how often a peer without data asks for a shard again
+STOP_POLL_S = 0.2  # how often blocking network calls look at the stop flag
+CALL_SLACK_S = 5.0  # beyond a network call's own deadline, before the peer gives up on it
+STATE_KEYS = ("global_params", "momentum_buffer")
+
+T = TypeVar("T")
+
+
+def wait_future(future: concurrent.futures.Future[T], timeout: float, *, stop: threading.Event) -> T:
+    """The result of a transport coroutine, cancelled when ``stop`` is set (raises :class:`Stopped`) or
+    after ``timeout`` seconds (raises ``concurrent.futures.TimeoutError``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return future.result(timeout=STOP_POLL_S)
+        except concurrent.futures.TimeoutError:
+            if stop.is_set():
+                future.cancel()
+                raise Stopped() from None
+            if time.monotonic() >= deadline:
+                future.cancel()
+                raise
+
+
+def accept_download(result: DownloadResult, min_step: int) -> bool:
+    """A downloaded state is usable when it is at outer step ``min_step`` or newer and its hash is the
+    one its donor announced."""
+    step = result.snapshot.metadata.get("outer_step")
+    if not isinstance(step, int) or step < min_step:
+        logger.info("donor %s served outer step %r; waiting for %d", result.donor, step, min_step)
+        return False
+    claimed = result.snapshot.metadata.get("params_sha256")
+    if claimed:
+        actual = hashlib.sha256(result.snapshot.tensors["global_params"].numpy().tobytes()).hexdigest()
+        if actual != claimed:
+            logger.warning("donor %s served parameters whose sha256 is not the one it announced", result.donor)
+            return False
+    return True
+
+
+def network_step(peer: Peer) -> int:
+    """The highest outer step another peer announces (-1 when none does or the DHT does not answer)."""
+    try:
+        return peer.network.round_sync.network_step()
+    except Exception as exc:
+        logger.warning("could not read the other peers' outer steps: %s", exc)
+        return -1
+
+
+def state_event(peer: Peer, source: str, *, with_eval: bool = False) -> None:
+    """Diary line and log for the state held now (``source``: init, checkpoint, download or resync)."""
+    progress = peer.progress
+    val_bpb = evaluate(peer) if with_eval else None
+    peer.events.write("state", outer_step=progress.outer_step, params_sha256=progress.params_hash, source=source,
+                      val_bpb=val_bpb)
+    logger.info("holding the global parameters of outer step %d (%s, sha256 %s…)", progress.outer_step, source,
+                progress.params_hash[:12])
+
+
+def restore(peer: Peer, current_outer_step: int) -> None:
+    """Local checkpoint first, then a peer further ahead; otherwise the seeded θ_0."""
+    training, progress = peer.training, peer.progress
+    source = "init"
+    local = training.store.load_latest()
+    if local is not None:
+        training.outer.load_state_dict(local.outer_state)
+        progress.outer_step = training.outer.step_count
+        try:
+            training.trainer.load_state_dict(local.inner_state)
+        except (KeyError, ValueError) as exc:
+            logger.warning("inner optimizer state of %s not usable (%s); starting it afresh", local.path, exc)
+        source = "checkpoint"
+        logger.info("resumed from local checkpoint %s (outer step %d)", local.path.name, progress.outer_step)
+    progress.params_hash = training.outer.params_hash()
+    deadline = time.monotonic() + DONOR_WAIT_S
+    while not peer.stop.is_set():
+        best = network_step(peer)
+        if best > progress.outer_step and download_state(peer, source="download", min_step=best):
+            source = "download"
+            break
+        if progress.outer_step >= current_outer_step and best <= progress.outer_step:
+            break  # nobody is ahead of us (the first peers of a run, or a restart at the run's step)
+        if time.monotonic() >= deadline:
+            logger.warning("the run is at outer step %d but no peer serves a newer state than ours; "
+                           "continuing from %s at outer step %d", current_outer_step, source, progress.outer_step)
+            break
+        peer.stop.wait(DONOR_ANNOUNCE_PERIOD_S)
+    load_flat_parameters(training.model, training.outer.global_params)
+    publish(peer)
+    state_event(peer, source, with_eval=bool(peer.options.eval_every))
+    if source == "download" and peer.options.checkpoint_every:
+        checkpoint(peer)
+
+
+def download_state(peer: Peer, *, source: str, donors: list[str] | None = None,
+                   min_step: int | None = None) -> bool:
+    """Download the newest state (from ``donors`` in order, default: every announced donor, highest
+    outer step first), check it (outer step at least ``min_step``, default ours; the hash its donor
+    announced), and load it. True on success."""
+    training, progress, state_sync = peer.training, peer.progress, peer.network.state_sync
+    peer.heartbeat.phase = "syncing"
+    started = time.monotonic()
+    shapes = {k: tuple(training.outer.global_params.shape) for k in STATE_KEYS}
+    try:
+        candidates = donors if donors is not None else [d.peer_id for d in state_sync.find_donors()]
+        result = None
+        for donor in candidates:
+            future = peer.network.transport.submit(state_sync.download_async(donors=[donor], expected_shapes=shapes))
+            try:
+                got: DownloadResult = wait_future(future, state_sync.config.total_timeout + CALL_SLACK_S,
+                                                  stop=peer.stop)
+            except (StateSyncError, concurrent.futures.TimeoutError) as exc:
+                logger.warning("state download from %s failed: %r", donor, exc)
+                continue
+            if accept_download(got, progress.outer_step if min_step is None else min_step):
+                result = got
+                break
+        if result is None:
+            raise StateSyncError(f"no donor delivered a valid state (tried {len(candidates)})")
+    except StateSyncError as exc:
+        logger.warning("could not download the state: %s", exc)
+        return False
+    training.outer.load_state_dict({**result.snapshot.tensors,
+                                    "step_count": torch.tensor(int(result.snapshot.metadata["outer_step"]))})
+    progress.outer_step = training.outer.step_count
+    progress.params_hash = training.outer.params_hash()
+    progress.residual.zero_()  # error feedback of contributions to a base this peer no longer holds
+    seconds = time.monotonic() - started
+    peer.metrics.state_sync_seconds.set(seconds)
+    peer.events.write("state_sync", seconds=seconds, bytes=result.bytes_received, donor=result.donor,
+                      outer_step=progress.outer_step, source=source)
+    logger.info("downloaded state at outer step %d in %.2f s from %s (%d bytes)", progress.outer_step, seconds,
+                result.donor, result.bytes_received)
+    return True
+
+
+def resync(peer: Peer, target_step: int, reason: str, *, donors: list[str] | None = None,
+           discarded_tokens: int = 0) -> bool:
+    """Replace the local state with the network's (outer step ``target_step`` or newer)."""
+    progress = peer.progress
+    logger.info("%s: the network is at outer step %d, this peer at %d; downloading the state%s", reason,
+                target_step, progress.outer_step,
+                f" (dropping {discarded_tokens} tokens of local work done on the old base)"
+                if discarded_tokens else "")
+    deadline = time.monotonic() + DONOR_WAIT_S
+    while not download_state(peer, source="resync", donors=donors, min_step=target_step):
+        if time.monotonic() >= deadline or peer.stop.wait(DONOR_ANNOUNCE_PERIOD_S / 2):
+            logger.warning("could not re-sync to outer step %d; training on from outer step %d",
+                           target_step, progress.outer_step)
+            return False
+    peer.metrics.resyncs_total.inc()
+    load_flat_parameters(peer.training.model, peer.training.outer.global_params)
+    publish(peer)
+    state_event(peer, "resync")
+    if peer.options.checkpoint_every:
+        checkpoint(peer)
+    return True
+
+
+def catch_up(peer: Peer, round_index: int, tokens: int) -> bool:
+    """True (after re-syncing) when another peer already finished round ``round_index``."""
+    step = network_step(peer)
+    if step < round_index:
+        return False
+    resync(peer, step, f"round {round_index} is already done", discarded_tokens=tokens)
+    return True
