@@ -36,9 +36,10 @@ class Engine:
     """Owns the coordinator state and the storage; ``submit`` events from any coroutine.
 
     ``max_batch``: most events per transaction. Larger batches raise throughput under load (one
-    commit for many heartbeats) but make each caller of a big batch wait for all of it; 256 keeps a
-    batch well under a few milliseconds. ``tick_interval_s``: how often expiry runs; leases expire at
-    most this late.
+    commit for many heartbeats) but make each caller of a big batch wait for all of it: too large and
+    the tail latency of every RPC grows, too small and commits cannot keep up with the peers
+    (``python -m bench.coordinator_load`` measures RPC rate and p50/p99 latency against the number of
+    peers). ``tick_interval_s``: how often expiry runs; leases expire at most this late.
     """
 
     def __init__(

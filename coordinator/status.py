@@ -233,9 +233,10 @@ class StatusBoard:
     async def run(self) -> None:
         """Refresh forever in a worker thread (cancel to stop); a failing refresh is logged and retried.
 
-        The thread keeps the event loop answering RPCs while a large snapshot is built (about 10 ms
-        for 1,000 peers); the state is immutable, so reading it from another thread is safe, and
-        ``history`` must be safe to call from that thread (its own database connection).
+        The thread keeps the event loop answering RPCs while a large snapshot is built (its cost grows
+        with the number of peers; ``python -m bench.coordinator_load`` measures RPC latency with many
+        peers); the state is immutable, so reading it from another thread is safe, and ``history``
+        must be safe to call from that thread (its own database connection).
         """
         while True:
             try:

@@ -38,8 +38,8 @@ class ShardReader:
     "validation" keeps only them, "all" keeps every document) decide which documents enter the stream;
     documents they skip, and empty documents, still count as consumed. ``document_mask`` masks targets
     that cross a document boundary (see :mod:`lila_data.packing`). ``batch_rows`` documents are read and
-    tokenized at a time: larger is faster, smaller holds less text. Pass ``source`` to reuse an open
-    source (its spec must be the shard's).
+    tokenized at a time: larger is faster, smaller holds less text (``python -m bench.data`` measures
+    the reader's throughput). Pass ``source`` to reuse an open source (its spec must be the shard's).
 
     ``position`` is where to resume after the last sequence yielded (the start before iterating); once
     the iterator is exhausted it is the shard's final position and :attr:`finished` is true. Every

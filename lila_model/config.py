@@ -61,15 +61,17 @@ class LilaConfig:
         (0.01–0.1) so the untrained branch does not disturb the residual stream.
     Leech knobs
         ``leech_every``: Q/K snapping happens in every k-th layer counted back from the last
-        (layers L−1, L−1−k, …; the last layer always snaps). The nearest-point decoder costs
-        ~0.5 µs per coordinate on one busy CPU core, so snapping every layer of a small model
-        is several times slower than vanilla: raise k to trade geometry for speed. ``leech_blocks_per_head``: how many 24-blocks of each head are
+        (layers L−1, L−1−k, …; the last layer always snaps). The nearest-point decoder dominates
+        a snapping layer's cost on CPU, so snapping every layer of a small model makes a step
+        much slower than vanilla's: raise k to trade geometry for speed
+        (``python -m bench.model`` reports step time against vanilla, ``python -m bench.leech``
+        the decoder's throughput). ``leech_blocks_per_head``: how many 24-blocks of each head are
         snapped (1 … head_dim/24). ``leech_targets``: snap only the keys (``k``, default: the
         keys become a Λ24 codebook, half the decoder work of ``qk``), queries and keys
-        (``qk``, ~1.45× vanilla's step time on the debug preset against ~1.25× for ``k``), or
-        only the queries (``q``). ``leech_radius_init``: initial radius R of the shell the
-        unit Q/K block is scaled to before rounding to √8·Λ24 (learned); relative snapping
-        error ≈ 3.6 / R, so R = 32 starts at ~11 % and larger R is gentler.
+        (``qk``, twice the decoder work, so a slower step), or only the queries (``q``).
+        ``leech_radius_init``: initial radius R of the shell the unit Q/K block is scaled to
+        before rounding to √8·Λ24 (learned); relative snapping error ≈ 3.6 / R, so R = 32
+        starts at ~11 % and larger R is gentler.
         ``leech_geo_radius`` and ``leech_geo_stride``: the resonance loss scales unit
         24-blocks of the final hidden state to this radius and measures the distance to the
         nearest lattice point on every ``leech_geo_stride``-th position (a cheap unbiased
@@ -79,8 +81,8 @@ class LilaConfig:
         modulation; 1/137 gives a period of ~861 tokens. 0 disables it.
     Numerics
         ``mixed_precision``: bf16 autocast when the input is on CUDA (always fp32 on CPU).
-        ``activation_checkpointing``: recompute blocks in the backward pass (saves memory,
-        costs ~30 % more compute).
+        ``activation_checkpointing``: recompute blocks in the backward pass (saves activation
+        memory, costs one extra forward pass per step).
     """
 
     variant: str = "vanilla"

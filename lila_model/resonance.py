@@ -34,9 +34,9 @@ from lila_model.lattice.e8 import e8_roots
 from lila_model.lattice.leech import leech_min_vectors, nearest_leech
 
 NORM_EPS = 1e-6
-# The Leech decoder runs many small ops per 256-vector chunk; on CPU, intra-op threads only add
-# synchronisation there (measured on 2 busy cores: 1.6-2.1 M coords/s on one thread against
-# 0.1-0.3 M on two), so the decoder calls below run single-threaded.
+# The Leech decoder runs many small ops per chunk; on CPU, intra-op threads mostly add
+# synchronisation there, so the decoder calls below run single-threaded. Raise this only if
+# `python -m bench.leech` (which times 1 and 2 threads) shows more threads decoding faster.
 DECODER_THREADS = 1
 
 

@@ -5,7 +5,8 @@ Every rule first screens the contributions: wrong shape or dtype → rejected ("
 or infinity → rejected ("non_finite"); then each finite contribution's L2 norm is divided by the group's
 median norm (the lower median, so with two contributors a ×100 scale-up is caught but a scale-down is
 not) and, when ``max_norm_ratio`` is set, a contribution above it is rejected ("norm_ratio"). The ratios of
-all finite contributions are reported as evidence (issue 7 turns repeated rejections into strikes).
+all finite contributions are reported as evidence (the coordinator turns repeated rejections into
+strikes and bans: ``ReportStrike``, :mod:`coordinator.core`).
 
 With ``alignment_z`` set (the robust rules' default), contributions that do not point the way the others do
 are rejected too ("misaligned"). For each survivor ``x_i`` take the cosine with the sum of the other
@@ -19,7 +20,7 @@ a flipped update drags every honest cosine down too, and they recover once it is
 half of the survivors or more and needs at least three.
 
 Then the rule combines the survivors, always in peer-id order, so the result does not depend on arrival
-order (all in float32: float64 is ~10x slower on CPU and buys nothing for float32 pseudo-gradients):
+order (all in float32: float64 is slower on CPU and buys nothing for float32 pseudo-gradients):
 
 - ``mean``: the plain average (``max_norm_ratio`` off by default: the baseline that shows the damage).
 - ``trimmed_mean``: coordinate-wise, drop the ``trim`` smallest and largest values, average the rest.
@@ -94,12 +95,15 @@ class Aggregator(ABC):
     """Screens contributions, then combines the survivors (see the module docstring).
 
     ``max_norm_ratio``: reject contributions whose norm exceeds this multiple of the group's median.
-    10 leaves honest spread (pseudo-gradient norms of healthy peers differ by well under 3×) a wide
-    margin; below ~2 honest peers with unlucky data get rejected; None disables the bound.
+    10 leaves the spread of healthy peers' pseudo-gradient norms a wide margin; too low (near 2) and honest
+    peers with unlucky data get rejected, too high and a scaled-up update slips through; None disables the
+    bound. ``python -m bench.robust`` reports both failure modes (attacker banned or not, honest
+    contributions rejected).
     ``alignment_z``: reject survivors whose cosine with the sum of the others is below
     ``alignment_z / sqrt(numel)`` (see the module docstring). 3 makes a random direction pass about once
     in 700 parts; much higher values (> ~50 on million-value parts) start rejecting honest peers late in
-    training, when their updates are mostly noise; None disables the check.
+    training, when their updates are mostly noise; None disables the check (``python -m bench.robust``
+    measures it against sign-flip and noise attacks).
     """
 
     name = "abstract"
@@ -275,12 +279,12 @@ class TrimmedMeanAggregator(Aggregator):
 class CenteredClipAggregator(Aggregator):
     """CenteredClip: ``v ← v + mean_i clip(x_i − v, tau)``, iterated from the mean of the survivors.
 
-    The start is the mean, not the coordinate-wise median: a median over [n, numel] costs ~1 s per 5 M
-    values on CPU, and the norm screening already bounds how far one contribution can drag the mean; the
-    clipped iterations then move towards the majority. ``tau``: clipping radius in L2. None takes, at every
-    iteration, the median distance of the contributions to the current center, which scales with the
-    pseudo-gradients and shrinks as the center leaves an outlier behind; a fixed tau far below that turns
-    the rule into a slow geometric median, far above it into the plain mean.
+    The start is the mean, not the coordinate-wise median: a median over [n, numel] sorts every coordinate
+    and costs far more than the mean, and the norm screening already bounds how far one contribution can
+    drag the mean; the clipped iterations then move towards the majority. ``tau``: clipping radius in L2.
+    None takes, at every iteration, the median distance of the contributions to the current center, which
+    scales with the pseudo-gradients and shrinks as the center leaves an outlier behind; a fixed tau far
+    below that turns the rule into a slow geometric median, far above it into the plain mean.
     ``iterations`` (10) and ``tolerance`` (relative change that stops early) rarely need changing.
     """
 
@@ -340,7 +344,7 @@ def _cosines_with_the_others(tensors: list[torch.Tensor]) -> list[float]:
 def exact_mean(tensors: list[torch.Tensor]) -> torch.Tensor:
     """float32 mean summed in the given order (deterministic; no [n, numel] stack, one extra vector).
 
-    float32 rather than float64: float64 arithmetic is ~10x slower on CPU here and the pseudo-gradients
+    float32 rather than float64: float64 arithmetic is slower on CPU and the pseudo-gradients
     are float32 anyway (the error is a few ulp for groups of tens of peers).
     """
     total = tensors[0].clone()  # [numel]

@@ -3,9 +3,9 @@
 
 Peers talk to each other (DHT, matchmaking, all-reduce, state download) over libp2p, whose secure
 channel authenticates every stream with the caller's **libp2p peer id** (the hash of its RSA public
-key). A bearer secret shared by all admitted peers would let any holder replay it under any identity,
-and could never be taken back from one peer. Instead the coordinator signs, with an Ed25519 key of the
-run, a short-lived credential naming exactly one libp2p identity::
+key). The coordinator signs, with an Ed25519 key of the run, a short-lived credential naming exactly
+one libp2p identity (why not a shared secret, and the limits of this design:
+``docs/decisions/0002-per-identity-averaging-credentials.md``)::
 
     lila-cred-v1.<base64url(JSON payload)>.<base64url(Ed25519 signature)>
     payload = {"v": 1, "run": run name, "peer": coordinator peer id, "id": libp2p peer id,
@@ -23,11 +23,10 @@ run, a short-lived credential naming exactly one libp2p identity::
   Faster, peers learn the libp2p ids of banned peers (``revoked`` in IssueCredential and Heartbeat
   replies) and refuse them at once.
 
-Limits of the design (documented, not hidden): a banned peer's credential stays valid, for peers that
-have not yet heard of the ban, until it expires (at most ``credential_ttl_s``); the coordinator is
-trusted (it can mint identities); a stolen libp2p private key plus its credential is a stolen
-identity until expiry or ban. Rotating the authority key (a new ``averaging_ed25519`` secret in the
-database) invalidates every credential at once; peers pick the new public key up when they re-Join.
+A banned peer's credential stays valid, for peers that have not yet heard of the ban, until it
+expires: ``credential_ttl_s`` bounds how long. Rotating the authority key (a new ``averaging_ed25519``
+secret in the database) invalidates every credential at once; peers pick the new public key up when
+they re-Join.
 
 Only the standard library and ``cryptography`` (already needed by hivemind) are used; this module is
 pure (no I/O, no clock), shared by the coordinator (signing) and the peers (checking).
@@ -230,7 +229,8 @@ class CredentialVerifier:
     ``authority_keys``: raw Ed25519 public keys (from JoinResponse.authority_public_keys). ``run``: the
     run name every credential must carry. ``clock_skew_s``: how far in the future ``iat`` may be (peer
     clocks differ); a minute is plenty. :meth:`set_revoked` replaces the list of banned libp2p ids.
-    Results are cached per credential (a verification costs ~0.1 ms; the cache keeps hot paths cheap).
+    Results are cached per credential: an Ed25519 check on every DHT and averaging call would add up,
+    and the cache keeps those hot paths cheap.
     """
 
     CACHE_SIZE = 4096

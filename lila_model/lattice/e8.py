@@ -13,8 +13,8 @@ dimension of size 8. Both cosets are derived from a single ``floor``: with
 f = y − ⌊y⌋ and g = |f − ½|, the D8 candidate has |error| = ½ − g and the D8+½
 candidate has |error| = g, so their squared distances differ by Σ(¼ − g) plus the
 parity corrections. :func:`nearest_e8_cols` is written so that ``torch.compile``
-fuses it into one loop (about 10× faster than eager on CPU); the codec in
-``lila_codec`` compiles it behind a flag.
+fuses it into one loop (much faster than eager on CPU; ``python -m bench.codec --compile``
+times both); the codec in ``lila_codec`` compiles it behind a flag.
 """
 
 from __future__ import annotations
@@ -127,8 +127,9 @@ def nearest_e8(x: torch.Tensor, *, chunk_vectors: int = DEFAULT_CHUNK_VECTORS) -
     Computes in float32 (float64 stays float64) and returns the input dtype; note
     that bfloat16 cannot represent every half-integer above 128 in magnitude.
     ``chunk_vectors`` bounds the working set of the eager path: too small and the
-    per-op overhead dominates (below ~4 K vectors), too large and intermediates
-    fall out of cache (above ~64 K vectors on a 2 MB L2).
+    per-op overhead dominates, too large and the intermediates (about ten float32
+    ``[8, chunk]`` tensors) fall out of the L2 cache; pick the largest chunk whose
+    intermediates fit. ``python -m bench.codec`` measures E8 throughput.
     """
     if x.shape[-1:] != (E8_DIM,):
         raise ValueError(f"nearest_e8 expects a last dimension of size 8, got shape {tuple(x.shape)}")

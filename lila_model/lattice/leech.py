@@ -64,8 +64,9 @@ _NUM_COSETS = 2 * GOLAY_SIZE  # (t, Golay codeword)
 _ODD_VECTOR_FIRST = -3  # the odd coset representative (−3, 1²³)
 
 # Chunk sizes (vectors per chunk). The trellis intermediates take ~28 KB per vector in float32.
-# On CPU, 512–1024 measured fastest here: 4096 falls out of cache (~1.5–2× slower) and 256 or less
-# pays per-op overhead. On CUDA a chunk needs ~100 kernel launches, so bigger chunks amortize them;
+# On CPU the fastest chunk is the largest whose intermediates still fit in cache: bigger ones fall
+# out of it, much smaller ones pay per-op overhead (`python -m bench.leech` times several chunk
+# sizes). On CUDA a chunk needs ~100 kernel launches, so bigger chunks amortize them;
 # 16,384 vectors is ~0.5 GB of transient memory.
 DEFAULT_CPU_CHUNK = 1024
 DEFAULT_CUDA_CHUNK = 1 << 14
@@ -409,9 +410,10 @@ def nearest_leech_with_distance(x: Tensor, *, chunk_size: int | None = None) -> 
     Args:
         x: tensor of shape (..., 24), float16/bfloat16/float32/float64, CPU or CUDA.
         chunk_size: vectors decoded per chunk; the working memory is ~28 KB per vector (float32).
-            Default 1,024 on CPU (512–1,024 measured fastest; 4,096 falls out of cache and runs
-            ~1.5–2× slower, 256 or less pays per-op overhead) and 16,384 on CUDA (~0.5 GB; raise
-            it if kernel launches dominate and memory allows, lower it if memory is tight).
+            Default 1,024 on CPU (chunks whose intermediates fit in cache are fastest: much larger
+            ones fall out of it, much smaller ones pay per-op overhead; ``python -m bench.leech``
+            times several sizes) and 16,384 on CUDA (~0.5 GB; raise it if kernel launches dominate
+            and memory allows, lower it if memory is tight).
 
     Returns:
         (points, distances): integer-valued points of x's dtype and shape, and squared distances of
@@ -507,8 +509,9 @@ def nearest_leech_reference(x: Tensor, *, candidates: int = DEFAULT_REFERENCE_CA
     Each coset cost is a linear lower bound (best coordinate residues, two matrix multiplies over all
     4,096 codewords) plus a parity fix. The ``candidates`` cosets with the smallest bound are decoded
     exactly; if the best of them is not below every other bound the point is redone over all cosets,
-    so the answer is exact for any ``candidates`` (small values are faster; ≥ 8192 is brute force,
-    about 50× slower). Computes in float64, independently of the trellis; ~0.05–0.1 M coords/s on CPU.
+    so the answer is exact for any ``candidates`` (small values are faster; ≥ 8192 is brute force and
+    much slower). Computes in float64, independently of the trellis, and is far slower than
+    :func:`nearest_leech` (``python -m bench.leech`` times both).
     """
     _validate(x, "nearest_leech_reference")
     if candidates < 1:

@@ -3,7 +3,8 @@
 
 hivemind runs the DHT in a child process (plus its ``p2pd`` daemon), so start it before the gRPC
 server (forking after gRPC has started threads is unsafe) and shut it down on exit. Importing
-hivemind takes about 2 s; it happens only when a node is started.
+hivemind is slow (:attr:`DhtNode.import_seconds` reports how slow); it happens only when a node is
+started.
 
 With a credential ``authority`` the node is admitted-only (:mod:`lila_net.dht.security`): it
 mints a credential for its own identity, refuses DHT requests from peers without a valid one, stores

@@ -4,7 +4,8 @@
 hivemind runs the DHT in a child process; both objects below are handed to ``hivemind.DHT`` at start
 (``authorizer=``, ``record_validators=``) and live in that process. They read the peer's current
 credential and the list of banned peers from a :class:`CredentialFile` that the main process rewrites
-when it renews the credential, so a renewal or a ban reaches the DHT process within a second.
+when it renews the credential, so a renewal or a ban reaches the DHT process within
+``RELOAD_INTERVAL_S``.
 
 - :class:`DhtCredentialAuthorizer` (a ``TokenAuthorizerBase``): every DHT request and response is signed
   with the peer's RSA key and carries its credential as the access token; a node refuses requests (and
@@ -76,7 +77,7 @@ class PeerIdentity:
 
     @classmethod
     def generate(cls) -> PeerIdentity:
-        """A fresh 2048-bit identity (about 0.1-0.5 s of CPU)."""
+        """A fresh 2048-bit identity (RSA key generation is slow: one per process start, not per call)."""
         return cls(RSAPrivateKey())
 
     @classmethod
