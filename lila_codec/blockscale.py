@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
-"""Per-block fp16 scales and the exact, reproducible reconstruction shared by block codecs.
+"""Per-block fp16 scales, their search grid and the exact reconstruction shared by block codecs.
 
 A block's scale is ``fp16_value · 2**e`` with one exponent ``e`` per payload, chosen so
 the largest possible scale sits near 2**15: fp16 then covers 29 binary orders of
@@ -35,6 +35,20 @@ def choose_scale_exponent(max_scale: float) -> int:
         return 0
     _, exp = math.frexp(max_scale)  # max_scale < 2**exp
     return max(-MAX_EXPONENT, min(MAX_EXPONENT, exp - FP16_TARGET_EXPONENT))
+
+
+def candidate_grid(first: float, last: float, count: int, *, maximum: int) -> tuple[float, ...]:
+    """``count`` evenly spaced scale-search values from ``first`` to ``last`` (only ``last`` for one).
+
+    A block codec tries one scale per value and keeps the best; ``last`` is its safe (or
+    plain) scale. Raises ValueError unless ``count`` is in 1..``maximum``.
+    """
+    if not 1 <= count <= maximum:
+        raise ValueError(f"scale_candidates must be in 1..{maximum}, got {count}")
+    if count == 1:
+        return (last,)
+    step = (last - first) / (count - 1)
+    return tuple(first + step * i for i in range(count))
 
 
 def fp16_round_up(x: torch.Tensor) -> torch.Tensor:

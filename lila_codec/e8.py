@@ -5,7 +5,9 @@ Each block of ``block`` coordinates (after the optional rotation) gets one fp16 
 s; the block is cut into 8-vectors, each vector y/s is rounded to its nearest E8
 point v, and v is sent as its coset modulo q·E8 (q = 2^R): exactly R bits per
 coordinate, so R + 16/block bits per coordinate in all. The decoder maps the coset
-back to its representative in the Voronoi cell of q·E8 (v' − q·nearest(v'/q)).
+back to its representative in the Voronoi cell of q·E8 (v' − q·nearest(v'/q)). The
+padding, rotation, dither, scales and header are :class:`lila_codec.block.BlockCodec`'s;
+this module is the E8 kernel.
 
 Overload: the decoder's representative of a coset is its point in the Voronoi cell of
 q·E8 shifted by a tiny generic offset a (so no lattice point is on the boundary and the
@@ -27,14 +29,8 @@ Lattice coordinates: with the generator rows g0 = 2e0, g_i = e_i − e_{i−1} (
 g7 = (½)⁸ (determinant 1), a point v = Σ k_i g_i has k7 = 2v7, k6 = v6 − v7,
 k_j = v_j − v7 + k_{j+1} (j = 5..1), k0 = (v0 + k1 − v7)/2; the code is k mod q.
 
-Tuning: ``bits`` 2, 3, 4 or 8 (quality ≈ +6 dB per bit); ``block`` 64–128 (smaller
-blocks adapt to local scale better but pay 16/block bits of scale; block 8 wastes two
-bits per coordinate); ``scale_candidates`` 1–32: 4 gets most of the gain (see
-bench/codec.py), 1 uses only the safe scale (about 0.9 dB worse at 4 bits), more than 8
-buys < 0.1 dB; ``exhaustive`` costs one nearest-point pass per candidate instead of
-about 1.7 in all, for +0.03 dB at 4 bits and +0.25 dB at 8 bits; ``compile=True`` runs
-the encoder through ``torch.compile`` (10–40 s once per process, then about 3× faster
-on CPU; falls back to eager with a warning when no compiler toolchain works).
+Tuning: see :class:`E8Codec` for what each option does and which way to move it;
+``python -m bench.codec`` measures the error and speed of each rate.
 """
 
 from __future__ import annotations
@@ -45,17 +41,15 @@ from functools import lru_cache
 
 import torch
 
-from lila_codec import blockscale, wire
-from lila_codec.base import Codec, check_section, padded_length
-from lila_codec.bitpack import pack_codes, packed_nbytes, unpack_codes
+from lila_codec import blockscale
+from lila_codec.block import BlockCodec, Blocks
 from lila_codec.dither import lattice_dither, uniform01
 from lila_codec.errors import CodecError
-from lila_codec.hadamard import check_rotation_size, rotate
 from lila_model.lattice.e8 import E8_DIM, max_root_inner_cols, nearest_e8_cols
 
 logger = logging.getLogger(__name__)
 
-ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8)
+ALLOWED_BITS = BlockCodec.allowed_bits
 DEFAULT_BITS = 4
 DEFAULT_BLOCK = 64
 DEFAULT_SCALE_CANDIDATES = 4
@@ -73,21 +67,19 @@ H_OVER_MAX_ABS = 4.0
 # lies on the shifted cell's boundary and the representative is unique; |<a, r>| < 0.19 keeps
 # every interior point of the unshifted cell inside. All values stay exact in float32.
 OFFSET_EXPONENTS = (3, 4, 5, 6, 7, 8, 9, 10)
-# Blocks per encoder chunk: ~128 K coordinates keeps the eager intermediates in L2.
+# Blocks per chunk (speed only, never the payload). The eager encoder makes about a dozen
+# intermediates of a chunk's size: its chunk is small enough for them to stay in the CPU
+# cache. The compiled encoder fuses them into a few loops and prefers large chunks.
 EAGER_CHUNK_BLOCKS = 2048
 COMPILED_CHUNK_BLOCKS = 1 << 14
 DECODE_CHUNK_BLOCKS = 1 << 14
 
 
 def candidate_deltas(count: int, *, dither: bool) -> tuple[float, ...]:
-    """The δ values of the candidate scales, ending with the safe one."""
-    if not 1 <= count <= MAX_SCALE_CANDIDATES:
-        raise ValueError(f"scale_candidates must be in 1..{MAX_SCALE_CANDIDATES}, got {count}")
+    """The δ values of the candidate scales, evenly spaced from DELTA_LOW and ending exactly with the safe one."""
     safe = SAFE_DELTA_DITHER if dither else SAFE_DELTA
-    if count == 1:
-        return (safe,)
-    step = (safe - DELTA_LOW) / (count - 1)
-    return (*(DELTA_LOW + step * i for i in range(count - 1)), safe)
+    grid = blockscale.candidate_grid(DELTA_LOW, safe, count, maximum=MAX_SCALE_CANDIDATES)
+    return (*grid[:-1], safe)
 
 
 def voronoi_offset(device: torch.device | str = "cpu") -> torch.Tensor:
@@ -186,9 +178,12 @@ def encode_blocks(
 
     The candidates go from the smallest scale to the safe one. First-fit (default): a block
     keeps the first scale that does not overload it, so later candidates only run on the
-    blocks still overloaded (about 1.7 passes instead of 4 at 4 bits); granular error grows
-    with the scale, so this is within 0.1 dB of the exhaustive search below 8 bits.
-    ``exhaustive``: every block tries every candidate and keeps the smallest error.
+    blocks still overloaded (most blocks fit one of the first candidates, so the search costs
+    little more than one nearest-point pass). Granular error grows with the scale, so the
+    first in-range scale is nearly always the best one and first-fit stays close to the
+    exhaustive search (``test_scale_search`` in ``tests/unit/codec/test_voronoi.py`` measures
+    and bounds the gap). ``exhaustive``: every block tries every candidate and keeps the
+    smallest error, one full nearest-point pass per candidate.
     """
     yc = yb.transpose(0, 1).contiguous()  # [8, nb, m]: one row per coordinate
     uc = None if u is None else u.transpose(0, 1).contiguous()
@@ -230,10 +225,36 @@ def encode_blocks(
     return codes, best_s16, best_err
 
 
-class E8Codec(Codec):
-    """E8 Voronoi code at ``bits`` bits per coordinate plus one fp16 scale per block."""
+class E8Codec(BlockCodec, name="e8", block_multiple=E8_DIM, chunk_blocks=DECODE_CHUNK_BLOCKS):
+    """E8 Voronoi code at ``bits`` bits per coordinate plus one fp16 scale per block.
 
-    name = "e8"
+    Options (keyword-only; :class:`lila_codec.block.BlockCodec` says how ``bits``,
+    ``block``, ``rotation`` and ``dither`` trade error against traffic):
+
+    * ``bits``: 2–8 code bits per coordinate (default 4).
+    * ``block``: coordinates per scale, a multiple of 8 (default 64).
+    * ``rotation``: Hadamard size; ``None`` (default) picks the largest power of two
+      dividing the block, ``0`` turns rotation off.
+    * ``dither``: subtractive dither over E8's Voronoi cell (default off).
+    * ``scale_candidates``: 1–32 scales tried per block (default 4), from the most
+      aggressive to the safe one. A few candidates get most of the gain of the search;
+      1 uses only the safe scale, which leaves most blocks' largest vector well inside
+      the cell (clearly more error); beyond about 8 the gain is negligible while the
+      blocks that overload try more candidates.
+    * ``exhaustive``: every block tries every candidate and keeps the smallest error,
+      instead of its first in-range scale. Costs one nearest-point pass per candidate for
+      a small gain that grows with ``bits``: worth it offline (weight export), not on the
+      training path. ``tests/unit/codec/test_voronoi.py`` (``test_scale_search``) measures
+      both searches for 1 to 9 candidates.
+    * ``compile``: run the encoder's kernels through ``torch.compile``. The first encode
+      in a process pays a one-off compilation, later ones run faster on CPU: worth it for
+      a long-running peer, not for a single encode. Falls back to eager mode with a warning
+      when no compiler toolchain works. Rare near-ties may round differently from the
+      eager encoder; every payload decodes the same everywhere.
+
+    ``python -m bench.codec`` measures the error and speed at 2, 3, 4 and 8 bits, and with
+    ``--compile`` the compiled encoder's.
+    """
 
     def __init__(
         self,
@@ -246,127 +267,64 @@ class E8Codec(Codec):
         exhaustive: bool = False,
         compile: bool = False,
     ) -> None:
-        if bits not in ALLOWED_BITS:
-            raise ValueError(f"e8 bits must be one of {ALLOWED_BITS}, got {bits}")
-        _check_block(block)
-        if rotation is None:
-            rotation = block & -block  # largest power of two dividing the block
-        if rotation:
-            check_rotation_size(rotation, block)
-        self.bits = bits
-        self.q = 1 << bits
-        self.block = block
-        self.rotation = rotation
-        self.dither = bool(dither)
+        super().__init__(
+            bits=bits, block=block, rotation=rotation, dither=dither, scale_candidates=scale_candidates
+        )
         self.deltas = candidate_deltas(scale_candidates, dither=self.dither)
         self.exhaustive = bool(exhaustive)
         self.compile = compile
 
-    def __repr__(self) -> str:
-        return (
-            f"E8Codec(bits={self.bits}, block={self.block}, rotation={self.rotation}, dither={self.dither}, "
-            f"scale_candidates={len(self.deltas)}, exhaustive={self.exhaustive}, compile={self.compile})"
-        )
-
     # ---- encoding --------------------------------------------------------------------------
-    def _kernels(self) -> tuple[_Kernels, int]:
-        if self.compile:
-            return _compiled_kernels(), COMPILED_CHUNK_BLOCKS
-        return _eager_kernels(), EAGER_CHUNK_BLOCKS
+    def _kernels(self) -> _Kernels:
+        return _compiled_kernels() if self.compile else _eager_kernels()
 
-    def _encode_flat(self, flat: torch.Tensor, seed: int) -> tuple[dict, bytes, bytes]:
-        numel = flat.numel()
-        length = padded_length(numel, self.block)
-        y = flat if length == numel else torch.nn.functional.pad(flat, (0, length - numel))
-        if self.rotation and length:
-            y = rotate(y, seed=seed, size=self.rotation)
-        peak = float(y.abs().max()) if length else 0.0
-        exponent = blockscale.choose_scale_exponent(H_OVER_MAX_ABS * peak)
-        unit = 2.0**exponent
-        nb, m = length // self.block, self.block // E8_DIM
-        blocks = y.view(nb, E8_DIM, m)  # [nb, 8, m]
-        codes = torch.empty((nb, E8_DIM, m), dtype=torch.uint8)
-        scales = torch.empty(nb, dtype=torch.float16)
-        kernels, chunk = self._kernels()
-        for start in range(0, nb, chunk):
-            stop = min(nb, start + chunk)
-            u = None
-            if self.dither:
-                u = _e8_dither(seed, self.block, start, stop).to(device=flat.device, dtype=torch.float32)
-            try:
-                c, s16, err = encode_blocks(
-                    kernels, blocks[start:stop], u, unit, self.q, self.deltas, exhaustive=self.exhaustive
-                )
-            except Exception as exc:
-                if not kernels.compiled:
-                    raise
-                # No working compiler toolchain: say so once and continue eagerly.
-                logger.warning(
-                    "torch.compile failed (%s: %s); the E8 encoder falls back to eager mode",
-                    type(exc).__name__,
-                    exc,
-                )
-                self.compile = False
-                kernels, chunk = self._kernels()
-                c, s16, err = encode_blocks(
-                    kernels, blocks[start:stop], u, unit, self.q, self.deltas, exhaustive=self.exhaustive
-                )
-            if not bool(torch.isfinite(err).all()):
-                raise CodecError("internal: no in-range scale candidate for a block (please report this)")
-            codes[start:stop] = c.cpu()
-            scales[start:stop] = s16.cpu()
-        fields = dict(
-            bits=self.bits,
-            flags=(wire.FLAG_ROTATE if self.rotation else 0) | (wire.FLAG_DITHER if self.dither else 0),
-            rotation=self.rotation,
-            block=self.block,
-            scale_exponent=exponent,
-        )
-        return fields, blockscale.scales_to_bytes(scales), pack_codes(codes.reshape(-1), self.bits)
+    def _encode_chunk_blocks(self) -> int:
+        return COMPILED_CHUNK_BLOCKS if self.compile else EAGER_CHUNK_BLOCKS
 
-    # ---- sizes -----------------------------------------------------------------------------
-    def section_nbytes(self, numel: int) -> tuple[int, int]:
-        length = padded_length(numel, self.block)
-        return blockscale.SCALE_BYTES * (length // self.block), packed_nbytes(length, self.bits)
+    def _blocks(self, y: torch.Tensor) -> Blocks:
+        nb, m = y.numel() // self.block, self.block // E8_DIM
+        peak = float(y.abs().max()) if y.numel() else 0.0
+        # encode_blocks finds each block's h_max itself; every one is at most H_OVER_MAX_ABS · peak.
+        return Blocks(y.view(nb, E8_DIM, m), None, H_OVER_MAX_ABS * peak)  # [nb, 8, m]
+
+    def _encode_chunk(
+        self, blocks: torch.Tensor, peaks: torch.Tensor | None, u: torch.Tensor | None, unit: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        kernels = self._kernels()
+        try:
+            codes, s16, err = encode_blocks(
+                kernels, blocks, u, unit, self.q, self.deltas, exhaustive=self.exhaustive
+            )
+        except Exception as exc:
+            if not kernels.compiled:
+                raise
+            # No working compiler toolchain: say so once and continue eagerly.
+            logger.warning(
+                "torch.compile failed (%s: %s); the E8 encoder falls back to eager mode",
+                type(exc).__name__,
+                exc,
+            )
+            self.compile = False
+            codes, s16, err = encode_blocks(
+                self._kernels(), blocks, u, unit, self.q, self.deltas, exhaustive=self.exhaustive
+            )
+        if not bool(torch.isfinite(err).all()):
+            raise CodecError("internal: no in-range scale candidate for a block (please report this)")
+        return codes, s16
+
+    @classmethod
+    def _dither(cls, seed: int, block: int, start: int, stop: int) -> torch.Tensor:
+        """Dither uniform over E8's Voronoi cell for blocks start..stop, float64 ``[n, 8, m]``."""
+        n = stop - start
+        u01 = uniform01(seed, n * block, start=start * block)
+        u01 = u01.view(n, E8_DIM, block // E8_DIM).transpose(0, 1)  # [8, n, m]
+        return lattice_dither(u01, period=E8_DITHER_PERIOD, nearest=nearest_e8_cols).transpose(0, 1)
 
     # ---- decoding --------------------------------------------------------------------------
     @classmethod
-    def _validate_header(cls, header: wire.Header) -> None:
-        if header.bits not in ALLOWED_BITS:
-            raise CodecError(
-                f"e8 payload declares {header.bits} bits per coordinate; allowed: {ALLOWED_BITS}"
-            )
-        try:
-            _check_block(header.block)
-            if header.rotation:
-                check_rotation_size(header.rotation, header.block)
-        except ValueError as exc:
-            raise CodecError(f"e8 payload header: {exc}") from None
-        if header.rotate != bool(header.rotation):
-            raise CodecError(
-                f"e8 payload: rotation flag {header.rotate} disagrees with rotation {header.rotation}"
-            )
-        length = padded_length(header.numel, header.block)
-        expected = (blockscale.SCALE_BYTES * (length // header.block), packed_nbytes(length, header.bits))
-        check_section(header, expected)
-
-    @classmethod
-    def _decode_flat(cls, header: wire.Header, scales: memoryview, codes: memoryview) -> torch.Tensor:
-        length = padded_length(header.numel, header.block)
-        nb, m = length // header.block, header.block // E8_DIM
-        s = blockscale.scales_from_bytes(scales, nb, header.scale_exponent)
-        k = unpack_codes(codes, length, header.bits).view(nb, E8_DIM, m)  # [nb, 8, m]
-        q = 1 << header.bits
-        out = torch.empty(length, dtype=torch.float32)
-        for start in range(0, nb, DECODE_CHUNK_BLOCKS):
-            stop = min(nb, start + DECODE_CHUNK_BLOCKS)
-            c = decode_points(k[start:stop], q).to(torch.float64)  # [n, 8, m]
-            if header.dither:
-                c = c - _e8_dither(header.seed, header.block, start, stop)
-            out[start * header.block : stop * header.block] = blockscale.exact_reconstruct(
-                c.reshape(-1), s[start:stop], block=header.block, rotation=header.rotation, seed=header.seed
-            )
-        return out[: header.numel]
+    def _decode_points(cls, codes: torch.Tensor, bits: int) -> torch.Tensor:
+        k = codes.view(codes.shape[0], E8_DIM, codes.shape[1] // E8_DIM)  # [n, 8, m]
+        return decode_points(k, 1 << bits).to(torch.float64)  # [n, 8, m]
 
 
 @lru_cache(maxsize=1)
@@ -377,15 +335,3 @@ def _eager_kernels() -> _Kernels:
 @lru_cache(maxsize=1)
 def _compiled_kernels() -> _Kernels:
     return _Kernels(compiled=True)
-
-
-def _e8_dither(seed: int, block: int, start_block: int, stop_block: int) -> torch.Tensor:
-    """Dither uniform over E8's Voronoi cell for blocks start..stop, float64 ``[n, 8, m]``."""
-    u01 = uniform01(seed, (stop_block - start_block) * block, start=start_block * block)
-    u01 = u01.view(stop_block - start_block, E8_DIM, block // E8_DIM).transpose(0, 1)  # [8, n, m]
-    return lattice_dither(u01, period=E8_DITHER_PERIOD, nearest=nearest_e8_cols).transpose(0, 1)
-
-
-def _check_block(block: int) -> None:
-    if not isinstance(block, int) or block < E8_DIM or block % E8_DIM or block > wire.MAX_BLOCK:
-        raise ValueError(f"e8 block size must be a multiple of 8 in 8..{wire.MAX_BLOCK}, got {block}")

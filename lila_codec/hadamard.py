@@ -17,6 +17,7 @@ Tuning: ``size`` must be a power of two. Larger chunks spread outliers further, 
 chunk must lie inside one scale block (the size must divide the codec's block size) so
 that the decoder's exact integer trick applies. A bad setting: size 8 barely mixes
 anything; a size that does not divide the block is rejected.
+``tests/unit/codec/test_roundtrip.py`` checks the gain of rotation on heavy-tailed data.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ Same design as :mod:`lila_codec.e8`, with the 24-dimensional Leech lattice (scal
 √8, integer coordinates, from :mod:`lila_model.lattice.leech`): per block one fp16 scale,
 each 24-vector rounded to its nearest lattice point v and sent as its coset modulo
 q·Λ24 (q = 2^R): exactly R bits per coordinate. Vectors are consecutive 24-coordinate
-runs of the (rotated) block.
+runs of the (rotated) block. The padding, rotation, dither, scales and header are
+:class:`lila_codec.block.BlockCodec`'s; this module is the Leech kernel.
 
 Coset index: with the upper-triangular basis B of √8·Λ24, k = v·B⁻¹ (exact: B⁻¹ has
 entries in ⅛ℤ) and the code is k mod q. The decoder forms v' = k·B and returns its
@@ -20,10 +21,8 @@ Scale candidates: s = n_max / (q·ρ) with n_max the block's largest vector norm
 from RHO_HIGH down to the safe ρ = √8 − 4/q (8/q with dither): |v| ≤ |y/s| + 4 (the
 covering radius) stays inside the inscribed ball, so the safe candidate never overloads.
 
-Tuning: ``bits`` 2–8, ``block`` a multiple of 24 (96 by default: 16/96 bits of scale per
-coordinate), ``scale_candidates`` 1–8 (each costs one more Leech decode of the data, the
-expensive part: this codec is several times slower than E8), ``rotation`` a power of two
-dividing the block (32 for 96).
+Tuning: see :class:`LeechCodec`; ``python -m bench.codec`` measures the codec's error and
+speed next to E8's, ``python -m bench.leech`` the nearest-point decoder it spends its time in.
 """
 
 from __future__ import annotations
@@ -33,15 +32,13 @@ from functools import lru_cache
 
 import torch
 
-from lila_codec import blockscale, wire
-from lila_codec.base import Codec, check_section, padded_length
-from lila_codec.bitpack import pack_codes, packed_nbytes, unpack_codes
+from lila_codec import blockscale
+from lila_codec.block import BlockCodec, Blocks
 from lila_codec.dither import lattice_dither, uniform01
 from lila_codec.errors import CodecError
-from lila_codec.hadamard import check_rotation_size, rotate
 from lila_model.lattice.leech import LEECH_DIM, leech_generator_matrix, nearest_leech
 
-ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8)
+ALLOWED_BITS = BlockCodec.allowed_bits
 DEFAULT_BITS = 4
 DEFAULT_BLOCK = 96
 DEFAULT_SCALE_CANDIDATES = 3
@@ -54,19 +51,14 @@ SAFE_MARGIN = 1.0 / 64  # keeps the safe candidate strictly inside the inscribed
 RHO_HIGH = 3.4
 LEECH_DITHER_PERIOD = 8.0  # 8ℤ²⁴ ⊂ √8·Λ24
 FLOAT32_EXACT_MAX_BITS = 4  # decoder arithmetic on v'/q is exact in float32 up to this rate
-CHUNK_BLOCKS = 1024
+CHUNK_BLOCKS = 1024  # blocks per encoder/decoder chunk (speed and memory only, never the payload)
 
 
 def candidate_rhos(count: int, *, bits: int, dither: bool) -> tuple[float, ...]:
-    """ρ values of the candidate scales s = n_max/(q·ρ), ending with the safe one."""
-    if not 1 <= count <= MAX_SCALE_CANDIDATES:
-        raise ValueError(f"scale_candidates must be in 1..{MAX_SCALE_CANDIDATES}, got {count}")
+    """ρ values of the candidate scales s = n_max/(q·ρ), evenly spaced from RHO_HIGH down to the safe one."""
     q = 1 << bits
     safe = PACKING_RADIUS - (2 if dither else 1) * COVERING_RADIUS / q - SAFE_MARGIN
-    if count == 1:
-        return (safe,)
-    step = (RHO_HIGH - safe) / (count - 1)
-    return tuple(RHO_HIGH - step * i for i in range(count))
+    return blockscale.candidate_grid(RHO_HIGH, safe, count, maximum=MAX_SCALE_CANDIDATES)
 
 
 @lru_cache(maxsize=4)
@@ -96,95 +88,74 @@ def representatives(k: torch.Tensor, q: int, bits: int) -> torch.Tensor:
     return v - q * nearest_leech((v / q).to(work)).to(torch.float64)
 
 
-class LeechCodec(Codec):
-    """Leech Voronoi code at ``bits`` bits per coordinate plus one fp16 scale per block."""
+class LeechCodec(BlockCodec, name="leech", block_multiple=LEECH_DIM, chunk_blocks=CHUNK_BLOCKS):
+    """Leech Voronoi code at ``bits`` bits per coordinate plus one fp16 scale per block.
 
-    name = "leech"
+    Options (keyword-only; :class:`lila_codec.block.BlockCodec` says how ``bits``,
+    ``block``, ``rotation`` and ``dither`` trade error against traffic):
+
+    * ``bits``: 2–8 code bits per coordinate (default 4).
+    * ``block``: coordinates per scale, a multiple of 24 (default 96: 16/96 bits of scale
+      per coordinate).
+    * ``scale_candidates``: 1–16 scales tried per block (default 3), from the most
+      aggressive to the safe one; the block keeps the one with the smallest error. Each
+      candidate costs one more Leech nearest-point pass over the data, the expensive part:
+      this codec is much slower than E8, so keep it low (1 is the safe scale alone, with
+      more error).
+    * ``rotation``: Hadamard size, a power of two dividing the block; ``None`` (default)
+      picks the largest (32 for 96), ``0`` turns rotation off.
+    * ``dither``: subtractive dither over the Voronoi cell of √8·Λ24 (default off).
+
+    ``python -m bench.codec`` measures its error and speed next to E8's.
+    """
 
     def __init__(
         self,
         *,
         bits: int = DEFAULT_BITS,
         block: int = DEFAULT_BLOCK,
+        scale_candidates: int = DEFAULT_SCALE_CANDIDATES,
         rotation: int | None = None,
         dither: bool = False,
-        scale_candidates: int = DEFAULT_SCALE_CANDIDATES,
     ) -> None:
-        if bits not in ALLOWED_BITS:
-            raise ValueError(f"leech bits must be one of {ALLOWED_BITS}, got {bits}")
-        _check_block(block)
-        if rotation is None:
-            rotation = block & -block
-        if rotation:
-            check_rotation_size(rotation, block)
-        self.bits = bits
-        self.q = 1 << bits
-        self.block = block
-        self.rotation = rotation
-        self.dither = bool(dither)
+        super().__init__(
+            bits=bits, block=block, rotation=rotation, dither=dither, scale_candidates=scale_candidates
+        )
         self.rhos = candidate_rhos(scale_candidates, bits=bits, dither=self.dither)
 
-    def __repr__(self) -> str:
-        return (
-            f"LeechCodec(bits={self.bits}, block={self.block}, rotation={self.rotation}, "
-            f"dither={self.dither}, scale_candidates={len(self.rhos)})"
-        )
-
-    def _encode_flat(self, flat: torch.Tensor, seed: int) -> tuple[dict, bytes, bytes]:
-        numel = flat.numel()
-        length = padded_length(numel, self.block)
-        y = flat if length == numel else torch.nn.functional.pad(flat, (0, length - numel))
-        if self.rotation and length:
-            y = rotate(y, seed=seed, size=self.rotation)
-        y = y.cpu()
-        nb, m = length // self.block, self.block // LEECH_DIM
-        vectors = y.view(nb, m, LEECH_DIM)  # [nb, m, 24]
+    # ---- encoding --------------------------------------------------------------------------
+    def _blocks(self, y: torch.Tensor) -> Blocks:
+        nb, m = y.numel() // self.block, self.block // LEECH_DIM
+        vectors = y.cpu().view(nb, m, LEECH_DIM)  # [nb, m, 24]; the Leech kernel runs on the CPU
         norms = vectors.norm(dim=-1).amax(-1) if nb else torch.zeros(0)  # [nb]
-        exponent = blockscale.choose_scale_exponent(
-            float(norms.max()) / (self.q * min(self.rhos)) if nb else 0.0
-        )
-        unit = 2.0**exponent
-        codes = torch.empty((nb, m, LEECH_DIM), dtype=torch.uint8)
-        scales = torch.empty(nb, dtype=torch.float16)
-        for start in range(0, nb, CHUNK_BLOCKS):
-            stop = min(nb, start + CHUNK_BLOCKS)
-            u = _leech_dither(seed, self.block, start, stop).to(torch.float32) if self.dither else None
-            c, s16 = self._encode_blocks(vectors[start:stop], norms[start:stop], u, unit)
-            codes[start:stop] = c
-            scales[start:stop] = s16
-        fields = dict(
-            bits=self.bits,
-            flags=(wire.FLAG_ROTATE if self.rotation else 0) | (wire.FLAG_DITHER if self.dither else 0),
-            rotation=self.rotation,
-            block=self.block,
-            scale_exponent=exponent,
-        )
-        return fields, blockscale.scales_to_bytes(scales), pack_codes(codes.reshape(-1), self.bits)
+        bound = float(norms.max()) / (self.q * min(self.rhos)) if nb else 0.0
+        return Blocks(vectors, norms, bound)
 
-    def _encode_blocks(
-        self, y: torch.Tensor, norms: torch.Tensor, u: torch.Tensor | None, unit: float
+    def _encode_chunk(
+        self, blocks: torch.Tensor, peaks: torch.Tensor | None, u: torch.Tensor | None, unit: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Codes ``[nb, m, 24]`` uint8 and fp16 scales ``[nb]`` for vectors ``y[nb, m, 24]``."""
-        q = self.q
+        """Codes ``[n, m, 24]`` uint8 and fp16 scales ``[n]`` for vectors ``blocks[n, m, 24]`` of norms ``peaks``."""
+        assert peaks is not None  # _blocks always gives the block norms
+        y, norms, q = blocks, peaks, self.q
         best_err = torch.full_like(norms, math.inf)
         best_v = torch.zeros_like(y)
         best_s16 = torch.zeros(norms.shape, dtype=torch.float16)
         inscribed2 = (q * PACKING_RADIUS) ** 2
         for rho in self.rhos:
             s16 = blockscale.fp16_round_up(norms * (1.0 / (q * rho * unit)))
-            s = (s16.to(torch.float32) * unit).view(-1, 1, 1)  # [nb, 1, 1]
+            s = (s16.to(torch.float32) * unit).view(-1, 1, 1)  # [n, 1, 1]
             z = y / torch.where(s > 0, s, torch.ones_like(s))
             if u is not None:
                 z = z + u
             v = nearest_leech(z)
             # Vectors outside the inscribed ball: check what the decoder would return.
-            ok = torch.ones(v.shape[:-1], dtype=torch.bool)  # [nb, m]
+            ok = torch.ones(v.shape[:-1], dtype=torch.bool)  # [n, m]
             edge = v.square().sum(-1) >= inscribed2
             if bool(edge.any()):
                 ve = v[edge]
                 ok[edge] = (representatives(coords_mod(ve, q), q, self.bits) == ve.to(torch.float64)).all(-1)
             rec = v if u is None else v - u
-            err = (y - s * rec).square().sum((1, 2))  # [nb]
+            err = (y - s * rec).square().sum((1, 2))  # [n]
             better = ok.all(-1) & (err < best_err)
             best_err = torch.where(better, err, best_err)
             best_s16 = torch.where(better, s16, best_s16)
@@ -193,61 +164,17 @@ class LeechCodec(Codec):
             raise CodecError("internal: no in-range Leech scale candidate for a block (please report this)")
         return coords_mod(best_v, q).to(torch.uint8), best_s16
 
-    def section_nbytes(self, numel: int) -> tuple[int, int]:
-        length = padded_length(numel, self.block)
-        return blockscale.SCALE_BYTES * (length // self.block), packed_nbytes(length, self.bits)
-
     @classmethod
-    def _validate_header(cls, header: wire.Header) -> None:
-        if header.bits not in ALLOWED_BITS:
-            raise CodecError(f"leech payload declares {header.bits} bits; allowed: {ALLOWED_BITS}")
-        try:
-            _check_block(header.block)
-            if header.rotation:
-                check_rotation_size(header.rotation, header.block)
-        except ValueError as exc:
-            raise CodecError(f"leech payload header: {exc}") from None
-        if header.rotate != bool(header.rotation):
-            raise CodecError(
-                f"leech payload: rotation flag {header.rotate} disagrees with rotation {header.rotation}"
-            )
-        length = padded_length(header.numel, header.block)
-        check_section(
-            header, (blockscale.SCALE_BYTES * (length // header.block), packed_nbytes(length, header.bits))
-        )
+    def _dither(cls, seed: int, block: int, start: int, stop: int) -> torch.Tensor:
+        """Dither uniform over the Voronoi cell of √8·Λ24 for blocks start..stop, float64 ``[n, m, 24]``."""
+        n = stop - start
+        u01 = uniform01(seed, n * block, start=start * block)
+        u01 = u01.view(n, block // LEECH_DIM, LEECH_DIM)  # [n, m, 24]
+        return lattice_dither(u01, period=LEECH_DITHER_PERIOD, nearest=nearest_leech)
 
+    # ---- decoding --------------------------------------------------------------------------
     @classmethod
-    def _decode_flat(cls, header: wire.Header, scales: memoryview, codes: memoryview) -> torch.Tensor:
-        length = padded_length(header.numel, header.block)
-        nb = length // header.block
-        s = blockscale.scales_from_bytes(scales, nb, header.scale_exponent)
-        k = unpack_codes(codes, length, header.bits).view(-1, LEECH_DIM)  # [L / 24, 24]
-        out = torch.empty(length, dtype=torch.float32)
-        per_chunk = CHUNK_BLOCKS * header.block
-        for start in range(0, length, per_chunk):
-            stop = min(length, start + per_chunk)
-            c = representatives(k[start // LEECH_DIM : stop // LEECH_DIM], 1 << header.bits, header.bits)
-            if header.dither:
-                c = c - _leech_dither(
-                    header.seed, header.block, start // header.block, stop // header.block
-                ).view(-1, LEECH_DIM)
-            out[start:stop] = blockscale.exact_reconstruct(
-                c.reshape(-1),
-                s[start // header.block : stop // header.block],
-                block=header.block,
-                rotation=header.rotation,
-                seed=header.seed,
-            )
-        return out[: header.numel]
-
-
-def _leech_dither(seed: int, block: int, start_block: int, stop_block: int) -> torch.Tensor:
-    """Dither uniform over the Voronoi cell of √8·Λ24, float64 ``[n, m, 24]``."""
-    n = stop_block - start_block
-    u01 = uniform01(seed, n * block, start=start_block * block).view(n, block // LEECH_DIM, LEECH_DIM)
-    return lattice_dither(u01, period=LEECH_DITHER_PERIOD, nearest=nearest_leech)
-
-
-def _check_block(block: int) -> None:
-    if not isinstance(block, int) or block < LEECH_DIM or block % LEECH_DIM or block > wire.MAX_BLOCK:
-        raise ValueError(f"leech block size must be a multiple of 24 in 24..{wire.MAX_BLOCK}, got {block}")
+    def _decode_points(cls, codes: torch.Tensor, bits: int) -> torch.Tensor:
+        k = codes.view(-1, LEECH_DIM)  # [n · m, 24]
+        points = representatives(k, 1 << bits, bits)  # [n · m, 24]
+        return points.view(codes.shape[0], -1, LEECH_DIM)  # [n, m, 24]
