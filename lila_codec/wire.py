@@ -50,7 +50,7 @@ FLAG_DITHER = 2
 KNOWN_FLAGS = FLAG_ROTATE | FLAG_DITHER
 
 CODEC_IDS: dict[str, int] = {"fp32": 1, "fp16": 2, "int": 3, "e8": 4, "leech": 5}
-CODEC_NAMES: dict[int, str] = {v: k for k, v in CODEC_IDS.items()}
+CODEC_BY_ID: dict[int, str] = {v: k for k, v in CODEC_IDS.items()}  # wire id -> codec family name
 
 DTYPE_CODES: dict[torch.dtype, int] = {
     torch.float32: 1,
@@ -106,7 +106,7 @@ class Header:
 
     @property
     def codec_name(self) -> str:
-        return CODEC_NAMES[self.codec_id]
+        return CODEC_BY_ID[self.codec_id]
 
 
 def total_nbytes(ndim: int, scales_nbytes: int, codes_nbytes: int) -> int:
@@ -185,7 +185,7 @@ def parse_payload(payload: bytes | bytearray | memoryview) -> tuple[Header, memo
             "the bytes were damaged in transit or storage"
         )
     shape = tuple(_DIM.unpack_from(view, HEADER_BYTES + _DIM.size * i)[0] for i in range(ndim))
-    if codec_id not in CODEC_NAMES:
+    if codec_id not in CODEC_BY_ID:
         raise CodecError(f"unknown codec id {codec_id}; known: {CODEC_IDS}")
     if dtype_code not in DTYPES:
         raise CodecError(f"unknown dtype code {dtype_code}; known: {DTYPE_CODES}")
