@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -17,6 +18,7 @@ class PeerMetrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
+        self._server: Any = None  # the /metrics HTTP server once serve() ran
         r = self.registry
         self.tokens_total = Counter("lila_peer_tokens", "Training tokens processed by this peer", registry=r)
         self.tokens_per_second = Gauge("lila_peer_tokens_per_second", "Inner-loop training throughput", registry=r)
@@ -52,7 +54,7 @@ class PeerMetrics:
         return int(server.server_port)
 
     def close(self) -> None:
-        server = getattr(self, "_server", None)
+        server, self._server = self._server, None
         if server is not None:
             server.shutdown()
             server.server_close()

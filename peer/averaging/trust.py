@@ -86,6 +86,8 @@ class TrustSession:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._revoked: set[str] = set()
+        self._credential = ""  # set by _install below, renewed by the refresh thread
+        self._renew_at = 0.0
         try:
             issued = fetch(self.identity.peer_id, self.identity.public_key)
             self.verifier = CredentialVerifier(issued.authority_public_keys, run=run_name)
