@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from lila_run.harness import RawCodec
 from peer.averaging import (
     Averager,
     AveragingConfig,
@@ -30,17 +31,6 @@ TOKEN = b"bench-token"
 WORKER_TIMEOUT_S = 900
 POLL_S = 0.05
 THREADS = 1
-
-
-class RawCodec:
-    def __init__(self, dtype: torch.dtype) -> None:
-        self.dtype = dtype
-
-    def encode(self, tensor: torch.Tensor, *, seed: int = 0) -> bytes:
-        return tensor.detach().to(self.dtype).contiguous().numpy().tobytes()
-
-    def decode(self, payload: bytes) -> torch.Tensor:
-        return torch.frombuffer(bytearray(payload), dtype=self.dtype).to(torch.float32)
 
 
 def make_codec(name: str) -> Any:

@@ -28,13 +28,15 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench.coordinator_clients import worker
+from lila_data.tokenizer import DEFAULT_TOKENIZER
+from lila_net.config import RunConfig
+from lila_run.harness import LocalCoordinator, small_run, write_run_config
 
 REPO = Path(__file__).resolve().parents[1]  # the coordinator process imports from here
 
@@ -46,37 +48,19 @@ DEFAULT_INTERVAL_S = 2.0
 DEFAULT_LEASE_EVERY = 5
 FULL_DURATION_S = 40.0
 QUICK_DURATION_S = 12.0
-CONFIG = """
-[run]
-name = "bench-coordinator"
 
-[model]
-preset = "debug"
 
-[data]
-docs_per_shard = {docs_per_shard}
-
-[data.sources]
-synthetic = "jsonl:{data}"
-
-[[curriculum.stages]]
-name = "only"
-tokens = 1_000_000_000_000
-seq_len = 64
-mixture = {{ synthetic = 1.0 }}
-
-[curriculum.schedule]
-peak_lr = 1e-3
-warmup_tokens = 0
-decay_tokens = 0
-
-[coordinator]
-heartbeat_interval_s = {interval}
-lease_timeout_s = 120.0
-rate_limit_per_s = 50.0
-rate_limit_burst = 100
-status_refresh_s = 2.0
-"""
+def run_config(*, data: Path, interval: float) -> RunConfig:
+    """One stage whose budget is never reached over ``data``; peers heartbeat every ``interval`` s."""
+    return small_run(
+        name="bench-coordinator",
+        sources={"synthetic": f"jsonl:{data}"},
+        stage={"tokens": 1_000_000_000_000},
+        # the run's default tokenizer, as the bench always sent it (simulated peers never tokenize)
+        data={"docs_per_shard": DOCS_PER_SHARD, "tokenizer": DEFAULT_TOKENIZER},
+        coordinator={"heartbeat_interval_s": interval, "lease_timeout_s": 120.0, "rate_limit_per_s": 50.0,
+                     "rate_limit_burst": 100, "status_refresh_s": 2.0},
+    )
 
 
 def _server_histogram(http: str, name: str = "lila_rpc_latency_seconds") -> dict[float, float]:
@@ -117,37 +101,17 @@ def run_one(
     """Start a fresh coordinator, run ``peers`` simulated peers, return the measured figures."""
     import psutil
 
-    from coordinator.auth import create_join_token
-    from coordinator.launch import serve_command, wait_for_ready
-    from coordinator.storage import Storage
-
     run_dir = Path(tempfile.mkdtemp(prefix=f"peers{peers}-", dir=workdir))
-    config = run_dir / "run.toml"
-    config.write_text(
-        CONFIG.format(docs_per_shard=DOCS_PER_SHARD, data=workdir / "docs.jsonl", interval=interval)
-    )
-    db = run_dir / "run.db"
-    storage = Storage(db)
-    _, token = create_join_token(storage, label="bench", now=time.time())
-    storage.close()
-    ready = run_dir / "ready.json"
-    argv = serve_command(
-        config=config,
-        db=db,
-        ready_file=ready,
+    coordinator = LocalCoordinator(
+        config=write_run_config(run_config(data=workdir / "docs.jsonl", interval=interval), run_dir),
+        workdir=run_dir,
         extra=["--join-rate-limit", "100000", "--join-rate-burst", "100000"],
         log_level="WARNING",
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
-    with open(run_dir / "coordinator.log", "ab") as log:
-        server = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
+    token = coordinator.create_token(label="bench")
     try:
-        info = wait_for_ready(server, ready, log=run_dir / "coordinator.log")
+        info = coordinator.start()
         join_time = max(5.0, peers / 100.0)
         t_start = time.time() + join_time + interval
         t_end = t_start + duration
@@ -166,7 +130,7 @@ def run_one(
                 p.start()
                 procs.append(p)
             first += count
-        server_ps = psutil.Process(server.pid)
+        server_ps = psutil.Process(coordinator.proc.pid)
         client_ps = [psutil.Process(p.pid) for p in procs]
         time.sleep(max(0.0, t_start - time.time()))
         for ps in (server_ps, *client_ps):
@@ -209,11 +173,7 @@ def run_one(
             "workers": workers,
         }
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        coordinator.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

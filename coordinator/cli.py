@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
 """``lila-coordinator``: run a coordinator and manage its join tokens.
 
-    lila-coordinator serve --config runs/cpu-demo.toml --db run.db --grpc 0.0.0.0:50051 --http 0.0.0.0:8080
+    lila-coordinator serve --config runs/cpu-demo.toml --db run.db --grpc 0.0.0.0:7600 --http 0.0.0.0:8080
     lila-coordinator token create --db run.db --label "alice's GPU box"
     lila-coordinator token list --db run.db
     lila-coordinator token revoke --db run.db TOKEN_ID
@@ -27,6 +27,8 @@ from pathlib import Path
 logger = logging.getLogger("coordinator")
 
 HOURS_TO_S = 3600.0
+DEFAULT_GRPC_PORT = 7600  # peers join HOST:7600 (README, docs/deploy.md, deploy/ use the same port)
+DEFAULT_HTTP_PORT = 8080  # status page, /api/status, /metrics
 
 
 def parse_host_port(text: str, *, flag: str) -> tuple[str, int]:
@@ -153,10 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", required=True, help="run config TOML (see runs/)")
     serve.add_argument("--db", required=True, help="SQLite database of the run (created if missing)")
     serve.add_argument(
-        "--grpc", default="127.0.0.1:50051", help="HOST:PORT for peers (port 0: any free port)"
+        "--grpc", default=f"127.0.0.1:{DEFAULT_GRPC_PORT}", help="HOST:PORT for peers (port 0: any free port)"
     )
     serve.add_argument(
-        "--http", default="127.0.0.1:8080", help="HOST:PORT of the status page (port 0: any free port)"
+        "--http", default=f"127.0.0.1:{DEFAULT_HTTP_PORT}", help="HOST:PORT of the status page (port 0: any free port)"
     )
     serve.add_argument("--ready-file", help="write the chosen addresses here as JSON once serving")
     serve.add_argument("--no-dht", action="store_true", help="do not run the hivemind DHT bootstrap node")

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lila_codec import e8
 from lila_codec.base import Codec
 from lila_codec.errors import CodecError, ExportError
 from lila_codec.registry import decode, get_codec
@@ -48,7 +49,7 @@ EXPORT_FORMAT_VERSION = 1
 _LENGTH = struct.Struct("<Q")
 MAX_HEADER_BYTES = 64 << 20  # a JSON header above this is certainly corrupt
 QUANT_CHOICES = ("e8", "int4", "int8", "fp16")
-DEFAULT_BITS = 4
+DEFAULT_BITS = e8.DEFAULT_BITS
 EXPORT_SCALE_CANDIDATES = 8  # offline: spend more encoder time for accuracy
 INT_EXPORT_SCALE_CANDIDATES = 16
 BYTES_PER_FP32 = 4

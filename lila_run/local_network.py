@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coordinator.launch import serve_command, wait_for_ready
+from lila_run.harness import LocalCoordinator, signal_group
 
 logger = logging.getLogger(__name__)
 
@@ -69,23 +69,16 @@ class LocalNetwork:
         return open(self.options.workdir / f"{name}.log", "ab")
 
     def start_coordinator(self) -> dict[str, Any]:
-        workdir = self.options.workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        db = workdir / "coordinator.db"
-        token = subprocess.run(
-            [self.python, "-m", "coordinator.cli", "token", "create", "--db", str(db), "--label", "lila-up"],
-            capture_output=True, text=True, check=True, timeout=60, env=self._env(),
-        )
-        self.token = token.stdout.strip().splitlines()[-1]
-        ready_file = workdir / "coordinator.ready.json"
-        ready_file.unlink(missing_ok=True)
+        """Create a join token (:attr:`token`) and start the coordinator (``WORKDIR/coordinator.db``, its
+        ready file and ``coordinator.log``); returns its ready file once it serves."""
         extra = () if self.options.dht_auth or not self.options.dht else ("--no-dht-auth",)
-        argv = serve_command(config=self.options.config, db=db, ready_file=ready_file, dht=self.options.dht,
-                             python=self.python, extra=extra)
-        with self._log("coordinator") as log:
-            self.coordinator = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self._env(),
-                                                start_new_session=True)
-        self.ready = wait_for_ready(self.coordinator, ready_file, log=workdir / "coordinator.log")
+        coordinator = LocalCoordinator(config=self.options.config, workdir=self.options.workdir,
+                                       dht=self.options.dht, extra=extra, python=self.python, env=self._env())
+        self.token = coordinator.create_token(label="lila-up")
+        try:
+            self.ready = coordinator.start()
+        finally:
+            self.coordinator = coordinator.proc
         return self.ready
 
     def peer_workdir(self, index: int) -> Path:
@@ -115,7 +108,7 @@ class LocalNetwork:
 
     def signal_peer(self, index: int, sig: int) -> None:
         """Send ``sig`` to peer ``index``'s whole process group (as Ctrl+C in its terminal would)."""
-        _signal_group(self.peers[index], sig)
+        signal_group(self.peers[index], sig)
 
     def start(self) -> None:
         self.start_coordinator()
@@ -147,17 +140,17 @@ class LocalNetwork:
     # ------------------------------------------------------------------ stop
     def stop(self) -> None:
         for proc in self.peers:
-            _signal_group(proc, signal.SIGINT)
+            signal_group(proc, signal.SIGINT)
         self.wait_peers(PEER_LEAVE_GRACE_S)
         for proc in self.peers:
-            _signal_group(proc, signal.SIGKILL)
+            signal_group(proc, signal.SIGKILL)
         if self.coordinator is not None:
-            _signal_group(self.coordinator, signal.SIGTERM)
+            signal_group(self.coordinator, signal.SIGTERM)
             try:
                 self.coordinator.wait(timeout=COORDINATOR_STOP_GRACE_S)
             except subprocess.TimeoutExpired:
                 pass
-            _signal_group(self.coordinator, signal.SIGKILL)
+            signal_group(self.coordinator, signal.SIGKILL)
         for proc in [*self.peers, *([self.coordinator] if self.coordinator else [])]:
             try:
                 proc.wait(timeout=COORDINATOR_STOP_GRACE_S)
@@ -187,11 +180,3 @@ class LocalNetwork:
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
         return target
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    """Signal the process's whole group: its hivemind children may outlive it."""
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -5,7 +5,7 @@
 # DHT bootstrap node, and the run's SQLite ledger in the /data volume. Build from the repository root:
 #
 #   docker build -f deploy/docker/coordinator.Dockerfile -t lila-network/coordinator:0.1.0 .
-#   docker run -d -v lila-coordinator:/data -p 50051:50051 -p 8080:8080 -p 31337:31337 \
+#   docker run -d -v lila-coordinator:/data -p 7600:7600 -p 8080:8080 -p 31337:31337 \
 #       lila-network/coordinator:0.1.0
 #
 # The default command serves runs/cpu-demo.toml; pass your own `serve --config ...` (the shipped runs
@@ -55,11 +55,11 @@ COPY deploy/prometheus/fetch_targets.py /opt/lila/bin/fetch_targets.py
 USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]
-# 50051 gRPC (peers), 8080 HTTP (status page, /api/status, /metrics), 31337 the DHT bootstrap node (TCP).
-EXPOSE 50051 8080 31337
+# 7600 gRPC (peers), 8080 HTTP (status page, /api/status, /metrics), 31337 the DHT bootstrap node (TCP).
+EXPOSE 7600 8080 31337
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["python", "/opt/lila/bin/healthcheck.py", "--timeout", "5"]
 ENTRYPOINT ["lila-coordinator"]
 CMD ["serve", "--config", "/opt/lila/runs/cpu-demo.toml", "--db", "/data/run.db", \
-     "--grpc", "0.0.0.0:50051", "--http", "0.0.0.0:8080", \
+     "--grpc", "0.0.0.0:7600", "--http", "0.0.0.0:8080", \
      "--dht-port", "31337", "--dht-identity", "/data/dht-identity.key"]

@@ -3,7 +3,7 @@
 #
 # Entry point of the peer image: `lila-peer join` with container-friendly defaults, then your arguments.
 #
-#   docker run --gpus all -e LILA_JOIN_TOKEN=TOKEN lila-network/peer:0.1.0 coordinator.example.org:50051
+#   docker run --gpus all -e LILA_JOIN_TOKEN=TOKEN lila-network/peer:0.1.0 coordinator.example.org:7600
 #
 # Environment (each has a default; arguments given to `docker run` come last and win):
 #   LILA_COORDINATOR    the coordinator's gRPC HOST:PORT, when it is not given as the first argument

@@ -7,7 +7,7 @@
 #
 #   docker build -f deploy/docker/peer.Dockerfile -t lila-network/peer:0.1.0 .
 #   docker run --gpus all -e LILA_JOIN_TOKEN=TOKEN -v lila-peer:/data lila-network/peer:0.1.0 \
-#       coordinator.example.org:50051 --name "alice's GPU"
+#       coordinator.example.org:7600 --name "alice's GPU"
 #
 # The entry point (deploy/docker/peer-entrypoint.sh) runs `lila-peer join` and says which environment
 # variables it reads. BASE_IMAGE: pick a PyTorch runtime tag whose CUDA version your driver supports

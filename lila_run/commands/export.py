@@ -20,11 +20,11 @@ logger = logging.getLogger(__name__)
 
 EXIT_BAD_INPUT = 2
 BYTES_PER_MB = 2**20
-E8_BITS_CHOICES = (2, 3, 4, 8)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``export`` on the ``lila`` parser."""
+    from lila_codec.e8 import ALLOWED_BITS
     from lila_codec.export import DEFAULT_BITS, QUANT_CHOICES
 
     parser = subparsers.add_parser(
@@ -39,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--bits",
         type=int,
-        choices=E8_BITS_CHOICES,
+        choices=ALLOWED_BITS,
         default=DEFAULT_BITS,
         help=f"E8 bits per weight, before the 0.25 bits of block scales (default {DEFAULT_BITS})",
     )

@@ -5,8 +5,6 @@ a peer in client mode."""
 
 from __future__ import annotations
 
-import gc
-import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from lila_run.harness import RawCodec
 from peer.averaging import (
     Averager,
     AveragingConfig,
@@ -22,6 +21,7 @@ from peer.averaging import (
     Transport,
     get_aggregator,
 )
+from tests.helpers.transports import local_transports
 
 RUN_ID = "inproc"
 GOOD = b"good-token"
@@ -33,28 +33,10 @@ CONFIG = AveragingConfig(
 pytestmark = pytest.mark.timeout(120)
 
 
-class Fp32Codec:
-    def encode(self, tensor: torch.Tensor, *, seed: int = 0) -> bytes:
-        return tensor.detach().to(torch.float32).contiguous().numpy().tobytes()
-
-    def decode(self, payload: bytes) -> torch.Tensor:
-        return torch.frombuffer(bytearray(payload), dtype=torch.float32)
-
-
 @pytest.fixture
 def transports() -> Iterator[list[Transport]]:
-    torch.set_num_threads(1)
-    logging.getLogger("hivemind").setLevel(logging.WARNING)
-    started: list[Transport] = []
-    try:
-        started.append(Transport.create())
-        for _ in range(2):
-            started.append(Transport.create(initial_peers=started[0].visible_maddrs()))
+    with local_transports(3) as started:
         yield sorted(started, key=lambda transport: transport.peer_id)
-    finally:
-        for transport in started:
-            transport.shutdown()
-        gc.collect()  # free hivemind's shared-memory futures while torch_shm_manager still runs
 
 
 def run_together(jobs: dict[str, Any]) -> dict[str, RoundResult]:
@@ -77,6 +59,18 @@ def run_together(jobs: dict[str, Any]) -> dict[str, RoundResult]:
     return results
 
 
+def average_together(
+    round_index: int, peers: dict[str, tuple[Averager, torch.Tensor]]
+) -> dict[str, RoundResult]:
+    """Every named (averager, vector) averages round ``round_index`` at the same time (fp32, mean)."""
+    codec, mean = RawCodec(torch.float32), get_aggregator("mean")
+    return run_together({
+        name: (lambda averager=averager, vector=vector: averager.average(round_index, vector, codec=codec,
+                                                                          aggregator=mean))
+        for name, (averager, vector) in peers.items()
+    })
+
+
 def test_alone_intruder_with_smallest_id_late_peer_and_client_mode_peer(
     transports: list[Transport],
 ) -> None:
@@ -94,7 +88,7 @@ def test_alone_intruder_with_smallest_id_late_peer_and_client_mode_peer(
         max_numel=NUMEL,
         config=CONFIG,
     )
-    codec, mean = Fp32Codec(), get_aggregator("mean")
+    codec, mean = RawCodec(torch.float32), get_aggregator("mean")
     vectors = [torch.randn(NUMEL, generator=torch.Generator().manual_seed(seed)) for seed in range(3)]
 
     # round 0: nobody else shows up -> a group of one, no traffic, the vector comes back as is
@@ -103,17 +97,8 @@ def test_alone_intruder_with_smallest_id_late_peer_and_client_mode_peer(
     assert alone.ok and torch.equal(alone.average, vectors[0])
 
     # round 1: the intruder has the smallest id and leads; the honest peers refuse its answer and regroup
-    results = run_together(
-        {
-            name: (
-                lambda averager=averager, vector=vector: averager.average(
-                    1, vector, codec=codec, aggregator=mean
-                )
-            )
-            for name, averager, vector in zip(
-                ("intruder", "first", "second"), (intruder, first, second), vectors, strict=True
-            )
-        }
+    results = average_together(
+        1, {"intruder": (intruder, vectors[0]), "first": (first, vectors[1]), "second": (second, vectors[2])}
     )
     honest = sorted([first_t.peer_id, second_t.peer_id])
     for name in ("first", "second"):
@@ -124,12 +109,7 @@ def test_alone_intruder_with_smallest_id_late_peer_and_client_mode_peer(
     assert not results["intruder"].ok  # it led a group whose members never sent it anything
 
     # round 2: two peers average; a third arrives after the group was formed and published -> sits out
-    done = run_together(
-        {
-            "first": lambda: first.average(2, vectors[1], codec=codec, aggregator=mean),
-            "second": lambda: second.average(2, vectors[2], codec=codec, aggregator=mean),
-        }
-    )
+    done = average_together(2, {"first": (first, vectors[1]), "second": (second, vectors[2])})
     assert done["first"].ok and done["second"].ok
     late = intruder.average(2, vectors[0], codec=codec, aggregator=mean)
     assert late.status == "sat_out" and late.average is None
@@ -141,17 +121,8 @@ def test_alone_intruder_with_smallest_id_late_peer_and_client_mode_peer(
         client = Averager(
             client_t, run_id=RUN_ID, credential=GOOD, authorize=authorize, max_numel=NUMEL, config=CONFIG
         )
-        done = run_together(
-            {
-                name: (
-                    lambda averager=averager, vector=vector: averager.average(
-                        3, vector, codec=codec, aggregator=mean
-                    )
-                )
-                for name, averager, vector in zip(
-                    ("client", "first", "second"), (client, first, second), vectors, strict=True
-                )
-            }
+        done = average_together(
+            3, {"client": (client, vectors[0]), "first": (first, vectors[1]), "second": (second, vectors[2])}
         )
         for result in done.values():
             assert result.status == "ok", result.reason
@@ -179,7 +150,7 @@ def test_matchmaking_ends_once_every_expected_peer_announced(transports: list[Tr
         Averager(t, run_id=RUN_ID, credential=GOOD, authorize=authorize, max_numel=NUMEL, config=slow)
         for t in (first_t, second_t)
     )
-    codec, mean = Fp32Codec(), get_aggregator("mean")
+    codec, mean = RawCodec(torch.float32), get_aggregator("mean")
     vectors = [torch.full((NUMEL,), float(value)) for value in (1, 3)]
     results = run_together(
         {
@@ -210,11 +181,9 @@ def test_a_retried_round_whose_first_leader_died_still_forms_one_group(transport
     authorize = StaticTokenAuthorizer([GOOD])
     a, b, c = (Averager(t, run_id=RUN_ID, credential=GOOD, authorize=authorize, max_numel=NUMEL, config=CONFIG)
                for t in (a_t, b_t, c_t))
-    codec, mean = Fp32Codec(), get_aggregator("mean")
+    codec, mean = RawCodec(torch.float32), get_aggregator("mean")
     vectors = {name: torch.full((NUMEL,), float(value)) for name, value in (("a", 1), ("b", 2), ("c", 6))}
-    first = run_together({name: (lambda avg=avg, name=name: avg.average(0, vectors[name], codec=codec,
-                                                                          aggregator=mean))
-                          for name, avg in (("a", a), ("b", b), ("c", c))})
+    first = average_together(0, {"a": (a, vectors["a"]), "b": (b, vectors["b"]), "c": (c, vectors["c"])})
     assert {r.group_size for r in first.values()} == {3} and first["a"].group.leader == a_t.peer_id
     a.shutdown()
     a_t.shutdown()

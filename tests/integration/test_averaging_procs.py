@@ -9,7 +9,6 @@ fixture, which kills their whole process groups (DHT process and p2pd included) 
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import math
@@ -24,6 +23,7 @@ import pytest
 import torch
 
 from lila_net.dht.keys import protocol
+from lila_run.harness import RawCodec
 from peer.averaging import (
     Averager,
     AveragingConfig,
@@ -40,6 +40,7 @@ from peer.averaging import (
 from peer.averaging.allreduce import part_bounds
 from peer.averaging.rpc import call
 from peer.averaging.wire import RemoteError
+from tests.helpers.transports import local_transports
 
 RUN_ID = "test-run"
 GOOD = b"good-token"
@@ -59,19 +60,6 @@ pytestmark = pytest.mark.timeout(240)
 
 
 # ============================================================================ codecs
-class RawCodec:
-    """fp32 or fp16 raw bytes: the reference codec while ``lila_codec`` is not available."""
-
-    def __init__(self, dtype: torch.dtype) -> None:
-        self.dtype = dtype
-
-    def encode(self, tensor: torch.Tensor, *, seed: int = 0) -> bytes:
-        return tensor.detach().to(self.dtype).contiguous().numpy().tobytes()
-
-    def decode(self, payload: bytes) -> torch.Tensor:
-        return torch.frombuffer(bytearray(payload), dtype=self.dtype).to(torch.float32)
-
-
 def lattice_codec_available() -> bool:
     try:
         from lila_codec import get_codec  # noqa: F401
@@ -261,14 +249,14 @@ class Swarm:
 
 @pytest.fixture
 def bootstrap() -> Any:
-    torch.set_num_threads(1)
-    logging.getLogger("hivemind").setLevel(logging.WARNING)
-    transport = Transport.create()
-    try:
+    with local_transports(1) as (transport,):
         yield transport
-    finally:
-        transport.shutdown()
-        gc.collect()  # free hivemind's shared-memory futures while torch_shm_manager still runs
+
+
+def state_downloader(transport: Transport) -> StateSync:
+    """An authorized peer that downloads the state, with the test's timeouts."""
+    return StateSync(transport, run_id=RUN_ID, credential=GOOD, authorize=StaticTokenAuthorizer([GOOD]),
+                     config=StateSyncConfig(**STATE_CONFIG))
 
 
 def rounds(*specs: dict) -> list[dict]:
@@ -402,13 +390,7 @@ def test_three_peers_identical_averages_robust_rules_and_refused_intruder(
     assert sorted(donor.peer_id for donor in thief.find_donors()) == sorted(ids)
     with pytest.raises(StateSyncError, match="unauthorized"):
         thief.download()
-    sync = StateSync(
-        bootstrap,
-        run_id=RUN_ID,
-        credential=GOOD,
-        authorize=StaticTokenAuthorizer([GOOD]),
-        config=StateSyncConfig(**STATE_CONFIG),
-    )
+    sync = state_downloader(bootstrap)
     expected = state_snapshot(7)
     got = sync.download(expected_shapes={k: tuple(v.shape) for k, v in expected.tensors.items()})
     assert got.donor in ids and got.failed_donors == []
@@ -471,13 +453,7 @@ def test_sigkilled_peer_does_not_stall_the_round_and_state_falls_back_to_another
             killed.append(received)
             swarm.kill("w0")
 
-    sync = StateSync(
-        bootstrap,
-        run_id=RUN_ID,
-        credential=GOOD,
-        authorize=StaticTokenAuthorizer([GOOD]),
-        config=StateSyncConfig(**STATE_CONFIG),
-    )
+    sync = state_downloader(bootstrap)
     started = time.monotonic()
     got = sync.download(donors=[swarm.ids["w0"], swarm.ids["w1"]], on_progress=on_progress)
     assert killed and killed[0] < 4 * STATE_NUMEL

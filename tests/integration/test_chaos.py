@@ -16,10 +16,8 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,14 +26,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from coordinator.launch import serve_command, wait_for_ready
 from coordinator.planning import plan_from_config
-from lila_data import evaluate_bpb, iter_texts, iter_validation_texts, load_tokenizer
+from lila_data import evaluate_bpb, iter_validation_texts, load_tokenizer
 from lila_model.checkpoint import load_checkpoint
 from lila_model.config import get_preset
 from lila_model.model import LilaLM
 from lila_net.config import load_run_config
+from lila_run.harness import LocalCoordinator, free_port, write_corpus, write_run_config
 from lila_run.local_network import LocalNetwork, NetworkOptions
+from tests.helpers.runs import robust_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -50,68 +49,17 @@ EVAL_SEQ = 64
 # (fraction of shards completed, fault): two peer kills and one coordinator crash, spread over the run
 FAULTS = ((0.15, "peer"), (0.35, "coordinator"), (0.55, "peer"), (0.7, "peer"))
 
-CONFIG = """
-[run]
-name = "chaos"
-seed = 0
-
-[model]
-preset = "debug"
-
-[data]
-tokenizer = "fineweb-edu-2048"
-docs_per_shard = 2
-validation_fraction = 0.2
-validation_max_docs = 6
-
-[data.sources]
-docs = "jsonl:{path}"
-
-[[curriculum.stages]]
-name = "all"
-tokens = 1_000_000_000  # no budget to reach: the stage (and the run) ends when every shard is completed
-seq_len = 64
-mixture = {{ docs = 1.0 }}
-
-[curriculum.schedule]
-peak_lr = 3e-3
-warmup_tokens = 0
-decay_tokens = 0
-
-[diloco]
-inner_steps = 4
-batch_size = 4
-matchmaking_time_s = 1.5
-averaging_timeout_s = 10.0
-min_group_size = 2  # a peer alone keeps its work for the next round rather than forking the parameters
-
-[codec]
-name = "fp16"
-
-[trust]
-aggregator = "centered_clip"
-
-[coordinator]
-heartbeat_interval_s = 1.5
-lease_timeout_s = 6.0
-max_leases_per_peer = 1
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def _write_run(directory: Path) -> Path:
-    docs = directory / "docs.jsonl"
-    with docs.open("w") as out:
-        for index, text in enumerate(iter_texts("bundled:fineweb-edu-sample", max_docs=DOCS)):
-            out.write(json.dumps({"id": f"doc-{index}", "text": text}) + "\n")
-    config = directory / "run.toml"
-    config.write_text(CONFIG.format(path=docs))
-    return config
+    run = robust_run(
+        name="chaos",
+        corpus=write_corpus(directory / "docs.jsonl", docs=DOCS),
+        # no budget to reach: the stage (and the run) ends when every shard is completed
+        stage_tokens=1_000_000_000,
+        validation_max_docs=6,
+        coordinator={"heartbeat_interval_s": 1.5, "lease_timeout_s": 6.0, "max_leases_per_peer": 1},
+    )
+    return write_run_config(run, directory)
 
 
 def _final_state(workdir: Path) -> tuple[int, str]:
@@ -132,35 +80,6 @@ def _checkpoint_with(workdirs: list[Path], step: int, digest: str) -> LilaLM:
             if (extra.get("outer_step"), extra.get("params_sha256")) == (step, digest):
                 return model
     raise AssertionError(f"no peer kept a checkpoint of outer step {step} with sha256 {digest[:12]}")
-
-
-class Coordinator:
-    """`lila-coordinator serve` on fixed (free) ports, so that it can be restarted where peers expect it."""
-
-    def __init__(self, procs, directory: Path, config: Path) -> None:  # procs: a ProcessReaper
-        self.procs = procs
-        self.directory = directory
-        self.config = config
-        self.db = directory / "coordinator.db"
-        self.grpc = f"127.0.0.1:{_free_port()}"
-        self.extra = ["--dht-port", str(_free_port()), "--dht-identity", str(directory / "dht.key")]
-        self.proc: subprocess.Popen | None = None
-        self.ready: dict = {}
-
-    def start(self) -> dict:
-        ready = self.directory / "coordinator.ready.json"
-        ready.unlink(missing_ok=True)
-        argv = serve_command(config=self.config, db=self.db, ready_file=ready, grpc=self.grpc, dht=True,
-                             extra=self.extra)
-        with (self.directory / "coordinator.log").open("ab") as log:
-            self.proc = self.procs.spawn(argv, stdout=log, stderr=subprocess.STDOUT)
-        self.ready = wait_for_ready(self.proc, ready, log=self.directory / "coordinator.log")
-        return self.ready
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
 
 
 @dataclass
@@ -189,13 +108,14 @@ def chaos(tmp_path_factory) -> Iterator[ChaosRun]:
 
 def _run_chaos(procs, tmp_path: Path) -> ChaosRun:
     config_path = _write_run(tmp_path)
-    token = subprocess.run(
-        [sys.executable, "-m", "coordinator.cli", "token", "create", "--db", str(tmp_path / "coordinator.db")],
-        capture_output=True, text=True, check=True, timeout=60,
-    ).stdout.strip().splitlines()[-1]
-    coordinator = Coordinator(procs, tmp_path, config_path)
+    # fixed (free) ports, so that a restarted coordinator is where the peers expect it
+    coordinator = LocalCoordinator(
+        config=config_path, workdir=tmp_path, grpc=f"127.0.0.1:{free_port()}", dht=True, spawn=procs.spawn,
+        extra=["--dht-port", str(free_port()), "--dht-identity", str(tmp_path / "dht.key")],
+    )
+    coordinator.create_token()
     network = LocalNetwork(NetworkOptions(config=config_path, workdir=tmp_path, peers=PEERS, threads_per_peer=1))
-    network.ready, network.token = coordinator.start(), token
+    network.ready, network.token = coordinator.start(), coordinator.token
     current = {index: procs.track(network.start_peer(index)) for index in range(PEERS)}
     rng = random.Random(SEED)
     faults = list(FAULTS)
@@ -227,8 +147,7 @@ def _run_chaos(procs, tmp_path: Path) -> ChaosRun:
         except subprocess.TimeoutExpired:
             pass
     status = network.status()
-    coordinator.proc.send_signal(signal.SIGTERM)
-    coordinator.proc.wait(timeout=30)
+    coordinator.stop()
     logs = "\n".join(
         f"--- {p.name}\n" + p.read_text(errors="replace")[-2500:] for p in sorted(tmp_path.glob("*.log"))
     )

@@ -8,26 +8,19 @@ so, only when its binary is absent.
 from __future__ import annotations
 
 import http.server
-import json
-import socket
-import subprocess
 import threading
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
 
-from coordinator.auth import create_join_token
-from coordinator.launch import serve_command, wait_for_ready
-from coordinator.storage import Storage
 from lila_net.proto import coordinator_pb2 as pb
 from lila_net.proto import coordinator_pb2_grpc as pb_grpc
+from lila_run.harness import small_run, start_coordinator, write_run_config
+from tests.helpers.prometheus import needs_prometheus, start_prometheus
 
 CHROMIUM = "/usr/bin/chromium"
-PROMETHEUS = "/usr/bin/prometheus"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -44,35 +37,13 @@ SNAPSHOT_WAIT_S = 1.0
 LOSSES = {"alice": [5.0, 4.2, 3.6], "bob": [5.4, 4.4, 3.8]}
 VAL_BPB = {2: 1.9, 3: 1.7}
 
-CONFIG = """
-[run]
-name = "observability-test"
-
-[model]
-preset = "debug"
-
-[data]
-docs_per_shard = 50
-
-[data.sources]
-fineweb = "bundled:fineweb-edu-sample"
-
-[[curriculum.stages]]
-name = "only"
-tokens = 1_000_000
-seq_len = 64
-mixture = { fineweb = 1.0 }
-
-[curriculum.schedule]
-peak_lr = 1e-3
-warmup_tokens = 0
-decay_tokens = 0
-
-[coordinator]
-heartbeat_interval_s = 1.0
-lease_timeout_s = 60.0
-status_refresh_s = 0.2
-"""
+STAGE = "only"
+RUN = small_run(
+    name="observability-test",
+    stage={"name": STAGE},
+    data={"docs_per_shard": 50},
+    coordinator={"heartbeat_interval_s": 1.0, "lease_timeout_s": 60.0, "status_refresh_s": 0.2},
+)
 
 
 class _PeerMetricsHandler(http.server.BaseHTTPRequestHandler):
@@ -102,21 +73,9 @@ def peer_metrics_server():
 @pytest.fixture
 def running_run(procs, python, tmp_path, peer_metrics_server):
     """A coordinator with two joined peers that reported three outer steps of metrics."""
-    config = tmp_path / "run.toml"
-    config.write_text(CONFIG)
-    db = tmp_path / "run.db"
-    storage = Storage(db)
-    _, token = create_join_token(storage, label="test", now=time.time())
-    storage.close()
-    ready = tmp_path / "ready.json"
-    log = tmp_path / "coordinator.log"
-    with open(log, "ab") as out:
-        proc = procs.spawn(
-            serve_command(config=config, db=db, ready_file=ready, python=python),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    info = wait_for_ready(proc, ready, log=log)
+    coordinator = start_coordinator(config=write_run_config(RUN, tmp_path), workdir=tmp_path, python=python,
+                                    spawn=procs.spawn)
+    token, info = coordinator.token, coordinator.ready
     channel = grpc.insecure_channel(info["grpc"])
     stub = pb_grpc.CoordinatorStub(channel)
     for name, losses in LOSSES.items():
@@ -172,7 +131,7 @@ def test_status_page_in_headless_chromium(running_run, artifacts_dir):
             assert path.startswith("M") and path.count("L") == 2
             leaders = page.locator("#leaderboard tbody tr td:nth-child(2)").all_inner_texts()
             assert leaders == ["alice", "bob"]
-            assert "only" in page.inner_text("#stages")
+            assert STAGE in page.inner_text("#stages")
             assert errors == []
             shot = artifacts_dir / "coordinator-status-page.png"
             page.screenshot(path=str(shot), full_page=True)
@@ -181,23 +140,8 @@ def test_status_page_in_headless_chromium(running_run, artifacts_dir):
             browser.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _query(base: str, expr: str) -> list:
-    url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.load(response)["data"]["result"]
-
-
-@pytest.mark.skipif(
-    not Path(PROMETHEUS).exists(), reason=f"{PROMETHEUS} is missing: apt-get install -y prometheus"
-)
+@needs_prometheus
 def test_real_prometheus_scrapes_peer_count(running_run, procs, tmp_path, peer_metrics_server):
-    port = _free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
@@ -206,32 +150,20 @@ def test_real_prometheus_scrapes_peer_count(running_run, procs, tmp_path, peer_m
         f"  - job_name: lila-peer\n    http_sd_configs:\n      - url: 'http://{running_run['http']}/api/prometheus-targets'\n"
         "        refresh_interval: 1s\n"
     )
-    log = tmp_path / "prometheus.log"
-    with open(log, "ab") as out:
-        prom = procs.spawn(
-            [
-                PROMETHEUS,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
+    prometheus = start_prometheus(procs, config=config, workdir=tmp_path)
     deadline = time.monotonic() + WAIT_S
     peers = peer_up = None
     while time.monotonic() < deadline and (peers is None or peer_up is None):
-        assert prom.poll() is None, log.read_text()[-3000:]
+        prometheus.assert_running()
         try:
-            result = _query(base, 'lila_peers{state="active"}')
+            result = prometheus.query('lila_peers{state="active"}')
             peers = result[0]["value"][1] if result else None
-            up = _query(base, 'up{job="lila-peer"}')
+            up = prometheus.query('up{job="lila-peer"}')
             peer_up = up[0] if up else None
         except OSError:
             pass
         time.sleep(0.5)
-    assert peers == "2", log.read_text()[-3000:]
+    assert peers == "2", prometheus.log.read_text()[-3000:]
     assert peer_up["metric"]["peer_name"] == "alice" and peer_up["value"][1] == "1"
-    tokens = _query(base, "lila_tokens_total")
+    tokens = prometheus.query("lila_tokens_total")
     assert tokens[0]["value"][1] == "1600"

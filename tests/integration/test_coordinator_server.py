@@ -14,64 +14,32 @@ from pathlib import Path
 import grpc
 import pytest
 
-from coordinator.launch import serve_command, wait_for_ready
+from lila_net.config import RunConfig
 from lila_net.proto import coordinator_pb2 as pb
 from lila_net.proto import coordinator_pb2_grpc as pb_grpc
+from lila_run.harness import LocalCoordinator, small_run, write_run_config
 
-READY_TIMEOUT_S = 90.0
 RPC_TIMEOUT_S = 10.0
-SNAPSHOT_WAIT_S = 1.0  # several status refresh intervals (0.2 s in CONFIG)
+SNAPSHOT_WAIT_S = 1.0  # several status refresh intervals (0.2 s in the run config)
 DOCS_PER_SHARD = 50  # the bundled sample has 150 documents: 3 shards per stage
 
-CONFIG = """
-[run]
-name = "coordinator-test"
 
-[model]
-preset = "debug"
-
-[data]
-docs_per_shard = {docs_per_shard}
-
-[data.sources]
-fineweb = "bundled:fineweb-edu-sample"
-
-[[curriculum.stages]]
-name = "first"
-tokens = 1_000_000
-seq_len = 64
-mixture = {{ fineweb = 1.0 }}
-
-[[curriculum.stages]]
-name = "second"
-tokens = 1_000_000
-seq_len = 128
-filter = "int_score >= 3"
-mixture = {{ fineweb = 1.0 }}
-
-[curriculum.schedule]
-peak_lr = 1e-3
-warmup_tokens = 0
-decay_tokens = 0
-
-[coordinator]
-heartbeat_interval_s = 1.0
-lease_timeout_s = 30.0
-rate_limit_per_s = {rate}
-rate_limit_burst = {burst}
-max_message_bytes = 65536
-status_refresh_s = 0.2
-max_leases_per_peer = 1
-"""
+def run_config(*, rate: float = 50.0, burst: int = 100) -> RunConfig:
+    return small_run(
+        name="coordinator-test",
+        data={"docs_per_shard": DOCS_PER_SHARD},
+        stages=[
+            {"name": "first", "tokens": 1_000_000, "seq_len": 64},
+            {"name": "second", "tokens": 1_000_000, "seq_len": 128, "filter": "int_score >= 3"},
+        ],
+        coordinator={"heartbeat_interval_s": 1.0, "lease_timeout_s": 30.0, "rate_limit_per_s": rate,
+                     "rate_limit_burst": burst, "max_message_bytes": 65536, "status_refresh_s": 0.2,
+                     "max_leases_per_peer": 1},
+    )
 
 
-def write_config(directory: Path, *, rate: float = 50.0, burst: int = 100) -> Path:
-    path = directory / "run.toml"
-    path.write_text(CONFIG.format(docs_per_shard=DOCS_PER_SHARD, rate=rate, burst=burst))
-    return path
-
-
-def create_token(python: str, db: Path, label: str = "test") -> str:
+def cli_token(python: str, db: Path, label: str) -> str:
+    """A join token made the way an organizer makes one: `lila-coordinator token create`."""
     out = subprocess.run(
         [python, "-m", "coordinator.cli", "token", "create", "--db", str(db), "--label", label],
         capture_output=True,
@@ -80,26 +48,6 @@ def create_token(python: str, db: Path, label: str = "test") -> str:
         check=True,
     )
     return out.stdout.strip()
-
-
-def start_coordinator(
-    procs, python: str, config: Path, db: Path, ready: Path, *extra: str
-) -> tuple[subprocess.Popen, dict]:
-    """Start `lila-coordinator serve` and wait for its ready file."""
-    ready.unlink(missing_ok=True)
-    log = ready.with_suffix(".log")
-    dht = "--no-dht" not in extra
-    argv = serve_command(
-        config=config,
-        db=db,
-        ready_file=ready,
-        dht=dht,
-        python=python,
-        extra=[e for e in extra if e != "--no-dht"],
-    )
-    with open(log, "ab") as out:
-        proc = procs.spawn(argv, stdout=out, stderr=subprocess.STDOUT)
-    return proc, wait_for_ready(proc, ready, timeout_s=READY_TIMEOUT_S, log=log)
 
 
 class Client:
@@ -158,16 +106,21 @@ def _code(fn) -> tuple[grpc.StatusCode, str]:
     return info.value.code(), info.value.details()
 
 
+def local_coordinator(tmp_path: Path, python: str, procs, **config) -> LocalCoordinator:
+    """A coordinator of ``run_config(**config)`` in ``tmp_path`` (no DHT) with one join token, not started."""
+    coordinator = LocalCoordinator(config=write_run_config(run_config(**config), tmp_path), workdir=tmp_path,
+                                   python=python, spawn=procs.spawn)
+    coordinator.create_token()
+    return coordinator
+
+
 @pytest.fixture
-def run_dir(tmp_path, python):
-    config = write_config(tmp_path)
-    db = tmp_path / "run.db"
-    return config, db, create_token(python, db), tmp_path / "ready.json"
+def coordinator(tmp_path, python, procs) -> LocalCoordinator:
+    return local_coordinator(tmp_path, python, procs)
 
 
-def test_join_lease_progress_complete(procs, python, run_dir):
-    config, db, token, ready = run_dir
-    _, info = start_coordinator(procs, python, config, db, ready, "--no-dht")
+def test_join_lease_progress_complete(coordinator):
+    token, info = coordinator.token, coordinator.start()
     client = Client(info["grpc"])
     joined = client.join(token, "alice", hardware=pb.Hardware(device_type="cpu", device_name="test CPU"))
     assert joined.peer_id.startswith("p-") and joined.current_outer_step == 0
@@ -210,9 +163,8 @@ def test_join_lease_progress_complete(procs, python, run_dir):
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGKILL, signal.SIGTERM], ids=["crash", "clean-stop"])
-def test_restart_mid_run_loses_nothing(procs, python, run_dir, stop_signal):
-    config, db, token, ready = run_dir
-    proc, info = start_coordinator(procs, python, config, db, ready, "--no-dht")
+def test_restart_mid_run_loses_nothing(coordinator, stop_signal):
+    token, info, proc = coordinator.token, coordinator.start(), coordinator.proc
     alice, bob = Client(info["grpc"]), Client(info["grpc"])
     alice.join(token, "alice")
     bob.join(token, "bob")
@@ -223,7 +175,7 @@ def test_restart_mid_run_loses_nothing(procs, python, run_dir, stop_signal):
     proc.send_signal(stop_signal)
     assert proc.wait(timeout=30) == (0 if stop_signal == signal.SIGTERM else -signal.SIGKILL)
 
-    proc, info = start_coordinator(procs, python, config, db, ready, "--no-dht")
+    info, proc = coordinator.start(), coordinator.proc
     for client in (alice, bob):
         client.connect(info["grpc"])
     beat = alice.call("Heartbeat", pb.HeartbeatRequest())  # the old session token still works
@@ -248,10 +200,8 @@ def test_restart_mid_run_loses_nothing(procs, python, run_dir, stop_signal):
 
 
 def test_bad_requests_are_refused_and_server_keeps_serving(procs, python, tmp_path):
-    config = write_config(tmp_path, rate=5.0, burst=10)
-    db = tmp_path / "run.db"
-    token = create_token(python, db)
-    proc, info = start_coordinator(procs, python, config, db, tmp_path / "ready.json", "--no-dht")
+    coordinator = local_coordinator(tmp_path, python, procs, rate=5.0, burst=10)
+    token, info, proc, db = coordinator.token, coordinator.start(), coordinator.proc, coordinator.db
     client = Client(info["grpc"])
     stub = client.stub
 
@@ -334,7 +284,7 @@ def test_bad_requests_are_refused_and_server_keeps_serving(procs, python, tmp_pa
 
     # Still serving: a fresh token joins and works.
     other = Client(info["grpc"])
-    other.join(create_token(python, db, "second"), "honest")
+    other.join(cli_token(python, db, "second"), "honest")
     assert other.call("Heartbeat", pb.HeartbeatRequest()).state == pb.PEER_STATE_JOINING
     assert proc.poll() is None
     client.close()
@@ -342,10 +292,10 @@ def test_bad_requests_are_refused_and_server_keeps_serving(procs, python, tmp_pa
 
 
 @pytest.mark.slow
-def test_dht_bootstrap_node_connects_joiners(procs, python, run_dir):
-    config, db, token, ready = run_dir
+def test_dht_bootstrap_node_connects_joiners(coordinator, procs):
     # plain hivemind nodes (no credentials): the open mode; tests/integration/test_trust_auth.py covers the admitted-only one
-    proc, info = start_coordinator(procs, python, config, db, ready, "--no-dht-auth")
+    coordinator.dht, coordinator.extra = True, ("--no-dht-auth",)
+    token, info, proc = coordinator.token, coordinator.start(), coordinator.proc
     assert info["dht_maddrs"] and all("/p2p/" in m for m in info["dht_maddrs"])
     assert 0 < info["dht_start_s"] < 60
     client = Client(info["grpc"])

@@ -17,13 +17,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import threading
 import time
 import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,16 +29,15 @@ import grpc
 import pytest
 import yaml
 
-from coordinator.auth import create_join_token
-from coordinator.launch import serve_command, wait_for_ready
-from coordinator.storage import Storage
 from lila_net.proto import coordinator_pb2 as pb
 from lila_net.proto import coordinator_pb2_grpc as pb_grpc
+from lila_run.harness import free_port, start_coordinator
 from tests.helpers.paths import REPO
+from tests.helpers.prometheus import Prometheus, needs_prometheus, start_prometheus
 
 PROM_DIR = REPO / "deploy" / "prometheus"
-PROMETHEUS = Path("/usr/bin/prometheus")
 PEER_SCRIPT = REPO / "tests" / "helpers" / "deploy_peer_metrics.py"
+FETCH_TARGETS = PROM_DIR / "fetch_targets.py"
 RUN_CONFIG = REPO / "runs" / "cpu-demo.toml"
 PEER_NAME = "deploy-test-peer"
 WILDCARD_PEER = ("wildcard-peer", "0.0.0.0:9400")  # declares an address no one can dial
@@ -51,15 +47,9 @@ WAIT_S = 60.0
 POLL_S = 0.25
 RPC_TIMEOUT_S = 10.0
 HEARTBEAT_EVERY_S = 1.0
-HTTP_TIMEOUT_S = 5.0
 PROCESS_TIMEOUT_S = 180.0
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not PROMETHEUS.exists(), reason=f"{PROMETHEUS} is missing: apt-get install -y prometheus"
-    ),
-]
+pytestmark = [pytest.mark.slow, needs_prometheus]
 
 
 def _load(name: str, path: Path) -> Any:
@@ -67,12 +57,6 @@ def _load(name: str, path: Path) -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_for(what: str, probe: Callable[[], Any], *, timeout_s: float = WAIT_S) -> Any:
@@ -91,20 +75,22 @@ def _wait_for(what: str, probe: Callable[[], Any], *, timeout_s: float = WAIT_S)
     pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}; last: {last!r}")
 
 
-def _get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:
-        return json.load(response)
-
-
-def _query(base: str, expr: str) -> list[dict[str, Any]]:
-    answer = _get_json(f"{base}/api/v1/query?{urllib.parse.urlencode({'query': expr})}")
-    assert answer["status"] == "success", answer
-    return answer["data"]["result"]
-
-
-def _firing(base: str, name: str) -> list[dict[str, Any]]:
-    alerts = _get_json(f"{base}/api/v1/alerts")["data"]["alerts"]
+def _firing(prometheus: Prometheus, name: str) -> list[dict[str, Any]]:
+    alerts = prometheus.get("/api/v1/alerts")["data"]["alerts"]
     return [a for a in alerts if a["labels"]["alertname"] == name and a["state"] == "firing"]
+
+
+def _sync_targets(python: str, coordinator_http: str, targets_file: Path) -> list[dict[str, Any]]:
+    """Run deploy/prometheus/fetch_targets.py once: the coordinator's peer targets into the file_sd file."""
+    run = subprocess.run(
+        [python, str(FETCH_TARGETS), "--coordinator", f"http://{coordinator_http}", "--out", str(targets_file),
+         "--once"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+    )
+    assert run.returncode == 0, run.stderr
+    return json.loads(targets_file.read_text())
 
 
 def test_config_copy_changes_only_addresses_and_timing(tmp_path):
@@ -169,7 +155,6 @@ class _Heartbeats:
 
 def test_real_prometheus_scrapes_coordinator_and_peer_and_fires_alert(procs, python, tmp_path):
     peer_values = _load("deploy_peer_metrics", PEER_SCRIPT)
-    fetch = PROM_DIR / "fetch_targets.py"
 
     # A peer's metrics endpoint.
     peer_ready = tmp_path / "peer-ready.json"
@@ -180,19 +165,9 @@ def test_real_prometheus_scrapes_coordinator_and_peer_and_fires_alert(procs, pyt
             stderr=subprocess.STDOUT,
         )
     # A coordinator serving the shipped CPU demo run.
-    db = tmp_path / "run.db"
-    storage = Storage(db)
-    _, token = create_join_token(storage, label="deploy test", now=time.time())
-    storage.close()
-    ready = tmp_path / "coordinator-ready.json"
-    log = tmp_path / "coordinator.log"
-    with open(log, "ab") as out:
-        coordinator = procs.spawn(
-            serve_command(config=RUN_CONFIG, db=db, ready_file=ready, python=python),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    info = wait_for_ready(coordinator, ready, log=log)
+    coordinator = start_coordinator(config=RUN_CONFIG, workdir=tmp_path, label="deploy test", python=python,
+                                    spawn=procs.spawn)
+    token, info = coordinator.token, coordinator.ready
     peer_address = "127.0.0.1:{}".format(
         _wait_for(
             "the peer metrics server",
@@ -222,24 +197,13 @@ def test_real_prometheus_scrapes_coordinator_and_peer_and_fires_alert(procs, pyt
             pb.JoinRequest(join_token=token, peer_name=WILDCARD_PEER[0], metrics_address=WILDCARD_PEER[1]),
             timeout=RPC_TIMEOUT_S,
         )
-        coordinator_http = f"http://{info['http']}"
         # file_sd: the sync script writes the coordinator's target list where prometheus.yml looks.
-        prom_port = _free_port()
+        prom_port = free_port()
         config, _ = _test_copies(tmp_path, coordinator=info["http"], prometheus=f"127.0.0.1:{prom_port}")
         targets_file = tmp_path / "targets" / "peers.json"
-
-        def synced() -> list:
-            run = subprocess.run(
-                [python, str(fetch), "--coordinator", coordinator_http, "--out", str(targets_file), "--once"],
-                capture_output=True,
-                text=True,
-                timeout=WAIT_S,
-            )
-            assert run.returncode == 0, run.stderr
-            return json.loads(targets_file.read_text())
-
         groups = _wait_for(
-            "the coordinator to list both peers' metrics targets", lambda: len(g := synced()) == 2 and g
+            "the coordinator to list both peers' metrics targets",
+            lambda: len(g := _sync_targets(python, info["http"], targets_file)) == 2 and g,
         )
         assert sorted(groups, key=lambda g: g["labels"]["peer_name"]) == [
             {
@@ -253,28 +217,16 @@ def test_real_prometheus_scrapes_coordinator_and_peer_and_fires_alert(procs, pyt
         ]
 
         # Prometheus from the (rewritten) shipped config.
-        base = f"http://127.0.0.1:{prom_port}"
-        with open(tmp_path / "prometheus.log", "ab") as out:
-            prometheus = procs.spawn(
-                [
-                    str(PROMETHEUS),
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{prom_port}",
-                    "--log.level=warn",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        prometheus = start_prometheus(procs, config=config, workdir=tmp_path, port=prom_port)
 
         def all_up() -> dict[str, str]:
-            assert prometheus.poll() is None, (tmp_path / "prometheus.log").read_text()[-3000:]
-            up = {r["metric"]["job"]: r["value"][1] for r in _query(base, "up")}
+            prometheus.assert_running()
+            up = {r["metric"]["job"]: r["value"][1] for r in prometheus.query("up")}
             return up if up == {"lila-coordinator": "1", "lila-peer": "1", "prometheus": "1"} else {}
 
         _wait_for("every scrape target to be up", all_up)
         # The wildcard address was dropped by relabelling, not scraped and reported down.
-        targets = _get_json(f"{base}/api/v1/targets")["data"]
+        targets = prometheus.get("/api/v1/targets")["data"]
         assert [
             t["labels"]["peer_name"] for t in targets["activeTargets"] if t["labels"]["job"] == "lila-peer"
         ] == [PEER_NAME]
@@ -283,7 +235,7 @@ def test_real_prometheus_scrapes_coordinator_and_peer_and_fires_alert(procs, pyt
 
         # A query over the coordinator's metrics ...
         active = _wait_for(
-            "lila_peers{state=active} == 1", lambda: _query(base, 'lila_peers{state="active"} == 1')
+            "lila_peers{state=active} == 1", lambda: prometheus.query('lila_peers{state="active"} == 1')
         )
         assert active[0]["metric"] == {
             "__name__": "lila_peers",
@@ -291,22 +243,22 @@ def test_real_prometheus_scrapes_coordinator_and_peer_and_fires_alert(procs, pyt
             "job": "lila-coordinator",
             "instance": info["http"],
         }
-        assert [float(r["value"][1]) for r in _query(base, "lila_outer_step")] == [0.0]
+        assert [float(r["value"][1]) for r in prometheus.query("lila_outer_step")] == [0.0]
         # ... and over the peer's, labelled by the coordinator's service discovery.
-        loss = _query(base, "lila_peer_loss")
+        loss = prometheus.query("lila_peer_loss")
         assert [
             (r["metric"]["peer_name"], r["metric"]["peer_id"], r["metric"]["instance"]) for r in loss
         ] == [(PEER_NAME, joined.peer_id, peer_address)]
         assert float(loss[0]["value"][1]) == peer_values.GAUGES["loss"]
-        rank = _query(base, f'lila_peer_layer_stable_rank{{layer="{peer_values.LAYER}"}}')
+        rank = prometheus.query(f'lila_peer_layer_stable_rank{{layer="{peer_values.LAYER}"}}')
         assert [float(r["value"][1]) for r in rank] == [peer_values.STABLE_RANK]
-        assert [float(r["value"][1]) for r in _query(base, "lila_peer_tokens_total")] == [peer_values.TOKENS]
-        assert _firing(base, STAGED_ALERT) == []
+        assert [float(r["value"][1]) for r in prometheus.query("lila_peer_tokens_total")] == [peer_values.TOKENS]
+        assert _firing(prometheus, STAGED_ALERT) == []
 
         # Stage the alert: the only active peer leaves, so active peers drop from 1 to 0.
         heartbeats.stop()
         stub.Leave(pb.LeaveRequest(reason="deploy test"), metadata=metadata, timeout=RPC_TIMEOUT_S)
-        fired = _wait_for(f"{STAGED_ALERT} to fire", lambda: _firing(base, STAGED_ALERT))
+        fired = _wait_for(f"{STAGED_ALERT} to fire", lambda: _firing(prometheus, STAGED_ALERT))
         assert len(fired) == 1
         assert fired[0]["labels"] == {
             "alertname": STAGED_ALERT,
@@ -336,18 +288,9 @@ def test_real_prometheus_scrapes_a_real_training_peer(procs, python, tmp_path):
     raw["diloco"].update(inner_steps=2, batch_size=2, matchmaking_time_s=0.5, averaging_timeout_s=10.0)
     run_config = tmp_path / "run.toml"
     run_config.write_text(tomli_w.dumps(raw))
-    db = tmp_path / "run.db"
-    storage = Storage(db)
-    _, token = create_join_token(storage, label="deploy test", now=time.time())
-    storage.close()
-    ready = tmp_path / "coordinator-ready.json"
-    with open(tmp_path / "coordinator.log", "ab") as out:
-        coordinator = procs.spawn(
-            serve_command(config=run_config, db=db, ready_file=ready, python=python),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    info = wait_for_ready(coordinator, ready, log=tmp_path / "coordinator.log")
+    coordinator = start_coordinator(config=run_config, workdir=tmp_path, label="deploy test", python=python,
+                                    spawn=procs.spawn)
+    token, info = coordinator.token, coordinator.ready
     env = {**os.environ, "LILA_JOIN_TOKEN": token}
     with open(tmp_path / "peer.log", "ab") as out:
         peer = procs.spawn(
@@ -370,55 +313,27 @@ def test_real_prometheus_scrapes_a_real_training_peer(procs, python, tmp_path):
             env=env,
         )
     targets_file = tmp_path / "targets" / "peers.json"
-    prom_port = _free_port()
+    prom_port = free_port()
     config, _ = _test_copies(tmp_path, coordinator=info["http"], prometheus=f"127.0.0.1:{prom_port}")
-    fetch = PROM_DIR / "fetch_targets.py"
 
     def synced() -> list:
         assert peer.poll() is None, (tmp_path / "peer.log").read_text()[-3000:]
-        run = subprocess.run(
-            [
-                python,
-                str(fetch),
-                "--coordinator",
-                f"http://{info['http']}",
-                "--out",
-                str(targets_file),
-                "--once",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=WAIT_S,
-        )
-        assert run.returncode == 0, run.stderr
-        return json.loads(targets_file.read_text())
+        return _sync_targets(python, info["http"], targets_file)
 
     groups = _wait_for(
         "the peer to register its metrics endpoint", lambda: synced(), timeout_s=REAL_PEER_WAIT_S
     )
     assert [g["labels"]["peer_name"] for g in groups] == [PEER_NAME]
-    base = f"http://127.0.0.1:{prom_port}"
-    with open(tmp_path / "prometheus.log", "ab") as out:
-        procs.spawn(
-            [
-                str(PROMETHEUS),
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
-                "--log.level=warn",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    prometheus = start_prometheus(procs, config=config, workdir=tmp_path, port=prom_port)
     tokens = _wait_for(
         "Prometheus to see the peer's trained tokens",
-        lambda: _query(base, "lila_peer_tokens_total > 0"),
+        lambda: prometheus.query("lila_peer_tokens_total > 0"),
         timeout_s=REAL_PEER_WAIT_S,
     )
     assert [r["metric"]["peer_name"] for r in tokens] == [PEER_NAME]
     step = _wait_for(
         "an outer step on the peer",
-        lambda: _query(base, "lila_peer_outer_step >= 1"),
+        lambda: prometheus.query("lila_peer_outer_step >= 1"),
         timeout_s=REAL_PEER_WAIT_S,
     )
     assert step[0]["metric"]["job"] == "lila-peer"

@@ -21,7 +21,6 @@ FineWeb-Edu documents, short inner periods, short matchmaking and a short lease 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -33,16 +32,16 @@ from typing import Any
 
 import pytest
 
-from lila_data import ShardReader, load_tokenizer, open_source, plan_shards
+from lila_data import ShardReader, load_tokenizer, plan_shards
 from lila_model.config import get_preset
 from lila_model.model import LilaLM
-from lila_net.config import RunConfig
+from lila_run.harness import BUNDLED_SAMPLE, small_run, write_corpus, write_run_config
 from lila_run.local_network import LocalNetwork, NetworkOptions
 from peer.events import EVENTS_FILE, read_events
 
 pytestmark = pytest.mark.timeout(600)
 
-BUNDLED = "bundled:fineweb-edu-sample"
+BUNDLED = BUNDLED_SAMPLE
 TOKENIZER = "fineweb-edu-8192"
 SEQ_LEN = 64
 BATCH = 4
@@ -61,39 +60,22 @@ POLL_S = 0.05
 
 
 # ---------------------------------------------------------------------- fixtures of the run
-def write_corpus(path: Path, *, docs: int, max_chars: int) -> str:
-    """The first ``docs`` bundled documents, cut to ``max_chars``, as a JSON-lines source spec."""
-    rows = []
-    for _name, _offset, table in open_source(BUNDLED).iter_tables(columns=("id", "text")):
-        for doc_id, text in zip(table.column("id").to_pylist(), table.column("text").to_pylist(), strict=True):
-            rows.append({"id": doc_id, "text": text[:max_chars]})
-        if len(rows) >= docs:
-            break
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows[:docs]))
-    return f"jsonl:{path}"
-
-
-def write_run_config(directory: Path, *, spec: str, codec: dict[str, Any] | None = None,
-                     validation_max_docs: int = 6) -> Path:
-    raw = {
-        "run": {"name": "peer-net-test", "seed": 0},
-        "model": {"preset": "debug", "variant": "vanilla"},
-        "data": {"tokenizer": TOKENIZER, "docs_per_shard": DOCS_PER_SHARD,
-                 "validation_fraction": VALIDATION_FRACTION, "validation_max_docs": validation_max_docs,
-                 "sources": {"corpus": spec}},
-        "curriculum": {
-            "stages": [{"name": "all", "tokens": STAGE_TOKENS, "seq_len": SEQ_LEN, "mixture": {"corpus": 1.0}}],
-            "schedule": {"peak_lr": 3e-3, "warmup_tokens": 1000, "decay_tokens": 1000, "min_lr_ratio": 0.1},
-        },
-        "diloco": {"inner_steps": INNER_STEPS, "batch_size": BATCH, "outer_lr": 0.7, "outer_momentum": 0.9,
-                   "matchmaking_time_s": MATCHMAKING_S, "averaging_timeout_s": AVERAGING_TIMEOUT_S},
-        "codec": codec or {"name": "e8", "bits": 4, "block_size": 64},
-        "trust": {"aggregator": "mean"},
-        "coordinator": {"heartbeat_interval_s": HEARTBEAT_S, "lease_timeout_s": LEASE_TIMEOUT_S},
-    }
-    path = directory / "run.toml"
-    path.write_text(RunConfig.from_dict(raw).to_toml())
-    return path
+def write_run(directory: Path, *, spec: str, codec: dict[str, Any] | None = None,
+              validation_max_docs: int = 6) -> Path:
+    run = small_run(
+        name="peer-net-test",
+        sources={"corpus": spec},
+        stage={"name": "all", "tokens": STAGE_TOKENS, "seq_len": SEQ_LEN},
+        schedule={"peak_lr": 3e-3, "warmup_tokens": 1000, "decay_tokens": 1000, "min_lr_ratio": 0.1},
+        data={"tokenizer": TOKENIZER, "docs_per_shard": DOCS_PER_SHARD,
+              "validation_fraction": VALIDATION_FRACTION, "validation_max_docs": validation_max_docs},
+        diloco={"inner_steps": INNER_STEPS, "batch_size": BATCH, "outer_lr": 0.7, "outer_momentum": 0.9,
+                "matchmaking_time_s": MATCHMAKING_S, "averaging_timeout_s": AVERAGING_TIMEOUT_S},
+        codec=codec or {"name": "e8", "bits": 4, "block_size": 64},
+        trust={"aggregator": "mean"},
+        coordinator={"heartbeat_interval_s": HEARTBEAT_S, "lease_timeout_s": LEASE_TIMEOUT_S},
+    )
+    return write_run_config(run, directory)
 
 
 def shard_truth(spec: str) -> dict[str, tuple[int, int]]:
@@ -115,7 +97,7 @@ class Net:
                  extra_peer_args: tuple[str, ...] = ()) -> None:
         self.workdir = tmp_path / "net"
         self.workdir.mkdir()
-        config = write_run_config(tmp_path, spec=spec, codec=codec)
+        config = write_run(tmp_path, spec=spec, codec=codec)
         self.network = LocalNetwork(NetworkOptions(
             config=config, workdir=self.workdir, peers=peers, threads_per_peer=1,
             extra_peer_args=("--no-progress", *extra_peer_args)))
@@ -167,7 +149,7 @@ def assert_identical_per_step(table: dict[int, dict[int, set[str]]]) -> None:
 
 # ---------------------------------------------------------------------- 1. integration
 def test_three_peers_train_the_corpus_to_its_end_with_identical_parameters(tmp_path: Path, procs) -> None:
-    spec = write_corpus(tmp_path / "corpus.jsonl", docs=80, max_chars=1500)
+    spec = write_corpus(tmp_path / "corpus.jsonl", docs=80, max_chars=1500, keep_ids=True)
     truth = shard_truth(spec)
     net = Net(tmp_path, procs, spec=spec, peers=3)
     try:

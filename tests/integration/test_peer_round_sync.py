@@ -4,8 +4,6 @@ round, how long a missing peer is waited for, absent peers, and a network that m
 
 from __future__ import annotations
 
-import gc
-import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -13,8 +11,9 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from peer.averaging import StateSnapshot, StateSync, StateSyncConfig, StaticTokenAuthorizer, Transport
+from peer.averaging import StateSnapshot, StateSync, StateSyncConfig, StaticTokenAuthorizer
 from peer.round_sync import BarrierResult, RoundSync
+from tests.helpers.transports import local_transports
 
 RUN_ID = "barrier-test"
 KEY = b"barrier-key"
@@ -26,26 +25,19 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture(scope="module")
 def peers() -> Iterator[list[RoundSync]]:
-    logging.getLogger("hivemind").setLevel(logging.WARNING)
-    transports: list[Transport] = []
     syncs: list[StateSync] = []
-    try:
-        transports.append(Transport.create())
-        for _ in range(2):
-            transports.append(Transport.create(initial_peers=transports[0].visible_maddrs()))
-        out = []
-        for transport in sorted(transports, key=lambda t: t.peer_id):
-            sync = StateSync(transport, run_id=RUN_ID, credential=KEY, authorize=StaticTokenAuthorizer([KEY]),
-                             config=StateSyncConfig(announce_period=30.0))
-            syncs.append(sync)
-            out.append(RoundSync(transport, sync, run_id=RUN_ID, straggler_wait_s=STRAGGLER_WAIT_S))
-        yield out
-    finally:
-        for sync in syncs:
-            sync.shutdown()
-        for transport in transports:
-            transport.shutdown()
-        gc.collect()
+    with local_transports(3) as transports:
+        try:
+            out = []
+            for transport in sorted(transports, key=lambda t: t.peer_id):
+                sync = StateSync(transport, run_id=RUN_ID, credential=KEY, authorize=StaticTokenAuthorizer([KEY]),
+                                 config=StateSyncConfig(announce_period=30.0))
+                syncs.append(sync)
+                out.append(RoundSync(transport, sync, run_id=RUN_ID, straggler_wait_s=STRAGGLER_WAIT_S))
+            yield out
+        finally:
+            for sync in syncs:
+                sync.shutdown()
 
 
 def publish(sync: RoundSync, step: int) -> None:

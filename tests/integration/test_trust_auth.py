@@ -23,21 +23,19 @@ import torch
 from hivemind.utils import get_dht_time
 
 from coordinator.auth import SessionSigner, create_join_token
-from coordinator.engine import Engine
-from coordinator.metrics import CoordinatorMetrics
-from coordinator.plan import synthetic_plan
-from coordinator.server import CoordinatorService, RunDescription, start_grpc_server
 from coordinator.settings import ServerSettings
-from coordinator.status import RunInfo, StatusBoard
 from coordinator.storage import Storage
 from lila_net.credentials import CredentialAuthority, CredentialVerifier
 from lila_net.dht.node import start_dht
 from lila_net.dht.security import DhtCredentialAuthorizer, PeerIdentity
 from lila_net.proto import coordinator_pb2 as pb
 from lila_net.proto import coordinator_pb2_grpc as pb_grpc
+from lila_run.harness import RawCodec
 from peer.averaging import Averager, AveragingConfig, Transport, get_aggregator
 from peer.averaging.auth import CredentialAuthorizer
 from peer.averaging.trust import IssuedCredential, TrustSession
+from tests.helpers.coordinator_service import AUTHORITY_SEED, in_process_service
+from tests.helpers.transports import local_transports
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -62,52 +60,30 @@ def test_no_valid_token_cannot_join_the_coordinator(tmp_path, caplog) -> None:
     caplog.set_level(logging.DEBUG)
 
     async def scenario() -> tuple[list[tuple[grpc.StatusCode, str]], str, str]:
-        storage = Storage(tmp_path / "run.db")
-        settings = ServerSettings()
-        engine = Engine(storage=storage, plan=synthetic_plan([[4]]), config=settings.core_config())
+        built = in_process_service(Storage(tmp_path / "run.db"), ServerSettings(), run=RUN)
+        storage, good = built.storage, built.token
         now = time.time()
-        _, good = create_join_token(storage, label="good", now=now)
         revoked_id, revoked = create_join_token(storage, label="leaked", now=now)
         storage.revoke_join_token(revoked_id, at=now)
         expired = create_join_token(storage, label="old", now=now - 10, ttl_s=5)[1]
-        board = StatusBoard(
-            state=lambda: engine.state, history=lambda n: [], run=RunInfo(RUN, "debug"), refresh_s=1.0,
-            history_limit=1,
-        )
-        service = CoordinatorService(
-            engine=engine,
-            signer=SessionSigner(storage.secret(), ttl_s=600.0),
-            settings=settings,
-            description=RunDescription(""),
-            metrics=CoordinatorMetrics(),
-            status=board,
-            authority=CredentialAuthority(bytes(32), run=RUN),
-        )
-        await engine.start()
-        server, port = await start_grpc_server(service, host="127.0.0.1", port=0)
         identity = PeerIdentity.generate()
         issue = pb.IssueCredentialRequest(libp2p_peer_id=identity.peer_id, public_key=identity.public_key)
         errors = []
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = pb_grpc.CoordinatorStub(channel)
-                for token in ("", "not-a-token", "lila_jt_0000_secret", revoked, expired):
-                    with pytest.raises(grpc.aio.AioRpcError) as info:
-                        await stub.Join(pb.JoinRequest(join_token=token, peer_name="mallory"), timeout=10)
-                    errors.append((info.value.code(), info.value.details()))
-                forged = SessionSigner(b"x" * 32, ttl_s=600.0).issue("p-mallory", "t", now=now)
-                for metadata in ((), (("authorization", f"Bearer {forged}"),)):
-                    with pytest.raises(grpc.aio.AioRpcError) as info:
-                        await stub.IssueCredential(issue, metadata=metadata, timeout=10)
-                    errors.append((info.value.code(), info.value.details()))
-                joined = await stub.Join(pb.JoinRequest(join_token=good, peer_name="alice"), timeout=10)
-                meta = (("authorization", f"Bearer {joined.session_token}"),)
-                issued = await stub.IssueCredential(issue, metadata=meta, timeout=10)
-                return errors, issued.credential, good
-        finally:
-            await server.stop(None)
-            await engine.stop()
-            storage.close()
+        async with built.serving() as address, grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.CoordinatorStub(channel)
+            for token in ("", "not-a-token", "lila_jt_0000_secret", revoked, expired):
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.Join(pb.JoinRequest(join_token=token, peer_name="mallory"), timeout=10)
+                errors.append((info.value.code(), info.value.details()))
+            forged = SessionSigner(b"x" * 32, ttl_s=600.0).issue("p-mallory", "t", now=now)
+            for metadata in ((), (("authorization", f"Bearer {forged}"),)):
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.IssueCredential(issue, metadata=metadata, timeout=10)
+                errors.append((info.value.code(), info.value.details()))
+            joined = await stub.Join(pb.JoinRequest(join_token=good, peer_name="alice"), timeout=10)
+            meta = (("authorization", f"Bearer {joined.session_token}"),)
+            issued = await stub.IssueCredential(issue, metadata=meta, timeout=10)
+            return errors, issued.credential, good
 
     errors, credential, token = asyncio.run(scenario())
     assert [code for code, _ in errors] == [grpc.StatusCode.UNAUTHENTICATED] * 7
@@ -116,7 +92,7 @@ def test_no_valid_token_cannot_join_the_coordinator(tmp_path, caplog) -> None:
     assert "not known to this run" in errors[2][1]
     assert "was revoked" in errors[3][1] and "expired" in errors[4][1]
     assert "no session token" in errors[5][1] and "not issued by this run" in errors[6][1]
-    verifier = CredentialVerifier([CredentialAuthority(bytes(32), run=RUN).public_key], run=RUN)
+    verifier = CredentialVerifier([CredentialAuthority(AUTHORITY_SEED, run=RUN).public_key], run=RUN)
     assert verifier.verify(credential, now=time.time()).peer.startswith("p-")
     assert credential not in caplog.text and token not in caplog.text
 
@@ -279,27 +255,6 @@ def _dht_scenario() -> None:
 # ---------------------------------------------------------------------------------------------- averaging
 
 
-class Fp32Codec:
-    def encode(self, tensor: torch.Tensor, *, seed: int = 0) -> bytes:
-        return tensor.detach().to(torch.float32).contiguous().numpy().tobytes()
-
-    def decode(self, payload: bytes) -> torch.Tensor:
-        return torch.frombuffer(bytearray(payload), dtype=torch.float32)
-
-
-def _open_dht_peers(directory: Path) -> list[tuple[PeerIdentity, Transport]]:
-    """Three peers on an open DHT (so only the averaging layer's own check is under test)."""
-    peers: list[tuple[PeerIdentity, Transport]] = []
-    for index in range(3):
-        identity = PeerIdentity.generate()
-        path = identity.write_identity_file(directory / f"id-{index}.key")
-        initial = peers[0][1].visible_maddrs() if peers else ()
-        transport = Transport.create(initial_peers=initial, identity_path=str(path), check_if_identity_free=False)
-        assert transport.peer_id == identity.peer_id
-        peers.append((identity, transport))
-    return peers
-
-
 def _together(jobs: dict[str, Any]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     threads = [threading.Thread(target=lambda n=n, j=j: results.__setitem__(n, j())) for n, j in jobs.items()]
@@ -312,16 +267,18 @@ def _together(jobs: dict[str, Any]) -> dict[str, Any]:
 
 def _averaging_scenario() -> None:
     logs = _Logs.install()
-    torch.set_num_threads(1)
     directory = Path(tempfile.mkdtemp(prefix="lila-trust-test-"))
-    open_dht_peers = _open_dht_peers(directory)
+    identities = [PeerIdentity.generate() for _ in range(3)]
+    paths = [identity.write_identity_file(directory / f"id-{i}.key") for i, identity in enumerate(identities)]
     try:
-        _averaging_rounds(open_dht_peers, logs)
+        # three peers on an open DHT (so only the averaging layer's own check is under test)
+        with local_transports(
+            3, options=lambda i: {"identity_path": str(paths[i]), "check_if_identity_free": False}
+        ) as transports:
+            assert [t.peer_id for t in transports] == [i.peer_id for i in identities]
+            _averaging_rounds(list(zip(identities, transports, strict=True)), logs)
     finally:
-        for _, transport in open_dht_peers:
-            transport.shutdown()
         shutil.rmtree(directory, ignore_errors=True)
-        gc.collect()
 
 
 def _averaging_rounds(open_dht_peers: list[tuple[PeerIdentity, Transport]], logs: _Logs) -> None:
@@ -345,7 +302,7 @@ def _averaging_rounds(open_dht_peers: list[tuple[PeerIdentity, Transport]], logs
         c_t, run_id=RUN_ID, credential=credentials["a"].encode(), authorize=lambda *_: True, max_numel=NUMEL,
         config=CONFIG,
     )
-    codec, mean = Fp32Codec(), get_aggregator("mean")
+    codec, mean = RawCodec(torch.float32), get_aggregator("mean")
     vectors = {n: torch.full((NUMEL,), float(i + 1)) for i, n in enumerate("abc")}
     try:
         honest = sorted([a_t.peer_id, b_t.peer_id])

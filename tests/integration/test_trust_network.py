@@ -13,7 +13,6 @@ applied a poisoned average (their parameters stay finite and the validation bpb 
 
 from __future__ import annotations
 
-import json
 import math
 import sqlite3
 import subprocess
@@ -22,10 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from lila_net.config import RunConfig
+from lila_run.harness import write_corpus, write_run_config
 from lila_run.local_network import LocalNetwork, NetworkOptions
 from peer.errors import EXIT_BANNED
 from peer.events import EVENTS_FILE, read_events
+from tests.helpers.runs import robust_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
 
@@ -38,31 +38,15 @@ DOCS = 60
 
 
 def _write_run(directory: Path) -> Path:
-    from lila_data import iter_texts
-
-    corpus = directory / "docs.jsonl"
-    with corpus.open("w") as out:
-        for index, text in enumerate(iter_texts("bundled:fineweb-edu-sample", max_docs=DOCS)):
-            out.write(json.dumps({"id": f"doc-{index}", "text": text[:3000]}) + "\n")
-    raw = {
-        "run": {"name": "poisoned", "seed": 0},
-        "model": {"preset": "debug", "variant": "vanilla"},
-        "data": {"tokenizer": "fineweb-edu-2048", "docs_per_shard": 2, "validation_fraction": 0.2,
-                 "validation_max_docs": 4, "sources": {"docs": f"jsonl:{corpus}"}},
-        "curriculum": {
-            "stages": [{"name": "all", "tokens": 10_000_000, "seq_len": 64, "mixture": {"docs": 1.0}}],
-            "schedule": {"peak_lr": 3e-3, "warmup_tokens": 0, "decay_tokens": 0},
-        },
-        "diloco": {"inner_steps": 4, "batch_size": 4, "matchmaking_time_s": 1.5, "averaging_timeout_s": 10.0,
-                   "min_group_size": 2},
-        "codec": {"name": "fp16"},
-        "trust": {"aggregator": "centered_clip", "norm_bound": NORM_BOUND, "strikes_to_ban": STRIKES_TO_BAN,
-                  "strike_witnesses": 2},
-        "coordinator": {"heartbeat_interval_s": 0.5, "lease_timeout_s": 6.0, "max_leases_per_peer": 1},
-    }
-    path = directory / "run.toml"
-    path.write_text(RunConfig.from_dict(raw).to_toml())
-    return path
+    run = robust_run(
+        name="poisoned",
+        corpus=write_corpus(directory / "docs.jsonl", docs=DOCS, max_chars=3000),
+        stage_tokens=10_000_000,
+        validation_max_docs=4,
+        trust={"norm_bound": NORM_BOUND, "strikes_to_ban": STRIKES_TO_BAN, "strike_witnesses": 2},
+        coordinator={"heartbeat_interval_s": 0.5, "lease_timeout_s": 6.0, "max_leases_per_peer": 1},
+    )
+    return write_run_config(run, directory)
 
 
 def test_a_peer_sending_scaled_pseudo_gradients_is_banned_and_the_honest_peers_train_on(

@@ -98,4 +98,4 @@ def test_cli_export(checkpoint, tmp_path, capsys):
     assert f"{out.stat().st_size} bytes" in printed and "smaller than fp32" in printed
     assert main(["export", "--checkpoint", str(tmp_path / "nope"), "--out", str(out)]) == 2
     with pytest.raises(SystemExit):
-        main(["export", "--checkpoint", str(path), "--bits", "5", "--out", str(out)])
+        main(["export", "--checkpoint", str(path), "--bits", "9", "--out", str(out)])

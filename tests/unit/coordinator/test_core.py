@@ -21,6 +21,12 @@ def _state(docs=((4, 4, 4),), budgets=None, **config):
     return initial_state(plan, core_config(**{"lease_timeout_s": TIMEOUT, "max_leases_per_peer": 1, **config}))
 
 
+def _leased(state=None):
+    """``state`` (default: a fresh one) after p1 ("a") joined and was granted lease L1 at time 0."""
+    joined = [(ev.PeerJoined("p1", "a"), 0.0), (ev.LeaseRequested("p1"), 0.0)]
+    return _run(_state() if state is None else state, joined)[0]
+
+
 def _run(state, events):
     """Apply (event, now) pairs; returns the final state and the actions of the last event."""
     actions = []
@@ -60,7 +66,7 @@ def test_join_lease_progress_complete_credits_exact_tokens():
 
 
 def test_duplicate_report_seq_is_acknowledged_without_credit():
-    state, _ = _run(_state(), [(ev.PeerJoined("p1", "a"), 0.0), (ev.LeaseRequested("p1"), 0.0)])
+    state = _leased()
     state, _ = core.apply(state, ev.ProgressReported("p1", "L1", 1, Position(1, 10)), 1.0)
     again, actions = core.apply(state, ev.ProgressReported("p1", "L1", 1, Position(1, 10)), 1.5)
     accepted = _one(actions, act.ReportAccepted)
@@ -72,34 +78,29 @@ def test_duplicate_report_seq_is_acknowledged_without_credit():
     assert stale.global_tokens == 10
 
 
-def test_position_going_back_is_rejected_with_message():
-    state, _ = _run(_state(), [(ev.PeerJoined("p1", "a"), 0.0), (ev.LeaseRequested("p1"), 0.0)])
-    state, _ = core.apply(state, ev.ProgressReported("p1", "L1", 1, Position(2, 50)), 1.0)
-    after, actions = core.apply(state, ev.ProgressReported("p1", "L1", 2, Position(1, 60)), 2.0)
+def _assert_bad_position(state, event, now, message):
+    """``event`` is rejected as a bad position, saying ``message``, and changes nothing."""
+    after, actions = core.apply(state, event, now)
     rejected = _one(actions, act.Rejected)
     assert rejected.code is act.RejectCode.BAD_POSITION
-    assert "behind the last reported" in rejected.message
+    assert message in rejected.message
     assert after is state
+
+
+def test_position_going_back_is_rejected_with_message():
+    state, _ = core.apply(_leased(), ev.ProgressReported("p1", "L1", 1, Position(2, 50)), 1.0)
+    going_back = ev.ProgressReported("p1", "L1", 2, Position(1, 60))
+    _assert_bad_position(state, going_back, 2.0, "behind the last reported")
 
 
 def test_complete_needs_every_document():
-    state, _ = _run(_state(), [(ev.PeerJoined("p1", "a"), 0.0), (ev.LeaseRequested("p1"), 0.0)])
-    after, actions = core.apply(state, ev.ShardCompleted("p1", "L1", 1, Position(3, 50)), 1.0)
-    rejected = _one(actions, act.Rejected)
-    assert rejected.code is act.RejectCode.BAD_POSITION
-    assert "has 4 documents" in rejected.message
-    assert after is state
+    _assert_bad_position(_leased(), ev.ShardCompleted("p1", "L1", 1, Position(3, 50)), 1.0, "has 4 documents")
 
 
 def test_expired_lease_goes_back_with_resume_position_to_next_peer():
     state, _ = _run(
-        _state(),
-        [
-            (ev.PeerJoined("p1", "a"), 0.0),
-            (ev.LeaseRequested("p1"), 0.0),
-            (ev.ProgressReported("p1", "L1", 1, Position(3, 120)), 5.0),
-            (ev.PeerJoined("p2", "b"), 6.0),
-        ],
+        _leased(),
+        [(ev.ProgressReported("p1", "L1", 1, Position(3, 120)), 5.0), (ev.PeerJoined("p2", "b"), 6.0)],
     )
     state, actions = core.apply(state, ev.Tick(), 15.5)  # p1 silent since 5.0 > 10 s
     returned = _one(actions, act.LeaseReturned)
@@ -123,9 +124,7 @@ def test_expired_lease_goes_back_with_resume_position_to_next_peer():
 
 
 def test_heartbeat_keeps_lease_alive_and_stall_timeout_takes_it():
-    state, _ = _run(
-        _state(stall_timeout_s=25.0), [(ev.PeerJoined("p1", "a"), 0.0), (ev.LeaseRequested("p1"), 0.0)]
-    )
+    state = _leased(_state(stall_timeout_s=25.0))
     for t in (8.0, 16.0, 24.0):
         state, _ = core.apply(state, ev.Heartbeat("p1", "training"), t)
         state, actions = core.apply(state, ev.Tick(), t + 1.0)
@@ -137,7 +136,7 @@ def test_heartbeat_keeps_lease_alive_and_stall_timeout_takes_it():
 
 
 def test_release_requeues_and_release_at_end_completes():
-    state, _ = _run(_state(), [(ev.PeerJoined("p1", "a"), 0.0), (ev.LeaseRequested("p1"), 0.0)])
+    state = _leased()
     state, actions = core.apply(state, ev.ShardReleased("p1", "L1", 1, Position(1, 30)), 1.0)
     assert _one(actions, act.LeaseReturned).requeued
     assert list(state.returned) == [(0, state.plan.stages[0].shards[0].shard_id)]
@@ -149,7 +148,7 @@ def test_release_requeues_and_release_at_end_completes():
 
 
 def test_second_request_returns_existing_lease():
-    state, _ = _run(_state(), [(ev.PeerJoined("p1", "a"), 0.0), (ev.LeaseRequested("p1"), 0.0)])
+    state = _leased()
     state, actions = core.apply(state, ev.LeaseRequested("p1"), 1.0)
     granted = _one(actions, act.LeaseGranted)
     assert (granted.lease.lease_id, granted.existing) == ("L1", True)
@@ -157,8 +156,7 @@ def test_second_request_returns_existing_lease():
 
 
 def test_stage_advances_when_drained_and_run_finishes():
-    state = _state(docs=((2,), (3,)))
-    state, _ = _run(state, [(ev.PeerJoined("p1", "a"), 0.0), (ev.LeaseRequested("p1"), 0.0)])
+    state = _leased(_state(docs=((2,), (3,))))
     state, actions = core.apply(state, ev.ShardCompleted("p1", "L1", 1, Position(2, 10)), 1.0)
     assert _one(actions, act.StageAdvanced) == act.StageAdvanced(
         0, 1, "every shard of stage 'stage0' is completed"
@@ -237,14 +235,7 @@ def test_strikes_ban_and_banned_peer_is_refused():
 
 
 def test_leave_returns_leases_and_rejoin_keeps_credit():
-    state, _ = _run(
-        _state(),
-        [
-            (ev.PeerJoined("p1", "a"), 0.0),
-            (ev.LeaseRequested("p1"), 0.0),
-            (ev.ProgressReported("p1", "L1", 1, Position(1, 5)), 1.0),
-        ],
-    )
+    state, _ = core.apply(_leased(), ev.ProgressReported("p1", "L1", 1, Position(1, 5)), 1.0)
     state, actions = core.apply(state, ev.PeerLeft("p1"), 2.0)
     assert _one(actions, act.LeaseReturned).lease.position == Position(1, 5)
     _, actions = core.apply(state, ev.Heartbeat("p1"), 3.0)
@@ -256,7 +247,7 @@ def test_leave_returns_leases_and_rejoin_keeps_credit():
 
 
 def test_restarted_gives_live_peers_fresh_deadlines():
-    state, _ = _run(_state(), [(ev.PeerJoined("p1", "a"), 0.0), (ev.LeaseRequested("p1"), 0.0)])
+    state = _leased()
     state, _ = core.apply(state, ev.Restarted(), 100.0)
     state, actions = core.apply(state, ev.Tick(), 105.0)
     assert "L1" in state.leases and actions == []
@@ -273,7 +264,7 @@ def test_metrics_recorded_with_global_tokens():
 
 
 def test_unchanged_parts_are_shared_between_states():
-    state, _ = _run(_state(), [(ev.PeerJoined("p1", "a"), 0.0), (ev.LeaseRequested("p1"), 0.0)])
+    state = _leased()
     after, _ = core.apply(state, ev.Heartbeat("p1"), 1.0)
     assert after.leases is state.leases and after.returned is state.returned
     assert after.peers is not state.peers

@@ -5,24 +5,19 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import grpc
 import pytest
 
 from coordinator import actions as act
 from coordinator import events as ev
-from coordinator.auth import SessionSigner, create_join_token
 from coordinator.engine import Engine, StorageUnavailable
-from coordinator.metrics import CoordinatorMetrics
 from coordinator.plan import synthetic_plan
-from coordinator.server import CoordinatorService, RunDescription, start_grpc_server
 from coordinator.settings import ServerSettings
-from coordinator.status import RunInfo, StatusBoard
 from coordinator.storage import Storage
 from lila_net.proto import coordinator_pb2 as pb
 from lila_net.proto import coordinator_pb2_grpc as pb_grpc
-from tests.helpers.coordinator_service import core_config
+from tests.helpers.coordinator_service import core_config, in_process_service
 
 PLAN = synthetic_plan([[2, 2, 2]])
 PEERS = 50
@@ -89,6 +84,12 @@ class StuckEngine:
         self.mode = mode
         self.state = storage.load(PLAN, core_config())
 
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
     async def submit(self, event):
         if self.mode == "bug":
             raise KeyError("bug")
@@ -105,37 +106,16 @@ class StuckEngine:
 def test_handler_deadline_and_internal_errors(tmp_path, mode, code, text):
     async def scenario():
         storage = Storage(tmp_path / "run.db")
-        _, token = create_join_token(storage, label="t", now=time.time())
-        engine = StuckEngine(storage, mode)
-        settings = ServerSettings.of(handler_timeout_s=0.3)
-        board = StatusBoard(
-            state=lambda: engine.state,
-            history=lambda n: [],
-            run=RunInfo("r", "debug"),
-            refresh_s=1.0,
-            history_limit=1,
-        )
-        service = CoordinatorService(
-            engine=engine,
-            signer=SessionSigner(storage.secret(), ttl_s=60.0),
-            settings=settings,
-            description=RunDescription(""),
-            metrics=CoordinatorMetrics(),
-            status=board,
-        )
-        server, port = await start_grpc_server(service, host="127.0.0.1", port=0)
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = pb_grpc.CoordinatorStub(channel)
-                outcomes = []
-                for _ in range(2):  # the server answers again after the failure
-                    with pytest.raises(grpc.aio.AioRpcError) as info:
-                        await stub.Join(pb.JoinRequest(join_token=token, peer_name="x"), timeout=10)
-                    outcomes.append((info.value.code(), info.value.details()))
-                return outcomes, service.metrics.render().decode()
-        finally:
-            await server.stop(None)
-            storage.close()
+        built = in_process_service(storage, ServerSettings.of(handler_timeout_s=0.3), run="r",
+                                   engine=StuckEngine(storage, mode))
+        async with built.serving() as address, grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.CoordinatorStub(channel)
+            outcomes = []
+            for _ in range(2):  # the server answers again after the failure
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.Join(pb.JoinRequest(join_token=built.token, peer_name="x"), timeout=10)
+                outcomes.append((info.value.code(), info.value.details()))
+            return outcomes, built.service.metrics.render().decode()
 
     outcomes, metrics = asyncio.run(scenario())
     for got_code, details in outcomes:

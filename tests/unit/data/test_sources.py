@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -124,7 +125,10 @@ def test_hub_url_addresses_repo_files_by_revision() -> None:
 # ---------------------------------------------------------------- bad input
 
 
-def _assert_message(info: pytest.ExceptionInfo, *fragments: str) -> None:
+def _refuses(call: Callable[[], object], *fragments: str) -> None:
+    """``call()`` raises a DataError whose message holds every fragment."""
+    with pytest.raises(DataError) as info:
+        call()
     message = str(info.value)
     for fragment in fragments:
         assert fragment in message, message
@@ -132,46 +136,35 @@ def _assert_message(info: pytest.ExceptionInfo, *fragments: str) -> None:
 
 def test_unknown_config_names_the_source_and_the_choices() -> None:
     spec = "hf:HuggingFaceFW/fineweb-edu?config=sample-7BT"
-    with pytest.raises(DataError) as info:
-        open_source(spec)
-    _assert_message(info, spec, "unknown config 'sample-7BT'", "sample-10BT")
+    _refuses(lambda: open_source(spec), spec, "unknown config 'sample-7BT'", "sample-10BT")
 
 
 def test_hub_spec_problems() -> None:
-    with pytest.raises(DataError) as info:
-        open_source("hf:HuggingFaceFW/fineweb-edu")
-    _assert_message(info, "hf:HuggingFaceFW/fineweb-edu", "name a config")
-    with pytest.raises(DataError) as info:
-        open_source("hf:someone/else?config=x")
-    _assert_message(info, "hf:someone/else?config=x", "parquet:PATH")
-    with pytest.raises(DataError) as info:
-        open_source("hf:HuggingFaceFW/fineweb-edu?config=sample-10BT&colour=red")
-    _assert_message(info, "colour", "unknown parameter")
+    for spec, *fragments in (
+        ("hf:HuggingFaceFW/fineweb-edu", "hf:HuggingFaceFW/fineweb-edu", "name a config"),
+        ("hf:someone/else?config=x", "hf:someone/else?config=x", "parquet:PATH"),
+        ("hf:HuggingFaceFW/fineweb-edu?config=sample-10BT&colour=red", "colour", "unknown parameter"),
+    ):
+        _refuses(lambda spec=spec: open_source(spec), *fragments)
 
 
 def test_missing_column_names_the_file_and_the_fix(tmp_path: Path) -> None:
     pq.write_table(pa.table({"text": ["hello"], "uid": ["x"]}), tmp_path / "noid.parquet")
     spec = f"parquet:{tmp_path}"
     source = open_source(spec)
-    with pytest.raises(DataError) as info:
-        list(source.read("noid.parquet"))
-    _assert_message(info, spec, "noid.parquet", "missing column 'id'", "Rename")
+    _refuses(lambda: list(source.read("noid.parquet")), spec, "noid.parquet", "missing column 'id'", "Rename")
 
 
 def test_missing_text_in_jsonl(tmp_path: Path) -> None:
     (tmp_path / "d.jsonl").write_text('{"id": "1", "body": "x"}\n')
     spec = f"jsonl:{tmp_path / 'd.jsonl'}"
-    with pytest.raises(DataError) as info:
-        list(open_source(spec).read("d.jsonl"))
-    _assert_message(info, spec, "missing column 'text'")
+    _refuses(lambda: list(open_source(spec).read("d.jsonl")), spec, "missing column 'text'")
 
 
 def test_empty_parquet_file(tmp_path: Path) -> None:
     (tmp_path / "empty.parquet").write_bytes(b"")
     spec = f"parquet:{tmp_path / 'empty.parquet'}"
-    with pytest.raises(DataError) as info:
-        open_source(spec).num_rows("empty.parquet")
-    _assert_message(info, spec, "empty (0 bytes)", "re-download")
+    _refuses(lambda: open_source(spec).num_rows("empty.parquet"), spec, "empty (0 bytes)", "re-download")
 
 
 def test_parquet_without_rows(tmp_path: Path) -> None:
@@ -179,17 +172,13 @@ def test_parquet_without_rows(tmp_path: Path) -> None:
         pa.table({"text": pa.array([], pa.string()), "id": pa.array([], pa.string())}), tmp_path / "z.parquet"
     )
     spec = f"parquet:{tmp_path / 'z.parquet'}"
-    with pytest.raises(DataError) as info:
-        open_source(spec).num_rows("z.parquet")
-    _assert_message(info, spec, "no rows")
+    _refuses(lambda: open_source(spec).num_rows("z.parquet"), spec, "no rows")
 
 
 def test_empty_jsonl_file(tmp_path: Path) -> None:
     (tmp_path / "empty.jsonl").write_text("\n\n")
     spec = f"jsonl:{tmp_path / 'empty.jsonl'}"
-    with pytest.raises(DataError) as info:
-        open_source(spec).num_rows("empty.jsonl")
-    _assert_message(info, spec, "empty")
+    _refuses(lambda: open_source(spec).num_rows("empty.jsonl"), spec, "empty")
 
 
 def test_corrupt_parquet(tmp_path: Path, sample: pa.Table) -> None:
@@ -198,55 +187,40 @@ def test_corrupt_parquet(tmp_path: Path, sample: pa.Table) -> None:
     data = good.read_bytes()
     (tmp_path / "bad.parquet").write_bytes(data[: len(data) // 2])  # a truncated download
     spec = f"parquet:{tmp_path / 'bad.parquet'}"
-    with pytest.raises(DataError) as info:
-        open_source(spec).num_rows("bad.parquet")
-    _assert_message(info, spec, "bad.parquet", "corrupt")
+    _refuses(lambda: open_source(spec).num_rows("bad.parquet"), spec, "bad.parquet", "corrupt")
 
 
 def test_invalid_json_line(tmp_path: Path) -> None:
     (tmp_path / "d.jsonl").write_text('{"id": "1", "text": "a"}\n{"id": "2", "text": \n')
     spec = f"jsonl:{tmp_path / 'd.jsonl'}"
-    with pytest.raises(DataError) as info:
-        list(open_source(spec).read("d.jsonl"))
-    _assert_message(info, spec, "row 1 is not valid JSON")
+    _refuses(lambda: list(open_source(spec).read("d.jsonl")), spec, "row 1 is not valid JSON")
 
 
 def test_null_id_and_non_string_text(tmp_path: Path) -> None:
     pq.write_table(pa.table({"text": ["a", "b", "c"], "id": ["1", None, "3"]}), tmp_path / "n.parquet")
     spec = f"parquet:{tmp_path / 'n.parquet'}"
-    with pytest.raises(DataError) as info:
-        list(open_source(spec).read("n.parquet"))
-    _assert_message(info, spec, "row 1 has a null 'id'")
+    _refuses(lambda: list(open_source(spec).read("n.parquet")), spec, "row 1 has a null 'id'")
     pq.write_table(pa.table({"text": [1, 2], "id": ["1", "2"]}), tmp_path / "t.parquet")
     spec = f"parquet:{tmp_path / 't.parquet'}"
-    with pytest.raises(DataError) as info:
-        list(open_source(spec).read("t.parquet"))
-    _assert_message(info, spec, "column 'text' has type int64")
+    _refuses(lambda: list(open_source(spec).read("t.parquet")), spec, "column 'text' has type int64")
 
 
 def test_bad_specs_and_paths(tmp_path: Path) -> None:
-    with pytest.raises(DataError) as info:
-        open_source("s3://bucket")
-    _assert_message(info, "s3://bucket", "bundled:fineweb-edu-sample")
-    with pytest.raises(DataError) as info:
-        open_source("bundled:nope")
-    _assert_message(info, "bundled:nope", "fineweb-edu-sample")
-    with pytest.raises(DataError) as info:
-        open_source(f"parquet:{tmp_path / 'missing'}")
-    _assert_message(info, str(tmp_path / "missing"), "does not exist")
-    with pytest.raises(DataError) as info:
-        open_source(f"parquet:{tmp_path}")
-    _assert_message(info, str(tmp_path), "no .parquet files")
+    _refuses(lambda: open_source("s3://bucket"), "s3://bucket", "bundled:fineweb-edu-sample")
+    _refuses(lambda: open_source("bundled:nope"), "bundled:nope", "fineweb-edu-sample")
+    missing = tmp_path / "missing"
+    _refuses(lambda: open_source(f"parquet:{missing}"), str(missing), "does not exist")
+    _refuses(lambda: open_source(f"parquet:{tmp_path}"), str(tmp_path), "no .parquet files")
 
 
 def test_row_range_outside_the_file_asks_to_replan() -> None:
     source = open_source(BUNDLED)
-    with pytest.raises(DataError) as info:
-        list(source.read("sample-10BT-head-150.parquet", row_start=140, row_stop=151))
-    _assert_message(info, BUNDLED, "re-plan")
-    with pytest.raises(DataError) as info:
-        list(source.read("other.parquet"))
-    _assert_message(info, BUNDLED, "no such file")
+    _refuses(
+        lambda: list(source.read("sample-10BT-head-150.parquet", row_start=140, row_stop=151)),
+        BUNDLED,
+        "re-plan",
+    )
+    _refuses(lambda: list(source.read("other.parquet")), BUNDLED, "no such file")
 
 
 def test_corrupt_file_in_a_hub_mirror(tmp_path: Path) -> None:
@@ -254,9 +228,14 @@ def test_corrupt_file_in_a_hub_mirror(tmp_path: Path) -> None:
     folder.mkdir(parents=True)
     (folder / "000_00000.parquet").write_bytes(b"PAR1 this is not parquet")
     spec = f"hf:HuggingFaceFW/fineweb-edu?config=sample-10BT&mirror={tmp_path}"
-    with pytest.raises(DataError) as info:
-        open_source(spec).num_rows("sample/10BT/000_00000.parquet")
-    _assert_message(info, spec, "not a readable parquet file", "re-download")
-    with pytest.raises(DataError) as info:
-        open_source(f"hf:HuggingFaceFW/fineweb-edu?config=sample-100BT&mirror={tmp_path}")
-    _assert_message(info, "has no folder sample/100BT/", "huggingface-cli download")
+    _refuses(
+        lambda: open_source(spec).num_rows("sample/10BT/000_00000.parquet"),
+        spec,
+        "not a readable parquet file",
+        "re-download",
+    )
+    _refuses(
+        lambda: open_source(f"hf:HuggingFaceFW/fineweb-edu?config=sample-100BT&mirror={tmp_path}"),
+        "has no folder sample/100BT/",
+        "huggingface-cli download",
+    )

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from coordinator.cli import DEFAULT_GRPC_PORT
 from coordinator.cli import build_parser as coordinator_parser
 from peer.cli import build_parser as peer_parser
 from tests.helpers.paths import REPO
@@ -138,7 +139,7 @@ def test_coordinator_image_command_parses():
     args = coordinator_parser().parse_args(yaml.safe_load(steps["CMD"]))
     assert (args.command, args.grpc, args.http, args.db) == (
         "serve",
-        "0.0.0.0:50051",
+        f"0.0.0.0:{DEFAULT_GRPC_PORT}",
         "0.0.0.0:8080",
         "/data/run.db",
     )
@@ -223,7 +224,7 @@ def test_peer_entrypoint_builds_a_join_command_the_cli_accepts(tmp_path):
     fake.chmod(0o755)
     env = {
         "PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin",
-        "LILA_COORDINATOR": "coordinator:50051",
+        "LILA_COORDINATOR": f"coordinator:{DEFAULT_GRPC_PORT}",
         "LILA_METRICS_HOST": "peer",
         "LILA_DEVICE": "cpu",
     }
@@ -233,7 +234,7 @@ def test_peer_entrypoint_builds_a_join_command_the_cli_accepts(tmp_path):
     argv = run.stdout.splitlines()
     assert argv[0] == "join"
     args = peer_parser().parse_args(argv)
-    assert (args.coordinator, args.name, args.device) == ("coordinator:50051", "demo", "cpu")
+    assert (args.coordinator, args.name, args.device) == (f"coordinator:{DEFAULT_GRPC_PORT}", "demo", "cpu")
     assert (args.metrics_host, args.metrics_port, str(args.workdir)) == ("peer", 9500, "/data")
     # Without a coordinator it refuses with a message that says what to set.
     run = _run(["sh", script], env={"PATH": env["PATH"]})
@@ -241,24 +242,31 @@ def test_peer_entrypoint_builds_a_join_command_the_cli_accepts(tmp_path):
     assert "LILA_COORDINATOR" in run.stderr
 
 
-@pytest.mark.skipif(not PROMTOOL.exists(), reason=f"{PROMTOOL} is missing: apt-get install -y prometheus")
-def test_promtool_checks_config_and_rules():
-    config = _run([str(PROMTOOL), "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")])
-    assert config.returncode == 0, config.stdout + config.stderr
-    assert "SUCCESS: 1 rule files found" in config.stdout
-    rules = _run([str(PROMTOOL), "check", "rules", str(DEPLOY / "prometheus" / "alerts.yml")])
-    assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 8 rules found" in rules.stdout
+needs_promtool = pytest.mark.skipif(
+    not PROMTOOL.exists(), reason=f"{PROMTOOL} is missing: apt-get install -y prometheus"
+)
 
 
-@pytest.mark.skipif(not PROMTOOL.exists(), reason=f"{PROMTOOL} is missing: apt-get install -y prometheus")
-def test_promtool_alert_unit_tests_pass():
-    run = _run([str(PROMTOOL), "test", "rules", str(DEPLOY / "prometheus" / "alerts_test.yml")])
+def _promtool(*args: str) -> str:
+    """promtool's output; it must succeed."""
+    run = _run([str(PROMTOOL), *args])
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "SUCCESS" in run.stdout
+    return run.stdout
 
 
-@pytest.mark.skipif(not PROMTOOL.exists(), reason=f"{PROMTOOL} is missing: apt-get install -y prometheus")
+@needs_promtool
+def test_promtool_checks_config_and_rules():
+    prometheus = DEPLOY / "prometheus"
+    assert "SUCCESS: 1 rule files found" in _promtool("check", "config", str(prometheus / "prometheus.yml"))
+    assert "SUCCESS: 8 rules found" in _promtool("check", "rules", str(prometheus / "alerts.yml"))
+
+
+@needs_promtool
+def test_promtool_alert_unit_tests_pass():
+    assert "SUCCESS" in _promtool("test", "rules", str(DEPLOY / "prometheus" / "alerts_test.yml"))
+
+
+@needs_promtool
 def test_alert_unit_tests_cover_every_alert():
     rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
     alerts = {r["alert"] for g in rules["groups"] for r in g["rules"]}
@@ -292,7 +300,7 @@ def test_systemd_unit_runs_the_right_command(unit):
     text = unit.read_text()
     exec_start = re.search(r"^ExecStart=(.+)$", text, re.M).group(1).split()
     assert "User=lila" in text and "Restart=on-failure" in text and "WantedBy=multi-user.target" in text
-    expanded = [a.replace("${LILA_COORDINATOR}", "coordinator.example.org:50051") for a in exec_start[1:]]
+    expanded = [a.replace("${LILA_COORDINATOR}", f"coordinator.example.org:{DEFAULT_GRPC_PORT}") for a in exec_start[1:]]
     expanded = [a for a in expanded if not a.startswith("$")]  # $LILA_*_ARGS: optional extra flags
     if exec_start[0].endswith("lila-coordinator"):
         args = coordinator_parser().parse_args(expanded)
@@ -309,4 +317,17 @@ def test_systemd_unit_runs_the_right_command(unit):
     else:
         args = peer_parser().parse_args(expanded)
         assert str(args.workdir) == "/var/lib/lila-peer" and "StateDirectory=lila-peer" in text
-        assert args.coordinator == "coordinator.example.org:50051"
+        assert args.coordinator == f"coordinator.example.org:{DEFAULT_GRPC_PORT}"
+
+
+def test_one_coordinator_port_everywhere() -> None:
+    """The README, the deployment guide and every deploy file name the port the coordinator listens on
+    by default: a volunteer copying any of them reaches the coordinator."""
+    texts = {path: path.read_text() for path in (REPO / "README.md", REPO / "docs" / "deploy.md",
+                                                 *DOCKERFILES, *UNITS, DEPLOY / "compose.yaml",
+                                                 DEPLOY / "docker" / "peer-entrypoint.sh")}
+    addresses = re.compile(r"(?:--grpc[ ,\"]+|lila-peer join |LILA_COORDINATOR[=:] ?|\.org:)"
+                           r"[\w.\-]*:?(\d{4,5})\b")
+    ports = {(path.relative_to(REPO).as_posix(), int(port)) for path, text in texts.items()
+             for port in addresses.findall(text)}
+    assert ports and {port for _, port in ports} == {DEFAULT_GRPC_PORT}, sorted(ports)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lila_model.config import VARIANTS, get_preset
+from lila_model.config import VARIANTS
 from lila_model.model import LilaLM
+from tests.helpers.models import tiny_model
 
 VOCAB = 256
 SEQ = 24
@@ -15,18 +16,7 @@ SEQ = 24
 
 def activated_model(variant: str, *, position: str = "rope") -> LilaLM:
     """A tiny model of ``variant`` with every geometric part switched on (non-zero scales)."""
-    torch.manual_seed(0)
-    config = get_preset(
-        "debug",
-        variant=variant,
-        vocab_size=VOCAB,
-        block_size=64,
-        n_layers=2,
-        leech_every=1,
-        leech_targets="qk",
-        position=position,
-    )
-    model = LilaLM(config).eval()
+    model = tiny_model(variant, vocab_size=VOCAB, block_size=64, position=position).eval()
     with torch.no_grad():
         for name, param in model.iter_geometry_scales():
             if name.endswith("bias_scale"):

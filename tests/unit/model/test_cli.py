@@ -26,6 +26,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def generate_args(checkpoint: Path, *options: str) -> argparse.Namespace:
+    """``lila generate`` of PROMPT from ``checkpoint`` on the CPU, with ``options``."""
+    return parse(
+        ["generate", "--checkpoint", str(checkpoint), "--prompt", PROMPT, *options, "--device", "cpu"]
+    )
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, LilaLM]:
     torch.manual_seed(0)
@@ -47,23 +54,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, LilaLM]:
 
 def test_generate_prints_the_greedy_continuation(checkpoint, capsys: pytest.CaptureFixture[str]) -> None:
     path, model = checkpoint
-    args = parse(
-        [
-            "generate",
-            "--checkpoint",
-            str(path),
-            "--prompt",
-            PROMPT,
-            "--max-new-tokens",
-            "8",
-            "--temperature",
-            "0",
-            "--repetition-penalty",
-            "1.0",
-            "--device",
-            "cpu",
-        ]
-    )
+    args = generate_args(path, "--max-new-tokens", "8", "--temperature", "0", "--repetition-penalty", "1.0")
     assert args.func is generate_command.run
     assert generate_command.run(args) == 0
     tokenizer = load_tokenizer(TOKENIZER)
@@ -77,22 +68,7 @@ def test_generate_resonance_monitor_prints_one_line_per_token(
     checkpoint, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path, _ = checkpoint
-    args = parse(
-        [
-            "generate",
-            "--checkpoint",
-            str(path),
-            "--prompt",
-            PROMPT,
-            "--max-new-tokens",
-            "5",
-            "--seed",
-            "3",
-            "--resonance-monitor",
-            "--device",
-            "cpu",
-        ]
-    )
+    args = generate_args(path, "--max-new-tokens", "5", "--seed", "3", "--resonance-monitor")
     assert generate_command.run(args) == 0
     lines = capsys.readouterr().out.splitlines()
     header = lines.index("resonance per token (max cosine to the lattice directions):")
@@ -105,18 +81,6 @@ def test_generate_resonance_monitor_prints_one_line_per_token(
 
 def test_generate_rejects_a_tokenizer_larger_than_the_model(checkpoint) -> None:
     path, _ = checkpoint
-    args = parse(
-        [
-            "generate",
-            "--checkpoint",
-            str(path),
-            "--prompt",
-            PROMPT,
-            "--tokenizer",
-            "fineweb-edu-8192",
-            "--device",
-            "cpu",
-        ]
-    )
+    args = generate_args(path, "--tokenizer", "fineweb-edu-8192")
     with pytest.raises(SystemExit, match="has 8192 tokens but the model only 2048"):
         generate_command.run(args)

@@ -8,30 +8,18 @@ import math
 import pytest
 import torch
 
-from lila_model.config import VARIANTS, get_preset
+from lila_model.config import VARIANTS
 from lila_model.generate import apply_repetition_penalty, filter_logits, generate, sample_next
 from lila_model.model import LilaLM
 from lila_model.resonance import lattice_directions, max_cosine
+from tests.helpers.models import tiny_model
 
 VOCAB = 96
 
 
 def model_for(variant: str, *, block_size: int = 64) -> LilaLM:
     """A tiny model whose greedy output varies (a tied 0.02-init model just repeats its last token)."""
-    torch.manual_seed(0)
-    model = LilaLM(
-        get_preset(
-            "debug",
-            variant=variant,
-            vocab_size=VOCAB,
-            block_size=block_size,
-            n_layers=2,
-            leech_every=1,
-            leech_targets="qk",
-            tie_embeddings=False,
-            init_std=0.1,
-        )
-    )
+    model = tiny_model(variant, vocab_size=VOCAB, block_size=block_size, tie_embeddings=False, init_std=0.1)
     with torch.no_grad():
         for name, param in model.iter_geometry_scales():
             if name.endswith("bias_scale"):

@@ -9,25 +9,15 @@ import sys
 import pytest
 import torch
 
-from lila_model.config import VARIANTS, get_preset
+from lila_model.config import VARIANTS
 from lila_model.model import LilaLM
+from tests.helpers.models import tiny_model
 
 VOCAB = 64
 
 
 def tiny(variant: str) -> LilaLM:
-    torch.manual_seed(0)
-    return LilaLM(
-        get_preset(
-            "debug",
-            variant=variant,
-            vocab_size=VOCAB,
-            block_size=32,
-            n_layers=2,
-            leech_every=1,
-            leech_targets="qk",
-        )
-    )
+    return tiny_model(variant, vocab_size=VOCAB, block_size=32)
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:

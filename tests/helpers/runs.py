@@ -1,0 +1,30 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""Run configs shared by the tests of whole networks (a coordinator and ``lila-peer join`` processes)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from lila_net.config import RunConfig
+from lila_run.harness import small_run
+
+
+def robust_run(*, name: str, corpus: str, stage_tokens: int, validation_max_docs: int,
+               coordinator: Mapping[str, Any], trust: Mapping[str, Any] | None = None) -> RunConfig:
+    """A small run of ``corpus`` (one stage, ``all``) for a few peers that average robustly: fp16
+    pseudo-gradients under the centered clip (``trust`` adds to it), groups of at least two (a peer alone
+    keeps its work for the next round rather than forking the parameters), rounds of a few seconds,
+    shards of two documents with a fifth held out for validation."""
+    return small_run(
+        name=name,
+        sources={"docs": corpus},
+        stage={"name": "all", "tokens": stage_tokens},
+        schedule={"peak_lr": 3e-3},
+        data={"docs_per_shard": 2, "validation_fraction": 0.2, "validation_max_docs": validation_max_docs},
+        diloco={"inner_steps": 4, "batch_size": 4, "matchmaking_time_s": 1.5, "averaging_timeout_s": 10.0,
+                "min_group_size": 2},
+        codec={"name": "fp16"},
+        trust={"aggregator": "centered_clip", **(trust or {})},
+        coordinator=coordinator,
+    )
