@@ -28,6 +28,8 @@ from lila_data.errors import DataError
 from lila_data.packing import IGNORE_INDEX
 from lila_data.tokenizer import LilaTokenizer
 
+DEFAULT_EVAL_BATCH = 8  # windows per forward pass: memory only, the result does not depend on it
+
 
 @dataclass(frozen=True)
 class BpbResult:
@@ -65,7 +67,7 @@ def evaluate_bpb(
     texts: Iterable[str],
     *,
     seq_len: int,
-    batch_size: int,
+    batch_size: int = DEFAULT_EVAL_BATCH,
     device: str | torch.device = "cpu",
 ) -> BpbResult:
     """Bits per byte of ``model`` on ``texts`` (see the module docstring for the exact procedure).

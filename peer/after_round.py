@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 from lila_data import evaluate_bpb
+from lila_data.evaluate import DEFAULT_EVAL_BATCH
 from lila_model.telemetry import layer_telemetry
 
 from .averaging.averager import RoundResult
@@ -21,9 +22,6 @@ from .averaging.state_format import StateSnapshot
 from .parts import Peer, Period
 
 logger = logging.getLogger(__name__)
-
-VAL_BATCH = 8
-
 
 def publish(peer: Peer) -> None:
     """Serve the current state and announce its outer step (joiners download it; the others now expect
@@ -44,7 +42,7 @@ def evaluate(peer: Peer) -> float | None:
     if not training.val_texts:
         return None
     bpb = evaluate_bpb(training.model, training.tokenizer, training.val_texts,
-                       seq_len=peer.run.curriculum.max_seq_len, batch_size=VAL_BATCH, device=training.device).bpb
+                       seq_len=peer.run.curriculum.max_seq_len, batch_size=DEFAULT_EVAL_BATCH, device=training.device).bpb
     peer.metrics.val_bpb.set(bpb)
     return bpb
 

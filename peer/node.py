@@ -79,6 +79,8 @@ class PeerNode:
         try:
             joined = join_run(self.options, client=self.client, metrics=self.metrics, log_context=self.log_context)
             events.peer_id = joined.response.peer_id
+            if not joined.plan.fits:
+                raise PlanRefused(joined.plan.message)
             with self.bar.redirect_logging():
                 training = build_training(self.options, joined, client=self.client)
                 # The heartbeat thread starts only after the DHT: hivemind forks its DHT process, and a fork

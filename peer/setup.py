@@ -5,7 +5,7 @@ Each step returns a complete object (:mod:`peer.parts`); the node calls them in 
 exists to the leave phase if a later one fails.
 
 1. :func:`join_run` — Join at the coordinator (run config, DHT bootstrap addresses, current outer step)
-   and check the memory plan; refuse with the planner's message when the preset does not fit.
+   and plan this device's memory (the node refuses with the planner's message when it does not fit).
 2. :func:`build_training` — the seeded model (every peer initializes the same θ_0), inner and outer
    optimizers, data feed, codec, aggregation rule, validation texts, checkpoint store.
 3. :func:`connect_network` — credential, admitted-only DHT, averager and state sync
@@ -32,7 +32,6 @@ from .averaging.config import AveragingConfig, StateSyncConfig
 from .checkpoints import CheckpointStore
 from .coordinator_client import CoordinatorClient
 from .data_feed import DataFeed
-from .errors import PlanRefused
 from .hardware import detect_hardware
 from .inner import InnerTrainer
 from .logs import PeerContext
@@ -51,7 +50,7 @@ PROGRESS_REPORT_INTERVAL_S = 1.0  # see peer.data_feed: reports of trained progr
 
 def join_run(options: PeerOptions, *, client: CoordinatorClient, metrics: PeerMetrics,
              log_context: PeerContext) -> Joined:
-    """Join the run and plan this device's memory; raises :class:`PlanRefused` when the model does not fit."""
+    """Join the run and plan this device's memory (``Joined.plan.fits`` says whether the model fits)."""
     hardware = detect_hardware(options.device)
     metrics_address = ""
     if options.metrics_port is not None:
@@ -69,8 +68,6 @@ def join_run(options: PeerOptions, *, client: CoordinatorClient, metrics: PeerMe
     plan = make_plan(run.model.preset, hardware, batch_size=run.diloco.batch_size, seq_len=run.curriculum.max_seq_len,
                      variant=run.model.variant)
     logger.info("memory plan:\n%s", plan.render())
-    if not plan.fits:
-        raise PlanRefused(plan.message)
     return Joined(run=run, response=response, hardware=hardware, plan=plan)
 
 

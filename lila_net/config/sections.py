@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from lila_data.sources import DEFAULT_SOURCE
 from lila_data.tokenizer import DEFAULT_TOKENIZER
+from lila_data.validation import DEFAULT_VALIDATION_FRACTION
 from lila_model.config import PRESETS, VARIANTS
 from lila_net.config.section import ConfigError, Section, setting
 from lila_net.credentials import DEFAULT_CREDENTIAL_TTL_S
@@ -71,10 +73,10 @@ class DataSection(Section):
     """
 
     section = "data"
-    sources: dict[str, str] = setting(factory=lambda: {"fineweb": "bundled:fineweb-edu-sample"})
+    sources: dict[str, str] = setting(factory=lambda: {"fineweb": DEFAULT_SOURCE})
     tokenizer: str = setting(DEFAULT_TOKENIZER)
     docs_per_shard: int = setting(16, ge=1)
-    validation_fraction: float = setting(0.1, gt=0.0, lt=0.5, hint="e.g. 0.05")
+    validation_fraction: float = setting(DEFAULT_VALIDATION_FRACTION, gt=0.0, lt=0.5, hint="e.g. 0.05")
     validation_max_docs: int = setting(64, ge=1)
 
     def check(self) -> None:

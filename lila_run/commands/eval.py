@@ -17,16 +17,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from lila_data.documents import iter_texts
 from lila_data.errors import DataError
-from lila_data.sources import DEFAULT_SOURCE
+from lila_data.evaluate import DEFAULT_EVAL_BATCH
 from lila_data.tokenizer import SHIPPED_TOKENIZERS, load_tokenizer
-from lila_data.validation import DEFAULT_VALIDATION_FRACTION, SPLITS
+from lila_net.config import DataSection
+
+from .documents import add_document_flags, selected_texts
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_DOCS = 64
-DEFAULT_BATCH_SIZE = 8
 TOKENIZER_PREFIX = "fineweb-edu-"
 EXIT_BAD_INPUT = 2
 
@@ -35,14 +34,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``eval`` on the ``lila`` parser."""
     parser = subparsers.add_parser("eval", help="bits per byte of a checkpoint on held-out text")
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory (save_checkpoint output)")
-    parser.add_argument("--data", default=DEFAULT_SOURCE, help=f"source spec (default {DEFAULT_SOURCE})")
-    parser.add_argument("--split", choices=SPLITS, default="validation", help="documents to score")
-    parser.add_argument("--validation-fraction", type=float, default=DEFAULT_VALIDATION_FRACTION)
-    parser.add_argument("--filter", default=None, help="document filter, e.g. 'int_score >= 4'")
-    parser.add_argument("--max-docs", type=int, default=DEFAULT_MAX_DOCS, help="score at most N documents")
+    add_document_flags(parser, split="validation", split_help="documents to score",
+                       max_docs=DataSection.validation_max_docs, max_docs_help="score at most N documents",
+                       filter_example="int_score >= 4")
     parser.add_argument("--tokenizer", default=None, help="tokenizer name or JSON path (default: see above)")
     parser.add_argument("--seq-len", type=int, default=None, help="window length (default: model block_size)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="windows per forward pass")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_EVAL_BATCH, help="windows per forward pass")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--out", default=None, help="also write the result as JSON to this file")
     parser.set_defaults(func=run)
@@ -91,20 +88,7 @@ def run(args: argparse.Namespace) -> int:
             raise DataError(
                 f"--seq-len {seq_len} exceeds the model's block_size {config.block_size}; lower it"
             )
-        texts = list(
-            iter_texts(
-                args.data,
-                split=args.split,
-                fraction=args.validation_fraction,
-                doc_filter=args.filter,
-                max_docs=args.max_docs,
-            )
-        )
-        if not texts:
-            raise DataError(
-                f"source {args.data!r} has no documents in the {args.split!r} split (filter {args.filter!r}); "
-                "use --split all or a larger --validation-fraction"
-            )
+        texts = selected_texts(args, empty="use --split all or a larger --validation-fraction")
         result = evaluate_bpb(
             model.to(args.device),
             tokenizer,

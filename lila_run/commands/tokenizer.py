@@ -11,37 +11,28 @@ from __future__ import annotations
 import argparse
 import logging
 
-from lila_data.documents import iter_texts
 from lila_data.errors import DataError
-from lila_data.sources import DEFAULT_SOURCE
 from lila_data.tokenizer import DEFAULT_MIN_FREQUENCY, train_tokenizer
-from lila_data.validation import DEFAULT_VALIDATION_FRACTION, SPLITS
+from lila_model.config import DEFAULT_VOCAB_SIZE
+
+from .documents import add_document_flags, selected_texts
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_VOCAB = 8192
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``tokenizer`` (with its ``train`` sub-command) on the ``lila`` parser."""
     parser = subparsers.add_parser("tokenizer", help="train byte-level BPE tokenizers")
     actions = parser.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
     train = actions.add_parser("train", help="train a tokenizer on a data source and write its JSON")
-    train.add_argument("--data", default=DEFAULT_SOURCE, help=f"source spec (default {DEFAULT_SOURCE})")
+    add_document_flags(train, split="train",
+                       split_help="documents to train on (default: train, so validation text stays unseen)",
+                       max_docs=None, max_docs_help="train on at most this many documents",
+                       filter_example="int_score >= 3")
     train.add_argument(
-        "--vocab", type=int, default=DEFAULT_VOCAB, help="vocabulary size incl. 256 bytes and EOS"
+        "--vocab", type=int, default=DEFAULT_VOCAB_SIZE, help="vocabulary size incl. 256 bytes and EOS"
     )
     train.add_argument("--out", required=True, help="where to write the tokenizer JSON")
-    train.add_argument(
-        "--split",
-        choices=SPLITS,
-        default="train",
-        help="documents to train on (default: train, so validation text stays unseen)",
-    )
-    train.add_argument("--validation-fraction", type=float, default=DEFAULT_VALIDATION_FRACTION)
-    train.add_argument("--max-docs", type=int, default=None, help="train on at most this many documents")
     train.add_argument("--min-frequency", type=int, default=DEFAULT_MIN_FREQUENCY)
-    train.add_argument("--filter", default=None, help="document filter, e.g. 'int_score >= 3'")
     parser.set_defaults(func=run)
     return parser
 
@@ -49,19 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Train and write the tokenizer; print its vocabulary size and sha256. Returns the exit code."""
     try:
-        texts = list(
-            iter_texts(
-                args.data,
-                split=args.split,
-                fraction=args.validation_fraction,
-                doc_filter=args.filter,
-                max_docs=args.max_docs,
-            )
-        )
-        if not texts:
-            raise DataError(
-                f"source {args.data!r}: no documents to train on (split {args.split!r}); check the filter"
-            )
+        texts = selected_texts(args, empty="check the filter, or train on --split all")
         tokenizer = train_tokenizer(texts, vocab_size=args.vocab, min_frequency=args.min_frequency)
         digest = tokenizer.save(args.out)
     except DataError as exc:
