@@ -18,10 +18,10 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
+from lila_codec.base import Codec
 from lila_data.tokenizer import LilaTokenizer
 from lila_model.model import LilaLM
 from lila_net.aggregation import Aggregator
@@ -67,7 +67,7 @@ class Training:
     outer: OuterOptimizer
     trainer: InnerTrainer
     feed: DataFeed
-    codec: Any
+    codec: Codec
     aggregator: Aggregator
     val_texts: list[str]
     store: CheckpointStore
