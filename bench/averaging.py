@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import statistics
 import subprocess
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 
 from bench.averaging_worker import POLL_S, THREADS, WORKER_TIMEOUT_S, hivemind_worker, worker
+from lila_run.harness import signal_group
 from peer.averaging import Transport
 
 QUICK_SIZES = [1_000_000, 10_000_000]
@@ -82,10 +82,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    signal_group(proc, signal.SIGKILL)
     proc.wait()
 
 

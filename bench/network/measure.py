@@ -26,6 +26,7 @@ from lila_codec import get_codec
 from lila_data.tokenizer import LilaTokenizer
 from lila_model.checkpoint import load_checkpoint
 from lila_net.config import RunConfig
+from lila_run.harness import signal_group
 from lila_run.local_network import LocalNetwork, NetworkOptions
 from peer.checkpoints import CheckpointCorrupt, CheckpointStore
 
@@ -64,7 +65,7 @@ def standalone_throughput(config: Path, data: str, *, processes: int, threads: i
     finally:
         for proc, _ in procs:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+                signal_group(proc, signal.SIGKILL)
                 proc.wait()
     rates = []
     for proc, out in procs:

@@ -25,6 +25,7 @@ from bench.network.watch import OUTER_STEPS_FILE, PeerStats, Watcher, peer_stats
 from lila_data.tokenizer import LilaTokenizer
 from lila_model.checkpoint import load_checkpoint
 from lila_net.config import RunConfig
+from lila_run.harness import signal_group
 from lila_run.local_network import LocalNetwork, NetworkOptions
 
 logger = logging.getLogger("bench.network")
@@ -139,7 +140,7 @@ def run_baselines(config: Path, *, layout: Layout, settings: BenchSettings) -> t
     finally:
         for proc, _ in procs.values():
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+                signal_group(proc, signal.SIGKILL)
                 proc.wait()
     results = {}
     for key, (proc, out) in procs.items():

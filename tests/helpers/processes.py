@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 
+from lila_run.harness import signal_group
 from tests.helpers.paths import REPO
 
 TERMINATE_GRACE_S = 5.0
@@ -37,22 +38,16 @@ class ProcessReaper:
 
     def reap(self) -> None:
         for proc in self._procs:
-            _kill_group(proc.pid, signal.SIGTERM)
+            signal_group(proc, signal.SIGTERM)
         for proc in self._procs:
             try:
                 proc.wait(timeout=TERMINATE_GRACE_S)
             except subprocess.TimeoutExpired:
                 pass
-            _kill_group(proc.pid, signal.SIGKILL)
+            signal_group(proc, signal.SIGKILL)
             try:
                 proc.wait(timeout=TERMINATE_GRACE_S)
             except subprocess.TimeoutExpired:
                 pass
         self._procs.clear()
 
-
-def _kill_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import signal
 import sys
 import time
@@ -23,7 +22,7 @@ import pytest
 import torch
 
 from lila_net.dht.keys import protocol
-from lila_run.harness import RawCodec
+from lila_run.harness import RawCodec, signal_group
 from peer.averaging import (
     Averager,
     AveragingConfig,
@@ -241,7 +240,7 @@ class Swarm:
         return torch.frombuffer(bytearray(raw), dtype=torch.float32)
 
     def kill(self, name: str) -> None:
-        os.killpg(self.popen[name].pid, signal.SIGKILL)
+        signal_group(self.popen[name], signal.SIGKILL)
 
     def stop(self) -> None:
         (self.workdir / "stop").write_text("1")

@@ -13,7 +13,6 @@ sequence of events. Expect ~2-3 minutes on 2 cores.
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import sqlite3
@@ -32,7 +31,7 @@ from lila_model.checkpoint import load_checkpoint
 from lila_model.config import get_preset
 from lila_model.model import LilaLM
 from lila_net.config import load_run_config
-from lila_run.harness import LocalCoordinator, free_port, write_corpus, write_run_config
+from lila_run.harness import LocalCoordinator, free_port, signal_group, write_corpus, write_run_config
 from lila_run.local_network import LocalNetwork, NetworkOptions
 from tests.helpers.runs import robust_run
 
@@ -135,7 +134,7 @@ def _run_chaos(procs, tmp_path: Path) -> ChaosRun:
                     done_faults.append("coordinator")
                 else:
                     victim = rng.choice([i for i, p in current.items() if p.poll() is None])
-                    os.killpg(current[victim].pid, signal.SIGKILL)
+                    signal_group(current[victim], signal.SIGKILL)
                     current[victim].wait(timeout=30)
                     time.sleep(RESTART_PAUSE_S)
                     current[victim] = procs.track(network.start_peer(victim))
