@@ -24,6 +24,26 @@ PEER_STATE_LOST: PeerState
 PEER_STATE_LEFT: PeerState
 PEER_STATE_BANNED: PeerState
 
+class CheckReachabilityRequest(_message.Message):
+    __slots__ = ("host", "port", "probe_secret")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    PROBE_SECRET_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    port: int
+    probe_secret: bytes
+    def __init__(self, host: _Optional[str] = ..., port: _Optional[int] = ..., probe_secret: _Optional[bytes] = ...) -> None: ...
+
+class CheckReachabilityResponse(_message.Message):
+    __slots__ = ("reachable", "address", "detail")
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    reachable: bool
+    address: str
+    detail: str
+    def __init__(self, reachable: _Optional[bool] = ..., address: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
 class ResumePosition(_message.Message):
     __slots__ = ("docs_consumed", "tokens_consumed")
     DOCS_CONSUMED_FIELD_NUMBER: _ClassVar[int]
@@ -75,7 +95,7 @@ class JoinRequest(_message.Message):
     def __init__(self, join_token: _Optional[str] = ..., peer_name: _Optional[str] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., client_version: _Optional[str] = ..., metrics_address: _Optional[str] = ..., previous_session_token: _Optional[str] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("peer_id", "session_token", "session_ttl_s", "run_config_toml", "dht_initial_peers", "current_outer_step", "start_outer_step", "heartbeat_interval_s", "lease_timeout_s", "last_report_seq", "authority_public_keys")
+    __slots__ = ("peer_id", "session_token", "session_ttl_s", "run_config_toml", "dht_initial_peers", "current_outer_step", "start_outer_step", "heartbeat_interval_s", "lease_timeout_s", "last_report_seq", "authority_public_keys", "observed_host")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     SESSION_TTL_S_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +107,7 @@ class JoinResponse(_message.Message):
     LEASE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     LAST_REPORT_SEQ_FIELD_NUMBER: _ClassVar[int]
     AUTHORITY_PUBLIC_KEYS_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_HOST_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     session_token: str
     session_ttl_s: float
@@ -98,7 +119,8 @@ class JoinResponse(_message.Message):
     lease_timeout_s: float
     last_report_seq: int
     authority_public_keys: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, peer_id: _Optional[str] = ..., session_token: _Optional[str] = ..., session_ttl_s: _Optional[float] = ..., run_config_toml: _Optional[str] = ..., dht_initial_peers: _Optional[_Iterable[str]] = ..., current_outer_step: _Optional[int] = ..., start_outer_step: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_timeout_s: _Optional[float] = ..., last_report_seq: _Optional[int] = ..., authority_public_keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    observed_host: str
+    def __init__(self, peer_id: _Optional[str] = ..., session_token: _Optional[str] = ..., session_ttl_s: _Optional[float] = ..., run_config_toml: _Optional[str] = ..., dht_initial_peers: _Optional[_Iterable[str]] = ..., current_outer_step: _Optional[int] = ..., start_outer_step: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_timeout_s: _Optional[float] = ..., last_report_seq: _Optional[int] = ..., authority_public_keys: _Optional[_Iterable[bytes]] = ..., observed_host: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("phase",)
@@ -217,7 +239,7 @@ class ReleaseShardResponse(_message.Message):
     def __init__(self, credited_tokens: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class ReportMetricsRequest(_message.Message):
-    __slots__ = ("outer_step", "loss", "val_bpb", "tokens_per_s", "tokens_processed", "bytes_sent", "bytes_received")
+    __slots__ = ("outer_step", "loss", "val_bpb", "tokens_per_s", "tokens_processed", "bytes_sent", "bytes_received", "uplink_bytes_per_s", "downlink_bytes_per_s", "reachability")
     OUTER_STEP_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
     VAL_BPB_FIELD_NUMBER: _ClassVar[int]
@@ -225,6 +247,9 @@ class ReportMetricsRequest(_message.Message):
     TOKENS_PROCESSED_FIELD_NUMBER: _ClassVar[int]
     BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
     BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    UPLINK_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    DOWNLINK_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    REACHABILITY_FIELD_NUMBER: _ClassVar[int]
     outer_step: int
     loss: float
     val_bpb: float
@@ -232,23 +257,34 @@ class ReportMetricsRequest(_message.Message):
     tokens_processed: int
     bytes_sent: int
     bytes_received: int
-    def __init__(self, outer_step: _Optional[int] = ..., loss: _Optional[float] = ..., val_bpb: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., tokens_processed: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ...) -> None: ...
+    uplink_bytes_per_s: float
+    downlink_bytes_per_s: float
+    reachability: str
+    def __init__(self, outer_step: _Optional[int] = ..., loss: _Optional[float] = ..., val_bpb: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., tokens_processed: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., uplink_bytes_per_s: _Optional[float] = ..., downlink_bytes_per_s: _Optional[float] = ..., reachability: _Optional[str] = ...) -> None: ...
 
 class ReportMetricsResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ReportOuterStepRequest(_message.Message):
-    __slots__ = ("outer_step",)
+    __slots__ = ("outer_step", "params_sha256", "group_size")
     OUTER_STEP_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
     outer_step: int
-    def __init__(self, outer_step: _Optional[int] = ...) -> None: ...
+    params_sha256: bytes
+    group_size: int
+    def __init__(self, outer_step: _Optional[int] = ..., params_sha256: _Optional[bytes] = ..., group_size: _Optional[int] = ...) -> None: ...
 
 class ReportOuterStepResponse(_message.Message):
-    __slots__ = ("current_outer_step",)
+    __slots__ = ("current_outer_step", "resync", "majority_sha256")
     CURRENT_OUTER_STEP_FIELD_NUMBER: _ClassVar[int]
+    RESYNC_FIELD_NUMBER: _ClassVar[int]
+    MAJORITY_SHA256_FIELD_NUMBER: _ClassVar[int]
     current_outer_step: int
-    def __init__(self, current_outer_step: _Optional[int] = ...) -> None: ...
+    resync: bool
+    majority_sha256: bytes
+    def __init__(self, current_outer_step: _Optional[int] = ..., resync: _Optional[bool] = ..., majority_sha256: _Optional[bytes] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
     __slots__ = ("reason",)

@@ -97,6 +97,11 @@ class CoordinatorStub:
                 request_serializer=lila_dot_v1_dot_coordinator__pb2.ReportStrikeRequest.SerializeToString,
                 response_deserializer=lila_dot_v1_dot_coordinator__pb2.ReportStrikeResponse.FromString,
                 _registered_method=True)
+        self.CheckReachability = channel.unary_unary(
+                '/lila.v1.Coordinator/CheckReachability',
+                request_serializer=lila_dot_v1_dot_coordinator__pb2.CheckReachabilityRequest.SerializeToString,
+                response_deserializer=lila_dot_v1_dot_coordinator__pb2.CheckReachabilityResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -189,6 +194,14 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckReachability(self, request, context):
+        """Ask the coordinator to dial the peer back at host:port (a reachability check, as Petals does): the
+        peer listens there and answers the dial with the probe secret of its request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -251,6 +264,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ReportStrike,
                     request_deserializer=lila_dot_v1_dot_coordinator__pb2.ReportStrikeRequest.FromString,
                     response_serializer=lila_dot_v1_dot_coordinator__pb2.ReportStrikeResponse.SerializeToString,
+            ),
+            'CheckReachability': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckReachability,
+                    request_deserializer=lila_dot_v1_dot_coordinator__pb2.CheckReachabilityRequest.FromString,
+                    response_serializer=lila_dot_v1_dot_coordinator__pb2.CheckReachabilityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -578,6 +596,33 @@ class Coordinator:
             '/lila.v1.Coordinator/ReportStrike',
             lila_dot_v1_dot_coordinator__pb2.ReportStrikeRequest.SerializeToString,
             lila_dot_v1_dot_coordinator__pb2.ReportStrikeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckReachability(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lila.v1.Coordinator/CheckReachability',
+            lila_dot_v1_dot_coordinator__pb2.CheckReachabilityRequest.SerializeToString,
+            lila_dot_v1_dot_coordinator__pb2.CheckReachabilityResponse.FromString,
             options,
             channel_credentials,
             insecure,
