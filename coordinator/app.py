@@ -44,11 +44,13 @@ class Addresses:
 
 @dataclass(frozen=True)
 class DhtOptions:
-    """Whether and where to run the DHT bootstrap node (``host`` None: the gRPC host)."""
+    """Whether and where to run the DHT bootstrap node (``host`` None: the gRPC host; ``announce``: the
+    public address or name peers dial, see :func:`lila_net.dht.node.start_dht`)."""
 
     enabled: bool = True
     host: str | None = None
     port: int = 0
+    announce: str | None = None
     identity_path: str | None = None
 
 
@@ -93,6 +95,7 @@ class CoordinatorApp:
             self.dht = start_dht(
                 host=self.dht_options.host or grpc_host,
                 port=self.dht_options.port,
+                announce=self.dht_options.announce,
                 identity_path=self.dht_options.identity_path,
                 authority=self.authority if self.settings.coordinator.dht_auth else None,
             )

@@ -69,7 +69,11 @@ async def _serve(args: argparse.Namespace) -> int:
         settings=settings,
         db_path=args.db,
         dht=DhtOptions(
-            enabled=not args.no_dht, host=args.dht_host, port=args.dht_port, identity_path=args.dht_identity
+            enabled=not args.no_dht,
+            host=args.dht_host,
+            port=args.dht_port,
+            announce=args.announce,
+            identity_path=args.dht_identity,
         ),
     )
     stop = asyncio.Event()
@@ -164,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-dht", action="store_true", help="do not run the hivemind DHT bootstrap node")
     serve.add_argument("--dht-host", help="IPv4 address for the DHT node (default: the --grpc host)")
     serve.add_argument("--dht-port", type=int, default=0, help="TCP port for the DHT node (0: any free port)")
+    serve.add_argument(
+        "--announce",
+        metavar="HOST",
+        help="public address or name peers dial to reach this coordinator's DHT node and relay (behind a NAT, "
+        "in a container, or listening on 0.0.0.0); default: the addresses the node sees on its interfaces",
+    )
     serve.add_argument(
         "--dht-identity", help="file keeping the DHT node's key, so its peer id survives restarts"
     )

@@ -31,6 +31,13 @@ from coordinator.auth import AuthError, SessionClaims, SessionSigner, check_join
 from coordinator.engine import Engine, StorageUnavailable
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.ratelimit import RateLimiter
+from coordinator.reachability import (
+    MAX_SECRET_BYTES,
+    MIN_SECRET_BYTES,
+    dial_back,
+    format_address,
+    observed_host,
+)
 from coordinator.settings import ServerSettings
 from coordinator.state import Hardware, Lease, PeerState
 from coordinator.status import StatusBoard
@@ -138,6 +145,7 @@ class CoordinatorService:
             "GetStatus": (pb.GetStatusRequest, self._get_status, True),
             "IssueCredential": (pb.IssueCredentialRequest, self._issue_credential, True),
             "ReportStrike": (pb.ReportStrikeRequest, self._report_strike, True),
+            "CheckReachability": (pb.CheckReachabilityRequest, self._check_reachability, True),
         }
 
     # ------------------------------------------------------------------ plumbing
@@ -305,6 +313,7 @@ class CoordinatorService:
             lease_timeout_s=self.settings.coordinator.lease_timeout_s,
             last_report_seq=admitted.last_report_seq,
             authority_public_keys=self._authority_keys(),
+            observed_host=observed_host(context.peer()),
         )
 
     async def _heartbeat(
@@ -411,6 +420,29 @@ class CoordinatorService:
             ev.OuterStepReported(claims.peer_id, check.count("outer_step", request.outer_step))
         )
         return pb.ReportOuterStepResponse(current_outer_step=self.engine.state.outer_step)
+
+    async def _check_reachability(
+        self, request: pb.CheckReachabilityRequest, claims: SessionClaims, context: grpc.aio.ServicerContext
+    ) -> Message:
+        seen = observed_host(context.peer())
+        if not seen:
+            raise check.InvalidArgument("CheckReachability works over TCP/IP only: this call has no IP address")
+        host = request.host or seen
+        if host != seen:
+            raise check.InvalidArgument(
+                f"host={request.host[:64]!r}: the coordinator dials back only the address your calls come from "
+                f"({seen}); leave host empty, or check a forwarded port from outside yourself"
+            )
+        if not 0 < request.port <= 65535:
+            raise check.InvalidArgument(f"port={request.port}: must be 1-65535 (the port the peer listens on)")
+        secret = check.blob("probe_secret", request.probe_secret, max_bytes=MAX_SECRET_BYTES)
+        if len(secret) < MIN_SECRET_BYTES:
+            raise check.InvalidArgument(f"probe_secret has {len(secret)} bytes; send {MIN_SECRET_BYTES}-"
+                                        f"{MAX_SECRET_BYTES} random bytes")
+        detail = await dial_back(host, request.port, secret)
+        address = format_address(host, request.port)
+        logger.info("peer %s at %s is %s", claims.peer_id, address, f"unreachable: {detail}" if detail else "reachable")
+        return pb.CheckReachabilityResponse(reachable=not detail, address=address, detail=detail)
 
     async def _leave(self, request: pb.LeaveRequest, claims: SessionClaims, _: Any) -> Message:
         reason = check.text("reason", request.reason, max_chars=check.MAX_REASON_CHARS)

@@ -27,6 +27,7 @@ from peer.averaging.config import AveragingConfig, StateSyncConfig
 from peer.averaging.state_sync import StateSync
 from peer.averaging.transport import Transport
 from peer.averaging.trust import IssuedCredential, TrustSession
+from peer.reachability import CLIENT, Reachability
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +152,7 @@ def open_trusted_averaging(
     run_name: str,
     run_id: str,
     initial_peers: Sequence[str],
-    host: str = "127.0.0.1",
-    client_mode: bool = False,
+    reachability: Reachability,
     max_numel: int,
     config: AveragingConfig | None = None,
     state_config: StateSyncConfig | None = None,
@@ -161,14 +161,18 @@ def open_trusted_averaging(
 
     ``client``: the peer's ``CoordinatorClient`` after Join. ``run_name``: the coordinator's run name
     (what credentials carry); ``run_id``: the averaging run id (DHT keys and protocol names).
+    ``reachability``: what the daemon listens on and announces (:mod:`peer.reachability`); a relayed peer
+    reserves its relay slots at the ``initial_peers`` (the coordinator's DHT node relays).
     """
     session = TrustSession(run_name=run_name, fetch=credential_fetcher(client))
     transport = None
     try:
         transport = Transport.create(
             initial_peers=list(initial_peers),
-            host_maddrs=[f"/ip4/{host}/tcp/0"],
-            client_mode=client_mode,
+            host_maddrs=list(reachability.listen_maddrs),
+            announce_maddrs=list(reachability.announce_maddrs),
+            client_mode=reachability.mode == CLIENT,
+            relays=list(initial_peers) if reachability.relayed else [],
             **session.dht_options(),
         )
         if transport.peer_id != session.peer_id:

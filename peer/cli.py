@@ -78,9 +78,15 @@ def _add_join(subparsers: argparse._SubParsersAction) -> None:
                    help="Prometheus /metrics port (0 picks a free one)")
     p.add_argument("--metrics-host", default=PeerOptions.metrics_host, help="address to serve /metrics on")
     p.add_argument("--host", default=PeerOptions.host,
-                   help="address this peer listens on for other peers (0.0.0.0 to accept from the network)")
+                   help="address this peer listens on for other peers (default %(default)s: every interface)")
+    p.add_argument("--port", type=int, default=PeerOptions.port,
+                   help="TCP port this peer listens on for other peers (default: a free port)")
+    p.add_argument("--announce", metavar="HOST:PORT",
+                   help="public address a router forwards to this peer (the coordinator dials it to check); "
+                        "without it the peer announces the address the coordinator sees, if it can dial it back, "
+                        "and otherwise reaches the others through relays")
     p.add_argument("--client-mode", action="store_true",
-                   help="behind NAT: only make outgoing connections (this peer then never owns a part)")
+                   help="only make outgoing connections (this peer then never owns a part nor relays)")
     p.add_argument("--max-outer-steps", type=int, help="leave after this many outer steps")
     p.add_argument("--workdir", type=Path, default=PeerOptions.workdir, help="checkpoints and logs")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -101,7 +107,8 @@ def _run_join(args: argparse.Namespace) -> int:
     try:
         options = PeerOptions(coordinator=args.coordinator, token=args.token, name=args.name, device=args.device,
                               workdir=args.workdir, metrics_host=args.metrics_host, metrics_port=args.metrics_port,
-                              max_outer_steps=args.max_outer_steps, host=args.host, client_mode=args.client_mode,
+                              max_outer_steps=args.max_outer_steps, host=args.host, port=args.port,
+                              announce=args.announce, client_mode=args.client_mode,
                               threads=args.threads, straggler_wait_s=args.straggler_wait,
                               eval_every=args.eval_every, keep_checkpoints=args.keep_checkpoints,
                               progress=False if args.no_progress else None)

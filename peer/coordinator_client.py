@@ -128,6 +128,12 @@ class CoordinatorClient:
                               pb.ReportOuterStepRequest(outer_step=outer_step))
         return int(response.current_outer_step)
 
+    def check_reachability(self, *, host: str, port: int, probe_secret: bytes) -> pb.CheckReachabilityResponse:
+        """Ask the coordinator to dial this peer back at ``host:port`` (empty host: the address it sees);
+        the dial can take the coordinator's whole dial timeout, so the deadline is the client's."""
+        return self._call("CheckReachability", self._stub.CheckReachability,
+                          pb.CheckReachabilityRequest(host=host, port=port, probe_secret=probe_secret))
+
     def leave(self, reason: str) -> None:
         self._call("Leave", self._stub.Leave, pb.LeaveRequest(reason=reason), retry=False)
 

@@ -9,14 +9,17 @@ from pathlib import Path
 from lila_net.config import ConfigError, Section, setting
 
 from .hardware import DEVICE_CHOICES
+from .reachability import parse_announce
 
 
 @dataclass(frozen=True, kw_only=True)
 class PeerOptions(Section):
     """Everything ``lila-peer join`` is told on its command line; checked on construction.
 
-    ``host``: the address this peer listens on for other peers (``0.0.0.0`` accepts from the network);
-    ``client_mode``: only outgoing connections (behind a NAT; the peer then never owns a part).
+    ``host``/``port``: where this peer listens for other peers (default every interface, a free port);
+    ``announce``: ``HOST:PORT`` a router forwards to this peer (the coordinator dials it to check). What the
+    peer announces is decided by the dial-back check of :mod:`peer.reachability`, never by ``host``.
+    ``client_mode``: only outgoing connections (the peer then never owns a part nor relays).
     ``straggler_wait_s``: how long this peer waits at each round for the peers it expects (None: the
     run's ``averaging_timeout_s``); see :mod:`peer.round_sync` for how to tune it. ``progress``: the
     progress bar (None: only when stderr is a terminal).
@@ -37,7 +40,9 @@ class PeerOptions(Section):
     metrics_host: str = setting("127.0.0.1")
     metrics_port: int | None = setting(0, ge=0, le=65535, label="--metrics-port")
     max_outer_steps: int | None = setting(None, ge=0, label="--max-outer-steps")
-    host: str = setting("127.0.0.1")
+    host: str = setting("0.0.0.0")
+    port: int = setting(0, ge=0, le=65535, hint="0 picks a free port", label="--port")
+    announce: str | None = setting(None, label="--announce")
     client_mode: bool = setting(False)
     checkpoint_every: int = setting(1, ge=0)
     keep_checkpoints: int = setting(2, ge=1, hint="a peer resumes from its newest checkpoint", label="--keep-checkpoints")
@@ -48,6 +53,14 @@ class PeerOptions(Section):
     progress: bool | None = setting(None)
 
     def check(self) -> None:
+        if self.announce is not None:
+            try:
+                parse_announce(self.announce)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        if self.announce is not None and self.client_mode:
+            raise ConfigError("--announce and --client-mode contradict each other: a client is never dialed; "
+                              "drop one of them")
         if not self.token:
             raise ConfigError("no join token: pass --token or set LILA_JOIN_TOKEN (the run's organizer creates "
                               "one with `lila-coordinator token create`)")

@@ -44,6 +44,7 @@ from .options import PeerOptions
 from .outer import OuterOptimizer
 from .plan import MemoryPlan
 from .progress import ProgressBar
+from .reachability import Reachability
 from .round_sync import RoundSync
 
 
@@ -78,6 +79,7 @@ class Network:
     """The averaging layer and the round barrier of a connected peer."""
 
     trust: TrustedAveraging
+    reachability: Reachability
     round_sync: RoundSync
 
     @property

@@ -40,6 +40,7 @@ from .options import PeerOptions
 from .outer import OuterOptimizer, flatten_parameters
 from .parts import Joined, Network, Training
 from .plan import make_plan
+from .reachability import DIRECT, check_reachability
 from .round_sync import RoundSync
 from .sync import DONOR_ANNOUNCE_PERIOD_S, IDLE_POLL_S
 
@@ -113,9 +114,16 @@ def connect_network(options: PeerOptions, joined: Joined, training: Training, *,
     """Credential, admitted-only DHT, averager, state sync and the round barrier."""
     run = joined.run
     run_id = run.run.name.replace(".", "-")
+    reachability = check_reachability(client, host=options.host, port=options.port, announce=options.announce,
+                                      client_mode=options.client_mode, observed_host=joined.response.observed_host)
+    if reachability.mode == DIRECT:
+        logger.info("reachable directly at %s: %s", ", ".join(reachability.announce_maddrs), reachability.detail)
+    else:
+        logger.warning("%s: taking part as a %s peer (%s)", "not reachable from the internet"
+                       if reachability.relayed else "client mode", reachability.mode, reachability.detail)
     trust = open_trusted_averaging(
         client, run_name=run.run.name, run_id=run_id, initial_peers=list(joined.response.dht_initial_peers),
-        host=options.host, client_mode=options.client_mode, max_numel=training.outer.global_params.numel(),
+        reachability=reachability, max_numel=training.outer.global_params.numel(),
         config=AveragingConfig.for_run(run.diloco),
         state_config=StateSyncConfig(announce_period=DONOR_ANNOUNCE_PERIOD_S))
     wait = options.straggler_wait_s
@@ -123,4 +131,4 @@ def connect_network(options: PeerOptions, joined: Joined, training: Training, *,
                            straggler_wait_s=run.diloco.averaging_timeout_s if wait is None else wait,
                            idle_ttl_s=DONOR_ANNOUNCE_PERIOD_S + IDLE_POLL_S * 2)
     logger.info("averaging as libp2p peer %s", trust.transport.peer_id)
-    return Network(trust=trust, round_sync=round_sync)
+    return Network(trust=trust, round_sync=round_sync, reachability=reachability)

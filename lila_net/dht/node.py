@@ -14,8 +14,10 @@ passes it the revocation list.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterable
@@ -73,6 +75,7 @@ def start_dht(
     *,
     host: str,
     port: int = 0,
+    announce: str | None = None,
     identity_path: str | None = None,
     authority: CredentialAuthority | None = None,
     now: float | None = None,
@@ -81,13 +84,22 @@ def start_dht(
 
     ``identity_path`` keeps the node's libp2p key in a file so its peer id survives restarts (the
     file is created if missing); without it every start gets a new id. ``host`` must be an IPv4
-    address that joiners can reach (``0.0.0.0`` listens everywhere but is not a dialable address:
-    use the public address in that case). ``authority``: make the node admitted-only (see above).
+    address that joiners can reach, or ``0.0.0.0`` (every interface) with ``announce``: the public address or
+    name peers dial (a NAT'd or container deployment); only that address is then handed to joiners, who
+    also reserve relay slots at it when they cannot be dialed themselves (the node relays: circuit relay v2
+    is on by default in hivemind's daemon). Without ``announce`` the node's own view of its addresses is
+    handed out, loopback ones last. ``authority``: make the node admitted-only (see above).
     """
+    listen = [f"/ip4/{host}/tcp/{port}"]
+    extra: dict[str, Any] = {}
+    if announce:
+        port = port or free_tcp_port(host)  # libp2p refuses to announce port 0
+        listen = [f"/ip4/{host}/tcp/{port}"]
+        extra["announce_maddrs"] = [tcp_maddr(announce, port)]
     if authority is not None:
         return _start_secure_dht(
-            host=host,
-            port=port,
+            listen=listen,
+            extra=extra,
             identity_path=identity_path,
             authority=authority,
             now=time.time() if now is None else now,
@@ -98,11 +110,11 @@ def start_dht(
     imported = time.perf_counter()
     import_seconds = imported - started
     started = imported
-    kwargs: dict[str, Any] = {"host_maddrs": [f"/ip4/{host}/tcp/{port}"], "start": True}
+    kwargs: dict[str, Any] = {"host_maddrs": listen, "start": True, **extra}
     if identity_path:
         kwargs["identity_path"] = identity_path
     dht = hivemind.DHT(**kwargs)
-    maddrs = [str(m) for m in dht.get_visible_maddrs()]
+    maddrs = _dialable_first(dht.get_visible_maddrs())
     seconds = time.perf_counter() - started
     logger.info(
         "DHT node up in %.2f s (+%.2f s importing hivemind) at %s", seconds, import_seconds, ", ".join(maddrs)
@@ -111,7 +123,8 @@ def start_dht(
 
 
 def _start_secure_dht(
-    *, host: str, port: int, identity_path: str | None, authority: CredentialAuthority, now: float
+    *, listen: list[str], extra: dict[str, Any], identity_path: str | None, authority: CredentialAuthority,
+    now: float
 ) -> DhtNode:
     started = time.perf_counter()
     import hivemind
@@ -139,11 +152,11 @@ def _start_secure_dht(
             credentials=credentials,
             verifier=verifier,
         )
-        node.dht = hivemind.DHT(host_maddrs=[f"/ip4/{host}/tcp/{port}"], start=True, **options)
+        node.dht = hivemind.DHT(host_maddrs=listen, start=True, **extra, **options)
     except BaseException:
         shutil.rmtree(private_dir, ignore_errors=True)
         raise
-    node.maddrs = [str(m) for m in node.dht.get_visible_maddrs()]
+    node.maddrs = _dialable_first(node.dht.get_visible_maddrs())
     node.start_seconds = time.perf_counter() - started
     logger.info(
         "admitted-only DHT node up in %.2f s (+%.2f s importing hivemind) at %s",
@@ -152,3 +165,25 @@ def _start_secure_dht(
         ", ".join(node.maddrs),
     )
     return node
+
+
+def tcp_maddr(host: str, port: int) -> str:
+    """The multiaddr of ``host`` (IPv4, IPv6 or a DNS name) at TCP ``port``."""
+    try:
+        version = ipaddress.ip_address(host.strip("[]")).version
+    except ValueError:
+        return f"/dns/{host}/tcp/{port}"
+    return f"/ip{version}/{host.strip('[]')}/tcp/{port}"
+
+
+def free_tcp_port(host: str) -> int:
+    """A TCP port free on ``host`` right now (the caller binds it next; a race only with other programs)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _dialable_first(maddrs: Iterable[Any]) -> list[str]:
+    """Multiaddr strings with loopback addresses last: a joiner on another host tries the others first."""
+    texts = [str(m) for m in maddrs]
+    return sorted(texts, key=lambda m: m.startswith(("/ip4/127.", "/ip6/::1/")))

@@ -57,6 +57,7 @@ class Transport:
         owns_dht: bool = False,
         rejoin_peers: Sequence[str] = (),
         rejoin_period_s: float = DEFAULT_REJOIN_PERIOD_S,
+        relayed: bool = False,
     ) -> None:
         self._dht = dht
         self._owns_dht = owns_dht
@@ -72,6 +73,7 @@ class Transport:
             raise
         self.peer_id: str = self._p2p.peer_id.to_base58()
         self.client_mode: bool = bool(dht.client_mode)
+        self.relayed: bool = relayed  # reachable only through circuit relays (its DHT is in client mode)
         rejoin = [PeerID.from_base58(str(addr).rsplit("/p2p/", 1)[1]) for addr in rejoin_peers if "/p2p/" in str(addr)]
         if rejoin and not self.client_mode:
             self.submit(self._rejoin_forever(rejoin, rejoin_period_s))
@@ -82,7 +84,9 @@ class Transport:
         *,
         initial_peers: Sequence[str] = (),
         host_maddrs: Sequence[str] = LOOPBACK_MADDRS,
+        announce_maddrs: Sequence[str] = (),
         client_mode: bool = False,
+        relays: Sequence[str] = (),
         bootstrap_timeout_s: float = DEFAULT_BOOTSTRAP_TIMEOUT_S,
         **dht_options: Any,
     ) -> Transport:
@@ -95,6 +99,12 @@ class Transport:
         adds load to the others. Extra options go to ``hivemind.DHT``: for an admitted-only DHT pass
         :func:`lila_net.dht.security.dht_options` (identity, ``authorizer``, ``record_validators``).
 
+        ``announce_maddrs``: the only addresses the daemon tells others (checked reachable, see
+        :mod:`peer.reachability`); empty: whatever it listens on, which on ``0.0.0.0`` includes loopback and
+        private addresses nobody else can dial. ``relays``: multiaddrs of libp2p circuit relays (v2) to reserve
+        a slot at; given, the peer declares itself private, runs its DHT in client mode and is reachable
+        only through them (``/p2p-circuit`` addresses), as a peer behind a NAT must.
+
         ``bootstrap_timeout_s``: when none of ``initial_peers`` answers (the coordinator's DHT node is
         restarting, a network blip), retry with backoff for this long before giving up. Set it above the
         time a coordinator takes to restart (seconds to a minute); 0 fails at the first attempt.
@@ -106,8 +116,9 @@ class Transport:
                 dht = hivemind.DHT(
                     initial_peers=list(initial_peers) or None,
                     host_maddrs=list(host_maddrs),
-                    client_mode=client_mode,
+                    client_mode=client_mode or bool(relays),
                     start=True,
+                    **_reachability_options(announce_maddrs, relays),
                     **dht_options,
                 )
                 break
@@ -118,7 +129,7 @@ class Transport:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, BOOTSTRAP_BACKOFF_MAX_S)
         try:
-            return cls(dht, owns_dht=True, rejoin_peers=initial_peers)
+            return cls(dht, owns_dht=True, rejoin_peers=initial_peers, relayed=bool(relays))
         except BaseException:
             dht.shutdown()
             raise
@@ -273,6 +284,16 @@ class Transport:
         for task in asyncio.all_tasks(self._loop):
             task.cancel()
         self._loop.call_soon(self._loop.stop)
+
+
+def _reachability_options(announce_maddrs: Sequence[str], relays: Sequence[str]) -> dict[str, Any]:
+    """``P2P.create`` options: announce only the checked addresses; behind a NAT, reserve relay slots."""
+    options: dict[str, Any] = {}
+    if announce_maddrs:
+        options["announce_maddrs"] = list(announce_maddrs)
+    if relays:
+        options.update(use_relay=True, use_auto_relay=True, trusted_relays=list(relays), force_reachability="private")
+    return options
 
 
 async def _ping_peers(_dht: hivemind.DHT, node: Any, *, peers: Sequence[PeerID]) -> None:
