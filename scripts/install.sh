@@ -6,14 +6,15 @@
 #   LILA_TORCH_SPEC   what to install for PyTorch (default torch==2.13.0, a CPU wheel where one is on
 #                     local disk; on a GPU machine install your CUDA build of torch>=2.4 into .venv first,
 #                     and this script keeps it).
-#   LILA_SKIP_APT=1   do not install Debian packages (chromium, prometheus: only the tests need them).
+#   LILA_SKIP_APT=1   do not install Debian packages (chromium, prometheus, nftables, iproute2: only the
+#                     tests need them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "${LILA_SKIP_APT:-0}" != 1 ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends chromium prometheus >/dev/null
+    apt-get install -y -qq --no-install-recommends chromium prometheus nftables iproute2 >/dev/null
 fi
 
 python3 -m venv .venv

@@ -18,6 +18,7 @@ import pytest
 
 from tests.helpers.paths import REPO
 from tests.helpers.processes import TERMINATE_GRACE_S, ProcessReaper
+from tests.helpers.testbed import testbed  # noqa: F401  (the namespace testbed fixture)
 
 
 @pytest.fixture
