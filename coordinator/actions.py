@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from coordinator.state import Lease, PeerMetrics, PeerState, Position
+from coordinator.state import Lease, PeerMetrics, PeerState, Position, Split
 
 
 class RejectCode(str, Enum):
@@ -130,6 +130,25 @@ class OuterStepAdvanced:
 
 
 @dataclass(frozen=True, slots=True)
+class ParamsCompared:
+    """The answer to an outer-step report: ``majority`` is the parameter hash most peers reported for
+    ``outer_step`` (empty when there is none to compare with, or on a tie), ``resync`` whether this peer
+    holds another one and must re-sync to it."""
+
+    peer_id: str
+    outer_step: int
+    majority: str
+    resync: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SplitFound:
+    """Outer step ``split.step`` was found split (once per step; later reports update ``splits.latest``)."""
+
+    split: Split
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsRecorded:
     """A metrics report to append to the history (chart of loss and val bpb)."""
 
@@ -182,6 +201,8 @@ Action = (
     | StageAdvanced
     | PeerStateChanged
     | OuterStepAdvanced
+    | ParamsCompared
+    | SplitFound
     | MetricsRecorded
     | CredentialGranted
     | StrikeRecorded

@@ -19,7 +19,9 @@ Rules, in short:
 * Liveness: any call of a peer renews it. After ``lease_timeout_s`` without a call the peer is
   ``lost`` and its leases return to the queue at their last reported positions (on ``Tick``).
 * Outer step: each peer reports the outer steps it finishes; the run's outer step is the highest
-  step that ``outer_step_quorum`` peers have reached, and it never goes down.
+  step that ``outer_step_quorum`` peers have reached, and it never goes down. The report's parameter
+  hash and group size feed split detection (:mod:`coordinator.splits`), which answers whether the peer
+  must re-sync to the majority's parameters.
 * Trust: a peer gets averaging credentials for at most ``MAX_IDENTITIES_PER_PEER`` libp2p identities
   (one per process start). Part owners report the contributions they rejected; a round counts as a
   strike against a peer once ``strike_witnesses`` distinct peers reported it for that round, and
@@ -36,10 +38,12 @@ from typing import Any, NamedTuple, TypeVar
 
 from coordinator import actions as act
 from coordinator import events as ev
+from coordinator import splits
 from coordinator.plan import ShardKey
 from coordinator.state import (
     LIVE_STATES,
     CoordinatorState,
+    HashReport,
     Lease,
     PeerMetrics,
     PeerRecord,
@@ -511,6 +515,9 @@ def _on_metrics(tx: _Tx, event: ev.MetricsReported) -> None:
         bytes_sent=event.bytes_sent,
         bytes_received=event.bytes_received,
         reported_at=tx.now,
+        uplink_bytes_per_s=event.uplink_bytes_per_s,
+        downlink_bytes_per_s=event.downlink_bytes_per_s,
+        reachability=event.reachability,
     )
     tx.put_peer(dataclasses.replace(peer, metrics=metrics))
     tx.emit(act.MetricsRecorded(peer.peer_id, metrics, tx.get("global_tokens")))
@@ -537,6 +544,15 @@ def _on_outer_step(tx: _Tx, event: ev.OuterStepReported) -> None:
     if new > old:
         tx.set("outer_step", new)
         tx.emit(act.OuterStepAdvanced(old, new))
+    report = HashReport(event.params_sha256, event.group_size)
+    watch, verdict = splits.record(
+        tx.get("splits"), tx.peers, peer_id=peer.peer_id, step=event.outer_step, report=report, now=tx.now
+    )
+    if watch is not tx.get("splits"):
+        tx.set("splits", watch)
+    if verdict.found is not None:
+        tx.emit(act.SplitFound(verdict.found))
+    tx.emit(act.ParamsCompared(peer.peer_id, event.outer_step, verdict.majority, verdict.resync))
 
 
 def _ban(tx: _Tx, peer: PeerRecord, reason: str) -> None:

@@ -90,7 +90,8 @@ class Restarted:
 
 @dataclass(frozen=True, slots=True)
 class MetricsReported:
-    """Training metrics from a peer (validated by the server: finite, non-negative)."""
+    """Training metrics from a peer (validated by the server: finite, non-negative; ``reachability`` one
+    of ``coordinator.validation.REACHABILITIES`` or empty)."""
 
     peer_id: str
     outer_step: int
@@ -100,14 +101,20 @@ class MetricsReported:
     tokens_processed: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
+    uplink_bytes_per_s: float = 0.0
+    downlink_bytes_per_s: float = 0.0
+    reachability: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class OuterStepReported:
-    """The peer finished outer step ``outer_step``."""
+    """The peer finished outer step ``outer_step``, holding parameters whose sha256 is ``params_sha256``
+    (64 hex digits; empty from older peers) after a round of ``group_size`` peers (0: not said)."""
 
     peer_id: str
     outer_step: int
+    params_sha256: str = ""
+    group_size: int = 0
 
 
 @dataclass(frozen=True, slots=True)

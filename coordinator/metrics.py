@@ -66,6 +66,25 @@ class _SnapshotCollector(Collector):
             "Strikes (rounds with a rejected contribution, confirmed by enough witnesses) over all peers",
             value=snap.get("strikes_total", 0),
         )
+        reach = GaugeMetricFamily(
+            "lila_peers_reachability",
+            "Live peers by how other peers reach them (direct, relayed, client; unknown: not reported)",
+            labels=["reachability"],
+        )
+        for name, count in sorted(snap["live_peers_by_reachability"].items()):
+            reach.add_metric([name], count)
+        yield reach
+        splits = snap["splits"]
+        yield CounterMetricFamily(
+            "lila_splits",
+            "Outer steps after which peers held different parameters (or several trained alone)",
+            value=splits["count"],
+        )
+        yield GaugeMetricFamily(
+            "lila_params_hashes",
+            "Distinct parameter hashes at the latest outer step two or more peers reported (1: agreement)",
+            value=splits["distinct_hashes"],
+        )
         if snap["loss"] is not None:
             yield GaugeMetricFamily(
                 "lila_loss", "Mean training loss of the latest outer step", value=snap["loss"]

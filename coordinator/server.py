@@ -409,6 +409,9 @@ class CoordinatorService:
             tokens_processed=check.count("tokens_processed", request.tokens_processed),
             bytes_sent=check.count("bytes_sent", request.bytes_sent),
             bytes_received=check.count("bytes_received", request.bytes_received),
+            uplink_bytes_per_s=check.number("uplink_bytes_per_s", request.uplink_bytes_per_s),
+            downlink_bytes_per_s=check.number("downlink_bytes_per_s", request.downlink_bytes_per_s),
+            reachability=check.reachability("reachability", request.reachability),
         )
         await self._submit(event)
         return pb.ReportMetricsResponse()
@@ -416,10 +419,36 @@ class CoordinatorService:
     async def _report_outer_step(
         self, request: pb.ReportOuterStepRequest, claims: SessionClaims, _: Any
     ) -> Message:
-        await self._submit(
-            ev.OuterStepReported(claims.peer_id, check.count("outer_step", request.outer_step))
+        actions = await self._submit(
+            ev.OuterStepReported(
+                claims.peer_id,
+                check.count("outer_step", request.outer_step),
+                params_sha256=check.sha256("params_sha256", request.params_sha256),
+                group_size=check.group_size("group_size", request.group_size),
+            )
         )
-        return pb.ReportOuterStepResponse(current_outer_step=self.engine.state.outer_step)
+        for found in (a.split for a in actions if isinstance(a, act.SplitFound)):
+            logger.warning(
+                "outer step %d is split: %s; %d of %d active peers averaged alone%s",
+                found.step,
+                ", ".join(f"{h[:12]}… ×{n}" for h, n in found.hashes) or "no hashes",
+                found.groups_of_one,
+                found.active_peers,
+                "" if found.majority else "; no majority (tie), nobody is asked to re-sync",
+            )
+        compared = next(a for a in actions if isinstance(a, act.ParamsCompared))
+        if compared.resync:
+            logger.warning(
+                "peer %s holds other parameters than the majority at outer step %d: asked to re-sync to %s…",
+                claims.peer_id,
+                compared.outer_step,
+                compared.majority[:12],
+            )
+        return pb.ReportOuterStepResponse(
+            current_outer_step=self.engine.state.outer_step,
+            resync=compared.resync,
+            majority_sha256=bytes.fromhex(compared.majority),
+        )
 
     async def _check_reachability(
         self, request: pb.CheckReachabilityRequest, claims: SessionClaims, context: grpc.aio.ServicerContext

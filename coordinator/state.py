@@ -70,7 +70,9 @@ class Hardware:
 
 @dataclass(frozen=True, slots=True)
 class PeerMetrics:
-    """Latest metrics a peer reported."""
+    """Latest metrics a peer reported. ``uplink_bytes_per_s`` / ``downlink_bytes_per_s``: its measured
+    link rates to other peers (0: not measured yet); ``reachability``: how other peers reach it
+    (``direct``, ``relayed``, ``client``; empty from older peers)."""
 
     outer_step: int
     loss: float
@@ -80,6 +82,9 @@ class PeerMetrics:
     bytes_sent: int
     bytes_received: int
     reported_at: float
+    uplink_bytes_per_s: float = 0.0
+    downlink_bytes_per_s: float = 0.0
+    reachability: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +151,46 @@ class StrikeTally:
 _EMPTY: Mapping[Any, Any] = MappingProxyType({})
 
 
+@dataclass(frozen=True, slots=True)
+class HashReport:
+    """What one peer reported with an outer step: the sha256 of its parameters after it (hex; empty from
+    older peers) and how many peers averaged in the round that produced it (0: not said)."""
+
+    params_sha256: str
+    group_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """An outer step after which the peers do not hold the same parameters (see :mod:`coordinator.splits`).
+
+    ``hashes``: each distinct parameter hash with the number of peers that reported it, most peers first
+    (ties by hash). ``groups_of_one``: peers that averaged alone for this step; ``active_peers``: active
+    peers when it was last evaluated. ``majority``: the hash most peers hold, empty on a tie."""
+
+    step: int
+    hashes: tuple[tuple[str, int], ...]
+    groups_of_one: int
+    active_peers: int
+    majority: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SplitWatch:
+    """The parameter hashes of the last outer steps, for split detection (:mod:`coordinator.splits`).
+
+    ``steps``: outer step -> peer id -> that peer's latest report for the step (only the last
+    ``coordinator.splits.SPLIT_HISTORY_STEPS`` steps). ``split_steps``: the steps among them already
+    found split (each counts once). ``found``: how many steps were found split; ``latest``: the split
+    of the highest such step, as last evaluated."""
+
+    steps: Mapping[int, Mapping[str, HashReport]] = field(default_factory=lambda: _EMPTY)
+    split_steps: frozenset[int] = frozenset()
+    found: int = 0
+    latest: Split | None = None
+
+
 @dataclass(frozen=True)
 class CoordinatorState:
     """Everything the scheduler knows. Build the first one with :func:`initial_state`.
@@ -154,7 +199,8 @@ class CoordinatorState:
     leased, queued in ``returned``, completed or skipped. ``stage_index == len(plan.stages)`` once the
     run is finished. ``strike_reports`` holds the witnesses of recent rounds, keyed by (accused peer id,
     round); it is volatile (not stored): after a restart, partial tallies start over, while counted
-    strikes live on in the peer records.
+    strikes live on in the peer records. ``splits`` (the parameter hashes of recent outer steps) is
+    volatile too: after a restart, split detection and its count start over.
     """
 
     plan: RunPlan
@@ -163,6 +209,7 @@ class CoordinatorState:
     leases: Mapping[str, Lease] = field(default_factory=lambda: _EMPTY)
     returned: Mapping[ShardKey, QueuedShard] = field(default_factory=lambda: _EMPTY)
     strike_reports: Mapping[tuple[str, int], StrikeTally] = field(default_factory=lambda: _EMPTY)
+    splits: SplitWatch = field(default_factory=SplitWatch)
     cursors: tuple[int, ...] = ()
     stage_index: int = 0
     stage_tokens: tuple[int, ...] = ()

@@ -16,14 +16,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from coordinator.state import LIVE_STATES, CoordinatorState, PeerState
+from coordinator.splits import latest_comparison
+from coordinator.state import LIVE_STATES, CoordinatorState, PeerState, Split
 from coordinator.storage import MetricsRow
+from coordinator.validation import REACHABILITIES
 
 logger = logging.getLogger(__name__)
 
 RATE_WINDOW_S = 60.0
 LEADERBOARD_SIZE = 20
 MAX_PEER_ROWS = 500
+UNKNOWN_REACHABILITY = "unknown"  # a live peer that has not said (no metrics yet, or an older client)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,19 @@ def _history(rows: Sequence[MetricsRow]) -> list[dict[str, Any]]:
     ]
 
 
+def _split(split: Split | None) -> dict[str, Any] | None:
+    if split is None:
+        return None
+    return {
+        "outer_step": split.step,
+        "hashes": [{"params_sha256": h, "peers": n} for h, n in split.hashes],
+        "groups_of_one": split.groups_of_one,
+        "active_peers": split.active_peers,
+        "majority_sha256": split.majority,
+        "at": split.at,
+    }
+
+
 def build_snapshot(
     state: CoordinatorState,
     history: Sequence[MetricsRow],
@@ -111,10 +127,13 @@ def build_snapshot(
             }
         )
     peers_by_state = {s.value: 0 for s in PeerState}
+    reachability = {name: 0 for name in (*REACHABILITIES, UNKNOWN_REACHABILITY)}
     peers = []
     for peer in state.peers.values():
         peers_by_state[peer.state.value] += 1
         metrics = peer.metrics
+        if peer.state in LIVE_STATES:
+            reachability[(metrics.reachability if metrics else "") or UNKNOWN_REACHABILITY] += 1
         peers.append(
             {
                 "peer_id": peer.peer_id,
@@ -129,6 +148,9 @@ def build_snapshot(
                 "strikes": peer.strikes,
                 "last_seen_s": max(0.0, now - peer.last_seen),
                 "metrics_address": peer.metrics_address,
+                "uplink_bytes_per_s": metrics.uplink_bytes_per_s if metrics else 0.0,
+                "downlink_bytes_per_s": metrics.downlink_bytes_per_s if metrics else 0.0,
+                "reachability": metrics.reachability if metrics else "",
             }
         )
     peers.sort(key=lambda p: (p["state"] not in ("active", "joining"), -p["tokens"], p["name"]))
@@ -149,6 +171,7 @@ def build_snapshot(
     latest = points[-1] if points else None
     latest_bpb = next((p["val_bpb"] for p in reversed(points) if p["val_bpb"] is not None), None)
     current = plan.stages[state.stage_index].name if not state.finished else ""
+    compared = latest_comparison(state.splits, state.peers)
     return {
         "generated_at": now,
         "run": {"name": run.name, "model_preset": run.model_preset, "model_variant": run.model_variant},
@@ -163,6 +186,7 @@ def build_snapshot(
         "loss": latest["loss"] if latest else None,
         "val_bpb": latest_bpb,
         "peers_by_state": peers_by_state,
+        "live_peers_by_reachability": reachability,
         "peer_count": len(peers),
         "peers": peers[:MAX_PEER_ROWS],
         "leases_active": len(state.leases),
@@ -175,6 +199,12 @@ def build_snapshot(
         "leaderboard": leaderboard,
         "banned": banned,
         "strikes_total": sum(peer.strikes for peer in state.peers.values()),
+        "splits": {
+            "count": state.splits.found,
+            "latest": _split(state.splits.latest),
+            "compared_step": compared.step,
+            "distinct_hashes": compared.distinct_hashes,
+        },
         "history": points,
     }
 

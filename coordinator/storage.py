@@ -258,18 +258,7 @@ def _peer_to_json(peer: PeerRecord) -> str:
         "ban_reason": peer.ban_reason,
         "libp2p_ids": list(peer.libp2p_ids),
         "strike_rounds": list(peer.strike_rounds),
-        "metrics": None
-        if m is None
-        else {
-            "outer_step": m.outer_step,
-            "loss": m.loss,
-            "val_bpb": m.val_bpb,
-            "tokens_per_s": m.tokens_per_s,
-            "tokens_processed": m.tokens_processed,
-            "bytes_sent": m.bytes_sent,
-            "bytes_received": m.bytes_received,
-            "reported_at": m.reported_at,
-        },
+        "metrics": None if m is None else dataclasses.asdict(m),
     }
     return json.dumps(data, separators=(",", ":"))
 

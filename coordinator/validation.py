@@ -21,6 +21,9 @@ MAX_GROUP_ID_CHARS = 64
 MAX_EVIDENCE = 64
 STRIKE_REASONS = ("misaligned", "non_finite", "norm_ratio", "shape_mismatch", "undecodable")
 MAX_PUBLIC_KEY_BYTES = credentials.MAX_PUBLIC_KEY_BYTES
+SHA256_BYTES = 32
+MAX_GROUP_SIZE = 65536  # far above any averaging group; a larger value is a broken client
+REACHABILITIES = ("direct", "relayed", "client")  # how other peers reach a peer (peer.reachability)
 
 
 class InvalidArgument(ValueError):
@@ -114,4 +117,28 @@ def choice(field: str, value: str, allowed: Collection[str]) -> str:
     """One of ``allowed``."""
     if value not in allowed:
         raise InvalidArgument(f"{field}={value[:40]!r}: use one of {', '.join(sorted(allowed))}")
+    return value
+
+
+def sha256(field: str, value: bytes) -> str:
+    """Empty (an older client) or a raw 32-byte SHA-256 digest; returned as hex (empty stays empty)."""
+    if value and len(value) != SHA256_BYTES:
+        raise InvalidArgument(
+            f"{field} has {len(value)} bytes: send the raw {SHA256_BYTES}-byte SHA-256 digest "
+            "(not its hex text), or nothing"
+        )
+    return value.hex()
+
+
+def group_size(field: str, value: int) -> int:
+    """A group size: 0 (not said) up to ``MAX_GROUP_SIZE``."""
+    if not 0 <= value <= MAX_GROUP_SIZE:
+        raise InvalidArgument(f"{field}={value}: must be between 0 (unknown) and {MAX_GROUP_SIZE} peers")
+    return value
+
+
+def reachability(field: str, value: str) -> str:
+    """Empty (an older client) or one of ``REACHABILITIES``."""
+    if value and value not in REACHABILITIES:
+        raise InvalidArgument(f"{field}={value[:40]!r}: use one of {', '.join(REACHABILITIES)}, or leave it empty")
     return value

@@ -53,6 +53,36 @@ def _optional(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _rate(bytes_per_s: float) -> str:
+    if not bytes_per_s:
+        return "–"
+    for limit, suffix in ((1e9, "GB/s"), (1e6, "MB/s"), (1e3, "kB/s")):
+        if bytes_per_s >= limit:
+            return f"{bytes_per_s / limit:.1f} {suffix}"
+    return f"{bytes_per_s:.0f} B/s"
+
+
+def _split_parts(splits: dict[str, Any]) -> tuple[str, list[str]]:
+    """The summary line of the latest split and one table row per parameter hash it saw."""
+    latest = splits["latest"]
+    if latest is None:
+        return "no split found: the peers agree on their parameters after every outer step compared", []
+    summary = (
+        f"{splits['count']} split outer step{'' if splits['count'] == 1 else 's'}; latest: outer step "
+        f"{latest['outer_step']}, {len(latest['hashes'])} distinct parameter hashes, "
+        f"{latest['groups_of_one']} peers averaged alone ({latest['active_peers']} active)"
+        + ("" if latest["majority_sha256"] else "; no majority (tie): nobody was asked to re-sync")
+    )
+    majority = latest["majority_sha256"]
+    rows = [
+        f'<tr class="split-hash"><td><code>{_esc(h["params_sha256"][:16])}…</code></td>'
+        f'<td class="num">{h["peers"]}</td>'
+        f'<td>{"majority" if h["params_sha256"] == majority else "re-sync" if majority else "tie"}</td></tr>'
+        for h in latest["hashes"]
+    ]
+    return summary, rows
+
+
 def _ago(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.0f} s ago"
@@ -81,9 +111,11 @@ def render_page(snapshot: dict[str, Any], *, refresh_s: int = PAGE_REFRESH_S) ->
         f'<tr class="peer"><td>{_esc(p["name"])}</td><td>{_esc(p["device"]) or "–"}</td>'
         f'<td class="state-{_esc(p["state"])}">{_esc(p["state"])}</td><td class="num">{p["tokens_per_s"]:.1f}</td>'
         f'<td>{_ago(p["last_seen_s"])}</td><td class="num">{_tokens(p["tokens"])}</td><td class="num">{max(p["outer_step"], 0)}</td>'
-        f'<td class="num">{p.get("strikes", 0)}</td></tr>'
+        f'<td class="num">{p.get("strikes", 0)}</td><td>{_esc(p["reachability"]) or "–"}</td>'
+        f'<td class="num">{_rate(p["uplink_bytes_per_s"])} / {_rate(p["downlink_bytes_per_s"])}</td></tr>'
         for p in snapshot["peers"]
     ]
+    split_summary, split_rows = _split_parts(snapshot["splits"])
     leader_rows = [
         f'<tr><td>{i}</td><td>{_esc(p["name"])}</td><td class="num">{_tokens(p["tokens"])}</td></tr>'
         for i, p in enumerate(snapshot["leaderboard"], start=1)
@@ -112,7 +144,10 @@ def render_page(snapshot: dict[str, Any], *, refresh_s: int = PAGE_REFRESH_S) ->
         val_bpb=_optional(snapshot["val_bpb"]),
         stage_rows=_rows(stage_rows, 6, "no stages"),
         history_json=history,
-        peer_rows=_rows(peer_rows, 8, "no peer has joined yet"),
+        peer_rows=_rows(peer_rows, 10, "no peer has joined yet"),
+        splits_count=snapshot["splits"]["count"],
+        split_summary=_esc(split_summary),
+        split_rows=_rows(split_rows, 3, "no split"),
         leader_rows=_rows(leader_rows, 3, "no contributions yet"),
         banned_rows=_rows(banned_rows, 3, "nobody is banned"),
     )

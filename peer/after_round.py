@@ -64,10 +64,21 @@ def checkpoint(peer: Peer, val_bpb: float | None = None) -> None:
 
 
 def report_outer_step(peer: Peer) -> None:
+    """Report the outer step with the hash of the parameters it produced and the size of its group; when
+    the coordinator answers that most peers hold other parameters, keep their hash in
+    ``peer.progress.majority`` (the node re-syncs to it before its next period, :func:`peer.sync.follow_majority`)."""
+    progress = peer.progress
     try:
-        peer.client.report_outer_step(peer.progress.outer_step)
+        answer = peer.client.report_outer_step(progress.outer_step, params_sha256=progress.params_hash,
+                                               group_size=progress.group_size)
     except Exception as exc:
-        logger.warning("could not report outer step %d: %s", peer.progress.outer_step, exc)
+        logger.warning("could not report outer step %d: %s", progress.outer_step, exc)
+        return
+    if answer.resync and answer.majority_sha256 and answer.majority_sha256 != progress.params_hash:
+        logger.warning("outer step %d: most peers hold parameters with sha256 %s, this peer %s (the network is "
+                       "split); re-syncing to theirs before the next period", progress.outer_step,
+                       answer.majority_sha256, progress.params_hash)
+        progress.majority = (progress.outer_step, answer.majority_sha256)
 
 
 def record_telemetry(peer: Peer) -> None:
@@ -108,7 +119,8 @@ def after_round(peer: Peer, period: Period, result: RoundResult) -> None:
     fields: dict[str, Any] = dict(outer_step=step, loss=period.loss,
                                   tokens_per_s=period.tokens / max(period.seconds, 1e-9),
                                   tokens_processed=period.tokens, bytes_sent=result.bytes_sent,
-                                  bytes_received=result.bytes_received)
+                                  bytes_received=result.bytes_received,
+                                  reachability=peer.network.reachability.mode)
     if val_bpb is not None:
         fields["val_bpb"] = val_bpb
     with phases.phase("report"):

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
@@ -52,6 +53,16 @@ def _position(p: pb.ResumePosition) -> ResumePosition:
 
 def _position_pb(p: ResumePosition) -> pb.ResumePosition:
     return pb.ResumePosition(docs_consumed=p.docs_consumed, tokens_consumed=p.tokens_consumed)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OuterStepAnswer:
+    """The coordinator's answer to ReportOuterStep: the run's outer step, and whether this peer must re-sync
+    to the parameters most peers hold for the step it reported (``majority_sha256``, hex; empty: none yet)."""
+
+    current_outer_step: int
+    resync: bool
+    majority_sha256: str
 
 
 class CoordinatorClient:
@@ -123,10 +134,14 @@ class CoordinatorClient:
     def report_metrics(self, **fields: float | int) -> None:
         self._call("ReportMetrics", self._stub.ReportMetrics, pb.ReportMetricsRequest(**fields), retry=False)
 
-    def report_outer_step(self, outer_step: int) -> int:
-        response = self._call("ReportOuterStep", self._stub.ReportOuterStep,
-                              pb.ReportOuterStepRequest(outer_step=outer_step))
-        return int(response.current_outer_step)
+    def report_outer_step(self, outer_step: int, *, params_sha256: str, group_size: int) -> OuterStepAnswer:
+        """Report a finished outer step with the hash of the parameters it produced (hex) and the size of
+        its averaging group; the answer says whether this peer's parameters agree with the majority's."""
+        request = pb.ReportOuterStepRequest(outer_step=outer_step, params_sha256=bytes.fromhex(params_sha256),
+                                            group_size=group_size)
+        response = self._call("ReportOuterStep", self._stub.ReportOuterStep, request)
+        return OuterStepAnswer(current_outer_step=int(response.current_outer_step), resync=bool(response.resync),
+                               majority_sha256=bytes(response.majority_sha256).hex())
 
     def check_reachability(self, *, host: str, port: int, probe_secret: bytes) -> pb.CheckReachabilityResponse:
         """Ask the coordinator to dial this peer back at ``host:port`` (empty host: the address it sees);

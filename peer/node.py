@@ -45,7 +45,15 @@ from .progress import ProgressBar
 from .round_sync import BarrierResult
 from .rounds import outer_round, train_period
 from .setup import build_training, connect_network, join_run
-from .sync import DONOR_ANNOUNCE_PERIOD_S, IDLE_POLL_S, catch_up, network_step, restore, resync
+from .sync import (
+    DONOR_ANNOUNCE_PERIOD_S,
+    IDLE_POLL_S,
+    catch_up,
+    follow_majority,
+    network_step,
+    restore,
+    resync,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +134,7 @@ class PeerNode:
             if peer.network.trust.session.banned or peer.heartbeat.refused:  # credential or heartbeat refused
                 raise Banned("the coordinator banned this peer from the run (its contributions were rejected "
                              "by the other peers too often; see the coordinator's status page): leaving")
+            follow_majority(peer)  # the coordinator said most peers hold other parameters: take theirs
             period = train_period(peer)
             if self.stop.is_set():
                 break

@@ -48,6 +48,13 @@ def load_flat_parameters(model: nn.Module, flat: torch.Tensor) -> None:
         offset += n
 
 
+def params_sha256(params: torch.Tensor) -> str:
+    """sha256 (hex) of a flat parameter vector's float32 bytes: how peers, the coordinator and a state
+    download compare parameters."""
+    flat = params.detach().to(device="cpu", dtype=torch.float32).contiguous()
+    return hashlib.sha256(flat.numpy().tobytes()).hexdigest()
+
+
 class OuterOptimizer:
     """The global parameters, the outer momentum, and the Nesterov step that updates them."""
 
@@ -90,7 +97,7 @@ class OuterOptimizer:
 
     def params_hash(self) -> str:
         """sha256 of the global parameters' bytes: equal on every peer after a good round."""
-        return hashlib.sha256(self.global_params.numpy().tobytes()).hexdigest()
+        return params_sha256(self.global_params)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {

@@ -110,8 +110,11 @@ class Period:
 class Progress:
     """What changes while the peer trains.
 
-    ``outer_step`` / ``params_hash``: the global parameters held now. ``residual``: the error-feedback
-    residual (what earlier rounds' codec dropped). ``global_tokens`` / ``active_peers``: the run's
+    ``outer_step`` / ``params_hash``: the global parameters held now; ``group_size``: how many peers
+    averaged in the round that produced them (0: they came from a checkpoint, a download or θ_0).
+    ``majority``: (outer step, sha256) of the parameters most peers hold when the coordinator said this
+    peer's differ — :func:`peer.sync.follow_majority` re-syncs to them before the next period and clears
+    it. ``residual``: the error-feedback residual (what earlier rounds' codec dropped). ``global_tokens`` / ``active_peers``: the run's
     progress as last read from the coordinator (the learning-rate schedule). ``tokens_trained``: committed
     batches since the process started (credited at the coordinator). ``phases``: timings of the work after
     the current round; ``round_seconds``: how long the last averaging round took."""
@@ -119,6 +122,8 @@ class Progress:
     residual: torch.Tensor
     outer_step: int = 0
     params_hash: str = ""
+    group_size: int = 0
+    majority: tuple[int, str] | None = None
     global_tokens: int = 0
     active_peers: int = 1
     tokens_trained: int = 0

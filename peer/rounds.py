@@ -160,7 +160,7 @@ def outer_round(peer: Peer, round_index: int, period: Period, *,
         peer.metrics.compression_ratio.set(vector.numel() * 4 * (result.group_size - 1)
                                            / result.group_size / max(result.bytes_sent, 1))
     training.outer.step(result.average)
-    progress.outer_step = round_index
+    progress.outer_step, progress.group_size = round_index, result.group_size
     load_flat_parameters(training.model, training.outer.global_params)
     progress.params_hash = training.outer.params_hash()
     with progress.phases.phase("verify"):

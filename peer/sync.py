@@ -7,7 +7,9 @@ identically; then it announces the state, so the others expect this peer at the 
 enters at an outer-step boundary, synced before it trains. :func:`resync` replaces the local state when
 the network moved past this peer (it sat a round out, it was late, its part failed while the others'
 did not, its hash disagreed): it drops its local work instead of averaging against a stale base, so every
-peer that reports outer step k holds bitwise-identical global parameters.
+peer that reports outer step k holds bitwise-identical global parameters. :func:`follow_majority` does it
+when the coordinator compared the hashes peers reported for a step and this peer's is not the majority's
+(the network split): only a state whose bytes hash to the majority's is loaded.
 
 Tuning: a live peer re-announces its state every ``DONOR_ANNOUNCE_PERIOD_S`` and a dead one vanishes
 after three periods; a joiner the coordinator says is behind looks for a donor for ``DONOR_WAIT_S``.
@@ -17,7 +19,6 @@ Shorter periods find donors sooner but load the DHT.
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import logging
 import threading
 import time
@@ -28,7 +29,7 @@ import torch
 from .after_round import checkpoint, evaluate, publish
 from .averaging.state_sync import DownloadResult, StateSyncError
 from .errors import Stopped
-from .outer import load_flat_parameters
+from .outer import load_flat_parameters, params_sha256
 from .parts import Peer
 
 logger = logging.getLogger(__name__)
@@ -59,19 +60,25 @@ def wait_future(future: concurrent.futures.Future[T], timeout: float, *, stop: t
                 raise
 
 
-def accept_download(result: DownloadResult, min_step: int) -> bool:
-    """A downloaded state is usable when it is at outer step ``min_step`` or newer and its hash is the
-    one its donor announced."""
+def accept_download(result: DownloadResult, min_step: int, *, sha256: str = "") -> bool:
+    """A downloaded state is usable when it is at outer step ``min_step`` or newer, its hash is the one
+    its donor announced and, when ``sha256`` is given, the hash of the downloaded bytes themselves is
+    that one (a donor's own claim is never enough)."""
     step = result.snapshot.metadata.get("outer_step")
     if not isinstance(step, int) or step < min_step:
         logger.info("donor %s served outer step %r; waiting for %d", result.donor, step, min_step)
         return False
     claimed = result.snapshot.metadata.get("params_sha256")
-    if claimed:
-        actual = hashlib.sha256(result.snapshot.tensors["global_params"].numpy().tobytes()).hexdigest()
-        if actual != claimed:
-            logger.warning("donor %s served parameters whose sha256 is not the one it announced", result.donor)
-            return False
+    if not claimed and not sha256:
+        return True
+    actual = params_sha256(result.snapshot.tensors["global_params"])
+    if claimed and actual != claimed:
+        logger.warning("donor %s served parameters whose sha256 is not the one it announced", result.donor)
+        return False
+    if sha256 and actual != sha256:
+        logger.warning("donor %s served parameters with sha256 %s…, not the %s… asked for; trying another donor",
+                       result.donor, actual[:12], sha256[:12])
+        return False
     return True
 
 
@@ -130,16 +137,20 @@ def restore(peer: Peer, current_outer_step: int) -> None:
 
 
 def download_state(peer: Peer, *, source: str, donors: list[str] | None = None,
-                   min_step: int | None = None) -> bool:
+                   min_step: int | None = None, sha256: str = "") -> bool:
     """Download the newest state (from ``donors`` in order, default: every announced donor, highest
     outer step first), check it (outer step at least ``min_step``, default ours; the hash its donor
-    announced), and load it. True on success."""
+    announced; with ``sha256``, that the downloaded parameters hash to it), and load it. True on success.
+
+    With ``sha256`` and no ``donors``, only donors announcing exactly ``min_step`` are asked: parameters
+    with that hash exist only at that step."""
     training, progress, state_sync = peer.training, peer.progress, peer.network.state_sync
     peer.heartbeat.phase = "syncing"
     started = time.monotonic()
     shapes = {k: tuple(training.outer.global_params.shape) for k in STATE_KEYS}
     try:
-        candidates = donors if donors is not None else [d.peer_id for d in state_sync.find_donors()]
+        candidates = donors if donors is not None else [
+            d.peer_id for d in state_sync.find_donors() if not sha256 or d.outer_step == min_step]
         result = None
         for donor in candidates:
             future = peer.network.transport.submit(state_sync.download_async(donors=[donor], expected_shapes=shapes))
@@ -149,7 +160,7 @@ def download_state(peer: Peer, *, source: str, donors: list[str] | None = None,
             except (StateSyncError, concurrent.futures.TimeoutError) as exc:
                 logger.warning("state download from %s failed: %r", donor, exc)
                 continue
-            if accept_download(got, progress.outer_step if min_step is None else min_step):
+            if accept_download(got, progress.outer_step if min_step is None else min_step, sha256=sha256):
                 result = got
                 break
         if result is None:
@@ -159,7 +170,7 @@ def download_state(peer: Peer, *, source: str, donors: list[str] | None = None,
         return False
     training.outer.load_state_dict({**result.snapshot.tensors,
                                     "step_count": torch.tensor(int(result.snapshot.metadata["outer_step"]))})
-    progress.outer_step = training.outer.step_count
+    progress.outer_step, progress.group_size = training.outer.step_count, 0
     progress.params_hash = training.outer.params_hash()
     progress.residual.zero_()  # error feedback of contributions to a base this peer no longer holds
     seconds = time.monotonic() - started
@@ -172,15 +183,16 @@ def download_state(peer: Peer, *, source: str, donors: list[str] | None = None,
 
 
 def resync(peer: Peer, target_step: int, reason: str, *, donors: list[str] | None = None,
-           discarded_tokens: int = 0) -> bool:
-    """Replace the local state with the network's (outer step ``target_step`` or newer)."""
+           discarded_tokens: int = 0, sha256: str = "") -> bool:
+    """Replace the local state with the network's (outer step ``target_step`` or newer; with ``sha256``,
+    exactly the parameters with that hash)."""
     progress = peer.progress
     logger.info("%s: the network is at outer step %d, this peer at %d; downloading the state%s", reason,
                 target_step, progress.outer_step,
                 f" (dropping {discarded_tokens} tokens of local work done on the old base)"
                 if discarded_tokens else "")
     deadline = time.monotonic() + DONOR_WAIT_S
-    while not download_state(peer, source="resync", donors=donors, min_step=target_step):
+    while not download_state(peer, source="resync", donors=donors, min_step=target_step, sha256=sha256):
         if time.monotonic() >= deadline or peer.stop.wait(DONOR_ANNOUNCE_PERIOD_S / 2):
             logger.warning("could not re-sync to outer step %d; training on from outer step %d",
                            target_step, progress.outer_step)
@@ -192,6 +204,28 @@ def resync(peer: Peer, target_step: int, reason: str, *, donors: list[str] | Non
     if peer.options.checkpoint_every:
         checkpoint(peer)
     return True
+
+
+def follow_majority(peer: Peer) -> bool:
+    """Re-sync to the parameters most peers hold when the coordinator said this peer's differ
+    (``peer.progress.majority``, set by :func:`peer.after_round.report_outer_step`); True when it did.
+
+    Only a download whose own bytes hash to the majority's sha256 is loaded. When no donor serves one
+    within the re-sync's wait, an ERROR line says so and the peer trains on: the coordinator asks again
+    at its next report."""
+    progress = peer.progress
+    if progress.majority is None:
+        return False
+    (step, sha256), progress.majority = progress.majority, None
+    if progress.params_hash == sha256:
+        return False  # already re-synced meanwhile (the round's own verification)
+    if resync(peer, step, f"outer step {step}: most peers hold other parameters (sha256 {sha256[:12]}…)",
+              sha256=sha256):
+        return True
+    logger.error("no peer served the majority's parameters of outer step %d (sha256 %s); this peer keeps its "
+                 "own (%s) and stays split from the others until a later re-sync", step, sha256,
+                 progress.params_hash)
+    return False
 
 
 def catch_up(peer: Peer, round_index: int, tokens: int) -> bool:

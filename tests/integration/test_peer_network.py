@@ -57,6 +57,7 @@ RUN_TIMEOUT_S = 300.0
 LEAVE_DEADLINE_S = 10.0
 FAST_STRAGGLER_WAIT_S = 2.0
 POLL_S = 0.05
+SPLIT_POLL_S = 0.5  # how often the three-peer run reads the coordinator's status while it trains
 
 
 # ---------------------------------------------------------------------- fixtures of the run
@@ -154,16 +155,30 @@ def test_three_peers_train_the_corpus_to_its_end_with_identical_parameters(tmp_p
     net = Net(tmp_path, procs, spec=spec, peers=3)
     try:
         peers = [net.start_peer() for _ in range(3)]
+        seen = []  # the coordinator's view of the peers' parameter hashes while they train
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while any(proc.poll() is None for proc in peers) and time.monotonic() < deadline:
+            status = net.network.status()
+            if status is not None:
+                seen.append(status["splits"])
+            time.sleep(SPLIT_POLL_S)
         for proc in peers:
-            proc.wait(timeout=RUN_TIMEOUT_S)
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         codes = [proc.returncode for proc in peers]
         assert codes == [0, 0, 0], net.logs()
+        status = net.network.status()
     finally:
         net.stop()
 
     # Every outer step: one hash across every peer that holds it; several peers per step.
     table = hashes_by_step(net, range(3))
     assert_identical_per_step(table)
+    # The coordinator compared the hashes the peers reported with each outer step and found no split.
+    assert status is not None and status["splits"]["count"] == 0, net.logs()
+    assert all((s["count"], s["latest"]) == (0, None) and s["distinct_hashes"] <= 1 for s in seen), seen
+    assert any(s["compared_step"] >= 1 and s["distinct_hashes"] == 1 for s in seen), seen
+    assert {p["reachability"] for p in status["peers"]} - {""} <= {"direct", "relayed", "client"}
+    assert any(p["reachability"] for p in status["peers"]), status["peers"]
     applied = {i: [r["outer_step"] for r in net.events(i, "outer_step")] for i in range(3)}
     last = max(max(steps, default=0) for steps in applied.values())
     assert last >= 3, applied

@@ -258,7 +258,7 @@ def _promtool(*args: str) -> str:
 def test_promtool_checks_config_and_rules():
     prometheus = DEPLOY / "prometheus"
     assert "SUCCESS: 1 rule files found" in _promtool("check", "config", str(prometheus / "prometheus.yml"))
-    assert "SUCCESS: 8 rules found" in _promtool("check", "rules", str(prometheus / "alerts.yml"))
+    assert "SUCCESS: 9 rules found" in _promtool("check", "rules", str(prometheus / "alerts.yml"))
 
 
 @needs_promtool
