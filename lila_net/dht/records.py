@@ -63,10 +63,12 @@ class _Strict(pydantic.BaseModel):
 
 
 class AnnouncementRecord(_Strict):
-    """A peer announcing itself for a round."""
+    """A peer announcing itself for a round (``client``: no direct incoming streams; ``relayed``: reachable
+    through a circuit relay, see :mod:`peer.reachability`)."""
 
     v: pydantic.conint(strict=True, ge=1, le=1)  # type: ignore[valid-type]
     client: pydantic.StrictBool
+    relayed: pydantic.StrictBool = False
 
 
 class GroupRecord(_Strict):

@@ -7,7 +7,10 @@ For round ``k`` every peer:
 2. announces itself under ``lila/{run}/avg/{k}/peers`` (subkey = its peer id, with an expiration);
 3. waits ``matchmaking_time`` — or only until every peer it expects (the round barrier's list) has
    announced — then reads the announced candidates;
-4. elects the smallest candidate id that is not in client mode as leader. The leader keeps its group open until every candidate it
+4. elects the smallest candidate id among the directly reachable ones as leader — or, when no candidate is
+   directly reachable, among the relayed ones (behind a NAT, reached through a circuit relay); client-mode
+   peers never lead. Members as reachable as the leader or better own the parts, so a relayed peer owns a
+   part only in a round without a direct peer (each of its bytes crosses the relay's link twice). The leader keeps its group open until every candidate it
    saw has joined or ``join_timeout`` passes, fixes the member list (sorted ids, at most ``max_group_size``),
    answers every joiner with it and publishes it. The others send a JOIN request (with their credential)
    to the leader and adopt the list it answers (carrying the leader's credential, checked too).
@@ -118,13 +121,22 @@ def parse_group(header: dict[str, Any], *, round_index: int, max_group_size: int
     return Group(round_index, group_id, leader, tuple(members), tuple(owners))
 
 
-def announcement(client: bool) -> bytes:
-    """DHT value announcing a peer for a round (``client``: it cannot accept incoming streams)."""
-    return json.dumps({"v": 1, "client": client}, separators=(",", ":")).encode()
+DIRECT, RELAYED, CLIENT = 0, 1, 2  # how a peer is reached, best first (see the module docstring, step 4)
 
 
-def parse_announcements(records: dict[str, bytes]) -> dict[str, bool]:
-    """``peer id -> client mode`` of the well-formed announcements; the others are ignored."""
+def reach_rank(*, client: bool, relayed: bool) -> int:
+    """``DIRECT``, ``RELAYED`` (only through a circuit relay) or ``CLIENT`` (never: only outgoing streams)."""
+    return RELAYED if relayed else CLIENT if client else DIRECT
+
+
+def announcement(client: bool, relayed: bool = False) -> bytes:
+    """DHT value announcing a peer for a round (``client``: it cannot accept direct incoming streams;
+    ``relayed``: it accepts them through a relay)."""
+    return json.dumps({"v": 1, "client": client, "relayed": relayed}, separators=(",", ":")).encode()
+
+
+def parse_announcements(records: dict[str, bytes]) -> dict[str, int]:
+    """``peer id -> reach rank`` of the well-formed announcements; the others are ignored."""
     candidates = {}
     for peer, value in records.items():
         if not is_peer_id(peer) or len(value) > MAX_ANNOUNCEMENT_BYTES:
@@ -134,7 +146,7 @@ def parse_announcements(records: dict[str, bytes]) -> dict[str, bool]:
         except (UnicodeDecodeError, ValueError):
             continue
         if isinstance(parsed, dict) and isinstance(parsed.get("client"), bool):
-            candidates[peer] = parsed["client"]
+            candidates[peer] = reach_rank(client=parsed["client"], relayed=parsed.get("relayed") is True)
     return candidates
 
 
@@ -152,7 +164,7 @@ class _Slot:
     condition: asyncio.Condition = field(default_factory=asyncio.Condition)
     state: SlotState = SlotState.PENDING
     expected: set[str] = field(default_factory=set)
-    joiners: dict[str, bool] = field(default_factory=dict)  # peer id -> client mode
+    joiners: dict[str, int] = field(default_factory=dict)  # peer id -> reach rank
     all_joined: asyncio.Event = field(default_factory=asyncio.Event)
     group: asyncio.Future | None = None
 
@@ -239,11 +251,11 @@ class Matchmaker:
         assert slot is not None
         started = loop.time()
         expiration = transport.now() + self._join_wait + cfg.join_timeout
-        client = transport.client_mode
+        client, relayed = transport.client_mode, transport.relayed
         key = announce_key(self.run_id, round_index)
-        await transport.dht_store(key, me, announcement(client), expiration)
+        await transport.dht_store(key, me, announcement(client, relayed), expiration)
         candidates = await self._candidates(key, deadline=started + cfg.matchmaking_time, expected=expected)
-        candidates[me] = client
+        candidates[me] = reach_rank(client=client, relayed=relayed)
         excluded: set[str] = set()
         # A leader that answers not_leader may still be in an earlier attempt at this round (a retried
         # round: its old state answers until it starts the new attempt): ask it again until this deadline
@@ -252,12 +264,12 @@ class Matchmaker:
         attempt = 0
         while attempt < cfg.max_leader_attempts:
             leaders = [
-                peer for peer, is_client in candidates.items() if not is_client and peer not in excluded
+                (rank, peer) for peer, rank in candidates.items() if rank < CLIENT and peer not in excluded
             ]
             if not leaders:
                 await slot.set_state(SlotState.FAILED)
                 return MatchOutcome(None, "no reachable leader: every candidate is in client mode or failed")
-            leader = min(leaders)
+            leader = min(leaders)[1]
             if leader == me:
                 group = await self._lead(round_index, slot, expected=set(candidates) - excluded - {me})
                 return MatchOutcome(group, "alone" if len(group.members) == 1 else "led")
@@ -266,7 +278,7 @@ class Matchmaker:
                     self.endpoint,
                     leader,
                     protocol(self.run_id, "join"),
-                    header={"run": self.run_id, "round": round_index, "client": client},
+                    header={"run": self.run_id, "round": round_index, "client": client, "relayed": relayed},
                     timeout=self._join_wait,
                 )
                 counter.add(result.bytes_received, result.bytes_sent)
@@ -336,7 +348,8 @@ class Matchmaker:
                 )
         admitted = sorted(slot.joiners)[: self.config.max_group_size - 1]
         members = tuple(sorted([self.me, *admitted]))
-        owners = tuple(peer for peer in members if peer == self.me or not slot.joiners[peer])
+        mine = reach_rank(client=self.endpoint.transport.client_mode, relayed=self.endpoint.transport.relayed)
+        owners = tuple(peer for peer in members if peer == self.me or slot.joiners[peer] <= mine)
         group = Group(round_index, secrets.token_hex(GROUP_ID_BYTES), self.me, members, owners)
         slot.group.set_result(group)
         await slot.set_state(SlotState.FIXED)
@@ -381,7 +394,8 @@ class Matchmaker:
         round_index = require(frame.header, "round", int)
         if round_index < 0:
             raise WireError("round must be >= 0")
-        joiner_is_client = require(frame.header, "client", bool)
+        joiner_rank = reach_rank(client=require(frame.header, "client", bool),
+                                 relayed=frame.header.get("relayed") is True)
         slot = self._slot(round_index, None)
         if slot is None:
             raise Refused(ERR_BUSY, "too many rounds in flight")
@@ -395,7 +409,7 @@ class Matchmaker:
         except asyncio.TimeoutError:
             raise Refused(ERR_NOT_READY, f"this peer has not reached round {round_index}") from None
         if slot.state is SlotState.LEADING:
-            slot.joiners[peer_id] = joiner_is_client
+            slot.joiners[peer_id] = joiner_rank
             if slot.expected.issubset(slot.joiners):
                 slot.all_joined.set()
             group = await asyncio.shield(slot.group)
