@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import urllib.parse
 
 DIAL_TIMEOUT_S = 3.0
@@ -56,7 +57,7 @@ async def dial_back(host: str, port: int, secret: bytes, *, timeout_s: float = D
     except asyncio.IncompleteReadError:
         return "the connection closed before the probe secret arrived (another program listens on that port)"
     except OSError as exc:
-        return exc.strerror or str(exc)
+        return os.strerror(exc.errno) if exc.errno else str(exc)
     finally:
         if writer is not None:
             writer.close()

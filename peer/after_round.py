@@ -120,7 +120,9 @@ def after_round(peer: Peer, period: Period, result: RoundResult) -> None:
                                   tokens_per_s=period.tokens / max(period.seconds, 1e-9),
                                   tokens_processed=period.tokens, bytes_sent=result.bytes_sent,
                                   bytes_received=result.bytes_received,
-                                  reachability=peer.network.reachability.mode)
+                                  reachability=peer.network.reachability.mode,
+                                  uplink_bytes_per_s=peer.network.link.uplink_bytes_per_s,
+                                  downlink_bytes_per_s=peer.network.link.downlink_bytes_per_s)
     if val_bpb is not None:
         fields["val_bpb"] = val_bpb
     with phases.phase("report"):

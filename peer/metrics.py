@@ -45,6 +45,11 @@ class PeerMetrics:
                                      registry=r)
         self.state_sync_seconds = Gauge("lila_peer_state_sync_seconds", "Duration of the last state download",
                                         registry=r)
+        self.link_rate = Gauge("lila_peer_link_bytes_per_second",
+                               "Measured rate of this peer's link to the others (a lower bound; see peer.link)",
+                               ["direction"], registry=r)
+        self.reachability = Gauge("lila_peer_reachability", "1 for how other peers reach this one",
+                                  ["mode"], registry=r)
         self.val_bpb = Gauge("lila_peer_val_bpb", "Validation bits per byte of the global parameters", registry=r)
 
     def serve(self, *, host: str, port: int) -> int:

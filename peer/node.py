@@ -95,7 +95,7 @@ class PeerNode:
                 # while another thread is inside a gRPC call can deadlock the child in gRPC's fork handlers
                 # (seen: "Other threads are currently calling into gRPC, skipping fork() handlers", then the
                 # peer hung). No lease is held before this point, so nothing expires meanwhile.
-                network = connect_network(self.options, joined, training, client=self.client)
+                network = connect_network(self.options, joined, training, client=self.client, metrics=self.metrics)
                 heartbeat = Heartbeat(self.client, interval_s=joined.response.heartbeat_interval_s,
                                       on_reply=network.trust.on_heartbeat).start()  # ban lists reach averaging
                 progress = Progress(residual=torch.zeros_like(training.outer.global_params), started=started)

@@ -39,6 +39,7 @@ from .events import EventLog, PhaseTimer
 from .hardware import Hardware
 from .heartbeat import Heartbeat
 from .inner import InnerTrainer
+from .link import LinkMeter
 from .metrics import PeerMetrics
 from .options import PeerOptions
 from .outer import OuterOptimizer
@@ -81,6 +82,7 @@ class Network:
     trust: TrustedAveraging
     reachability: Reachability
     round_sync: RoundSync
+    link: LinkMeter = field(default_factory=LinkMeter)
 
     @property
     def transport(self) -> Transport:

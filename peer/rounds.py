@@ -12,6 +12,7 @@ training from its local parameters, so the next round's Δ covers both periods.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import time
 
@@ -21,9 +22,11 @@ import torch
 from lila_data import curriculum_at
 
 from .averaging.averager import STATUS_FAILED, RoundResult
+from .averaging.config import AveragingConfig
 from .averaging.matchmaking import Group
 from .events import EventLog, PhaseTimer
 from .inner import schedule_position
+from .link import exchange_timeout
 from .outer import flatten_parameters, load_flat_parameters
 from .parts import Peer, Period
 from .sync import CALL_SLACK_S, resync, wait_future
@@ -104,6 +107,9 @@ def average(peer: Peer, round_index: int, vector: torch.Tensor, *,
             expected: frozenset[str] | None = None) -> RoundResult:
     """One averaging round; ``expected``: the peers the round barrier saw arrive (None: unknown)."""
     averager = peer.network.averager
+    base = AveragingConfig.for_run(peer.run.diloco)
+    exchange_s = exchange_timeout(base.part_timeout, peer.network.link)  # follows the measured link
+    averager.config = dataclasses.replace(base, part_timeout=exchange_s, result_timeout=exchange_s)
     future = peer.network.transport.submit(averager.average_async(
         round_index, vector, codec=peer.training.codec, aggregator=peer.training.aggregator,
         on_group=_group_logger(peer.events), want_reconstruction=True, expected_peers=expected))
@@ -120,6 +126,10 @@ def _record_round(peer: Peer, result: RoundResult, seconds: float) -> None:
     metrics.group_size.set(result.group_size)
     metrics.bytes_sent.inc(result.bytes_sent)
     metrics.bytes_received.inc(result.bytes_received)
+    link = peer.network.link
+    link.observe_round(sent=result.bytes_sent, received=result.bytes_received, seconds=result.allreduce_s)
+    metrics.link_rate.labels(direction="up").set(link.uplink_bytes_per_s)
+    metrics.link_rate.labels(direction="down").set(link.downlink_bytes_per_s)
     peer.bar.round_done(seconds=seconds, bytes_exchanged=result.bytes_sent + result.bytes_received,
                         group_size=result.group_size)
 

@@ -110,7 +110,7 @@ def build_training(options: PeerOptions, joined: Joined, *, client: CoordinatorC
 
 
 def connect_network(options: PeerOptions, joined: Joined, training: Training, *,
-                    client: CoordinatorClient) -> Network:
+                    client: CoordinatorClient, metrics: PeerMetrics) -> Network:
     """Credential, admitted-only DHT, averager, state sync and the round barrier."""
     run = joined.run
     run_id = run.run.name.replace(".", "-")
@@ -131,4 +131,5 @@ def connect_network(options: PeerOptions, joined: Joined, training: Training, *,
                            straggler_wait_s=run.diloco.averaging_timeout_s if wait is None else wait,
                            idle_ttl_s=DONOR_ANNOUNCE_PERIOD_S + IDLE_POLL_S * 2)
     logger.info("averaging as libp2p peer %s", trust.transport.peer_id)
+    metrics.reachability.labels(mode=reachability.mode).set(1)
     return Network(trust=trust, round_sync=round_sync, reachability=reachability)

@@ -175,6 +175,7 @@ def download_state(peer: Peer, *, source: str, donors: list[str] | None = None,
     progress.residual.zero_()  # error feedback of contributions to a base this peer no longer holds
     seconds = time.monotonic() - started
     peer.metrics.state_sync_seconds.set(seconds)
+    peer.network.link.observe(sent=0, received=result.bytes_received, seconds=seconds)
     peer.events.write("state_sync", seconds=seconds, bytes=result.bytes_received, donor=result.donor,
                       outer_step=progress.outer_step, source=source)
     logger.info("downloaded state at outer step %d in %.2f s from %s (%d bytes)", progress.outer_step, seconds,

@@ -20,6 +20,7 @@ from peer.after_round import report_outer_step
 from peer.averaging import Donor, DownloadResult, StateSnapshot
 from peer.coordinator_client import OuterStepAnswer
 from peer.events import EventLog, read_events
+from peer.link import LinkMeter
 from peer.metrics import PeerMetrics
 from peer.outer import OuterOptimizer, flatten_parameters, params_sha256
 from peer.parts import Progress
@@ -81,7 +82,7 @@ def _peer(tmp_path, donors: Donors, answer: OuterStepAnswer):
         options=SimpleNamespace(checkpoint_every=0, eval_every=0), stop=threading.Event(), client=Client(answer),
         heartbeat=SimpleNamespace(phase="training"), metrics=PeerMetrics(), events=EventLog(tmp_path / "events.jsonl"),
         training=SimpleNamespace(model=model, outer=outer, val_texts=[]),
-        network=SimpleNamespace(state_sync=donors, transport=SimpleNamespace(submit=_submit)), progress=progress)
+        network=SimpleNamespace(state_sync=donors, transport=SimpleNamespace(submit=_submit), link=LinkMeter()), progress=progress)
 
 
 def test_a_resync_answer_downloads_only_the_state_that_hashes_to_the_majority(tmp_path, caplog):
