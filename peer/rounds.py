@@ -150,6 +150,12 @@ def outer_round(peer: Peer, round_index: int, period: Period, *,
     _record_round(peer, result, seconds)
     progress.round_seconds = seconds
     applied = result.ok and result.group_size >= min_group
+    if result.group_size <= 1 and expected:
+        logger.error("round %d: averaged alone although %d other peers were expected (%s): this peer cannot reach "
+                     "them, or they cannot reach it, so its steps are not the run's; it is reachable as '%s' (%s). "
+                     "Check the firewall, --host/--port/--announce; the coordinator's status page shows the split",
+                     round_index, len(expected), result.reason, peer.network.reachability.mode,
+                     peer.network.reachability.detail)
     peer.events.write("round", round=round_index, status=result.status, reason=result.reason,
                       applied=applied, group_size=result.group_size, seconds=seconds,
                       matchmaking_s=result.matchmaking_s, allreduce_s=result.allreduce_s,

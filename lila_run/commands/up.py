@@ -26,6 +26,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-outer-steps", type=int, help="stop after this many outer steps per peer")
     p.add_argument("--workdir", type=Path, default=Path("workdir"), help="logs, database, checkpoints")
     p.add_argument("--no-dht", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--testbed", action="store_true",
+                   help="run every process on its own host of a namespaced internet (root only; see lila_run.testbed)")
+    p.add_argument("--nat-peers", type=int, default=0, help="with --testbed: how many peers sit behind a home NAT")
+    p.add_argument("--uplink", help="with --testbed: each peer's uplink, a tc rate such as 20mbit (default unshaped)")
+    p.add_argument("--downlink", help="with --testbed: each peer's downlink, e.g. 100mbit (default unshaped)")
     p.set_defaults(func=run)
 
 
@@ -50,9 +55,33 @@ def run(args: argparse.Namespace) -> int:
     if args.peers < 1:
         print("lila up: --peers must be at least 1")
         return 2
+    if not 0 <= args.nat_peers <= args.peers:
+        print(f"lila up: --nat-peers {args.nat_peers} must be between 0 and --peers ({args.peers})")
+        return 2
+    if not args.testbed and (args.nat_peers or args.uplink or args.downlink):
+        print("lila up: --nat-peers, --uplink and --downlink need --testbed")
+        return 2
     config = _effective_config(args)
-    network = LocalNetwork(NetworkOptions(config=config, workdir=args.workdir, peers=args.peers,
-                                          max_outer_steps=args.max_outer_steps, dht=not args.no_dht))
+    options = NetworkOptions(config=config, workdir=args.workdir, peers=args.peers,
+                             max_outer_steps=args.max_outer_steps, dht=not args.no_dht)
+    if not args.testbed:
+        return _run(args, LocalNetwork(options))
+    from lila_run.internet import HOME, PUBLIC, InternetNetwork, Links
+    from lila_run.testbed import Testbed, available
+
+    reason = available()
+    if reason is not None:
+        print(f"lila up --testbed: network namespaces cannot be made here: {reason}")
+        return 2
+    with Testbed() as bed:
+        network = InternetNetwork(options, bed=bed)
+        kinds = [HOME] * args.nat_peers + [PUBLIC] * (args.peers - args.nat_peers)
+        links = Links(uplink=args.uplink, downlink=args.downlink)
+        return _run(args, network, start_peer=lambda i: network.start_peer(i, kind=kinds[i], links=links))
+
+
+def _run(args: argparse.Namespace, network: LocalNetwork, start_peer=None) -> int:
+    start_peer = start_peer or network.start_peer
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -61,8 +90,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"coordinator  gRPC {ready['grpc']}")
         print(f"status page  http://{ready['http']}/")
         print(f"metrics      http://{ready['http']}/metrics")
+        host = getattr(network, "coordinator_host", None)
+        if host is not None:  # --testbed: the coordinator lives in its own namespace
+            print(f"testbed      coordinator host {host.address} (namespace {host.netns}): "
+                  f"ip netns exec {host.netns} curl -s http://127.0.0.1:{ready['http'].rsplit(':', 1)[1]}/api/status")
         for index in range(args.peers):
-            network.start_peer(index)
+            start_peer(index)
         print(f"{args.peers} peers started; logs in {args.workdir}/ (Ctrl+C stops everything)")
         while not stop.wait(STATUS_EVERY_S):
             status = network.status()
