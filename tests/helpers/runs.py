@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
-"""Run configs shared by the tests of whole networks (a coordinator and ``lila-peer join`` processes)."""
+"""Run configs and diary readers shared by the tests of whole networks (a coordinator and ``lila-peer join``
+processes)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from lila_net.config import RunConfig
@@ -28,3 +30,22 @@ def robust_run(*, name: str, corpus: str, stage_tokens: int, validation_max_docs
         trust={"aggregator": "centered_clip", **(trust or {})},
         coordinator=coordinator,
     )
+
+
+def hashes_by_step(events: Callable[[int], list[dict[str, Any]]], peers: Iterable[int]
+                   ) -> dict[int, dict[int, set[str]]]:
+    """outer step -> peer index -> the hashes that peer logged for it (``state`` and ``outer_step`` events of
+    ``events(index)``, a peer's diary)."""
+    table: dict[int, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for index in peers:
+        for record in events(index):
+            if record["event"] in ("state", "outer_step"):
+                table[record["outer_step"]][index].add(record["params_sha256"])
+    return table
+
+
+def assert_identical_per_step(table: dict[int, dict[int, set[str]]]) -> None:
+    """One hash per outer step across every peer that holds it."""
+    for step, per_peer in sorted(table.items()):
+        distinct = set().union(*per_peer.values())
+        assert len(distinct) == 1, f"outer step {step}: peers hold different parameters: {dict(per_peer)}"

@@ -28,7 +28,7 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from lila_run.internet import HOME, PUBLIC, InternetNetwork, Links
 from lila_run.local_network import NetworkOptions
 from lila_run.testbed import Testbed
 from peer.events import EVENTS_FILE, read_events
+from tests.helpers.runs import assert_identical_per_step, hashes_by_step
 from tests.helpers.testbed import require_testbed, try_connect
 
 pytestmark = pytest.mark.timeout(600)
@@ -130,21 +131,6 @@ class Net:
     def db(self) -> sqlite3.Connection:
         return sqlite3.connect(f"file:{self.workdir / 'coordinator.db'}?mode=ro", uri=True, timeout=10)
 
-    def hashes(self, indices: list[int]) -> dict[int, dict[int, set[str]]]:
-        """outer step -> peer -> hashes it logged (state and outer_step events)."""
-        table: dict[int, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
-        for index in indices:
-            for record in self.events(index):
-                if record["event"] in ("state", "outer_step"):
-                    table[record["outer_step"]][index].add(record["params_sha256"])
-        return table
-
-
-def assert_one_hash_per_step(table: dict[int, dict[int, set[str]]]) -> None:
-    for step, per_peer in sorted(table.items()):
-        distinct = set().union(*per_peer.values())
-        assert len(distinct) == 1, f"outer step {step}: peers hold different parameters: {dict(per_peer)}"
-
 
 def assert_no_shard_twice(net: Net) -> None:
     with net.db() as db:
@@ -178,10 +164,10 @@ def test_two_public_and_two_natted_peers_average_in_groups_of_four(tmp_path: Pat
         rounds = net.events(index, "round")
         assert [r["round"] for r in rounds] == [1, 2, 3], rounds
         assert all(r["applied"] and r["group_size"] == 4 for r in rounds), rounds
-    table = net.hashes(peers)
+    table = hashes_by_step(net.events, peers)
     assert sorted(table) == [0, 1, 2, 3]
     assert all(len(per_peer) == 4 for per_peer in table.values()), dict(table)
-    assert_one_hash_per_step(table)
+    assert_identical_per_step(table)
     assert_no_shard_twice(net)
 
 
@@ -204,8 +190,8 @@ def test_a_public_peer_killed_mid_round_and_a_natted_late_joiner(tmp_path: Path,
         assert steps[-1] == 5, (index, steps)
     synced = [r for r in net.events(late, "state") if r.get("source") != "init"]
     assert synced, f"the late NAT'd joiner never downloaded the state\n{net.log(late)[-3000:]}"
-    table = net.hashes([home, survivor, late])
-    assert_one_hash_per_step({step: per for step, per in table.items() if step >= synced[0]["outer_step"]})
+    table = hashes_by_step(net.events, [home, survivor, late])
+    assert_identical_per_step({step: per for step, per in table.items() if step >= synced[0]["outer_step"]})
     assert synced[0]["params_sha256"] in set().union(*table[synced[0]["outer_step"]].values())
     assert_no_shard_twice(net)
 
@@ -226,7 +212,7 @@ def test_every_peer_natted_averages_through_the_coordinators_relay(tmp_path: Pat
         rounds = net.events(index, "round")
         assert [r["round"] for r in rounds] == [1, 2, 3], rounds
         assert all(r["applied"] and r["group_size"] == 3 for r in rounds), rounds
-    assert_one_hash_per_step(net.hashes(peers))
+    assert_identical_per_step(hashes_by_step(net.events, peers))
 
 
 # ---------------------------------------------------------------------- 4. the two-host split
@@ -248,7 +234,7 @@ def test_two_hosts_average_together_and_a_split_is_reported(tmp_path: Path, bed:
     assert status is not None, net.logs()
     if not flags:
         assert sizes == [2, 2, 2, 2], sizes
-        assert_one_hash_per_step(net.hashes(peers))
+        assert_identical_per_step(hashes_by_step(net.events, peers))
         assert status["splits"]["count"] == 0, status["splits"]
     else:
         assert sizes and set(sizes) == {1}, sizes

@@ -38,6 +38,7 @@ from lila_model.model import LilaLM
 from lila_run.harness import BUNDLED_SAMPLE, small_run, write_corpus, write_run_config
 from lila_run.local_network import LocalNetwork, NetworkOptions
 from peer.events import EVENTS_FILE, read_events
+from tests.helpers.runs import assert_identical_per_step, hashes_by_step
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -132,22 +133,6 @@ class Net:
         self.network.stop()
 
 
-def hashes_by_step(net: Net, peers: range) -> dict[int, dict[int, set[str]]]:
-    """outer step -> peer index -> the hashes that peer logged for it (state and outer_step events)."""
-    table: dict[int, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
-    for index in peers:
-        for record in net.events(index):
-            if record["event"] in ("state", "outer_step"):
-                table[record["outer_step"]][index].add(record["params_sha256"])
-    return table
-
-
-def assert_identical_per_step(table: dict[int, dict[int, set[str]]]) -> None:
-    for step, per_peer in sorted(table.items()):
-        distinct = set().union(*per_peer.values())
-        assert len(distinct) == 1, f"outer step {step}: peers hold different parameters: {dict(per_peer)}"
-
-
 # ---------------------------------------------------------------------- 1. integration
 def test_three_peers_train_the_corpus_to_its_end_with_identical_parameters(tmp_path: Path, procs) -> None:
     spec = write_corpus(tmp_path / "corpus.jsonl", docs=80, max_chars=1500, keep_ids=True)
@@ -171,7 +156,7 @@ def test_three_peers_train_the_corpus_to_its_end_with_identical_parameters(tmp_p
         net.stop()
 
     # Every outer step: one hash across every peer that holds it; several peers per step.
-    table = hashes_by_step(net, range(3))
+    table = hashes_by_step(net.events, range(3))
     assert_identical_per_step(table)
     # The coordinator compared the hashes the peers reported with each outer step and found no split.
     assert status is not None and status["splits"]["count"] == 0, net.logs()
@@ -299,7 +284,7 @@ def test_a_peer_killed_mid_round_does_not_stall_the_others_and_a_joiner_download
     finally:
         net.stop()
 
-    table = hashes_by_step(net, range(4))
+    table = hashes_by_step(net.events, range(4))
     assert_identical_per_step(table)
     assert table[state["outer_step"]][joiner] == set().union(
         *(table[state["outer_step"]][i] for i in survivors))
@@ -396,7 +381,7 @@ def test_a_frozen_peer_resyncs_and_ctrl_c_releases_its_lease_and_leaves_within_t
         assert net.network.peers[0].poll() is None  # the other peer trains on
     finally:
         net.stop()
-    assert_identical_per_step(hashes_by_step(net, range(2)))
+    assert_identical_per_step(hashes_by_step(net.events, range(2)))
     with net.db() as db:  # nothing was credited twice, though a lease expired under a live peer
         over = db.execute("SELECT c.shard_id FROM completed_shards c JOIN (SELECT shard_id, SUM(tokens) AS t "
                           "FROM credits GROUP BY shard_id) s ON s.shard_id = c.shard_id WHERE s.t != c.tokens"
