@@ -4,6 +4,7 @@ processes)."""
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -49,3 +50,16 @@ def assert_identical_per_step(table: dict[int, dict[int, set[str]]]) -> None:
     for step, per_peer in sorted(table.items()):
         distinct = set().union(*per_peer.values())
         assert len(distinct) == 1, f"outer step {step}: peers hold different parameters: {dict(per_peer)}"
+
+
+def wait_until(what: str, predicate: Callable[[], Any], *, timeout: float, context: Callable[[], str] = str,
+               poll_s: float = 0.05) -> Any:
+    """``predicate()``'s first truthy value within ``timeout`` seconds; else an AssertionError naming ``what``
+    followed by ``context()`` (e.g. the processes' log tails)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{context()}")

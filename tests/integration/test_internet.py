@@ -40,7 +40,7 @@ from lila_run.internet import HOME, PUBLIC, InternetNetwork, Links
 from lila_run.local_network import NetworkOptions
 from lila_run.testbed import Testbed
 from peer.events import EVENTS_FILE, read_events
-from tests.helpers.runs import assert_identical_per_step, hashes_by_step
+from tests.helpers.runs import assert_identical_per_step, hashes_by_step, wait_until
 from tests.helpers.testbed import require_testbed, try_connect
 
 pytestmark = pytest.mark.timeout(600)
@@ -107,13 +107,7 @@ class Net:
         return read_events(self.network.peer_workdir(index) / EVENTS_FILE, event)
 
     def wait_for(self, what: str, predicate: Callable[[], Any], timeout: float = RUN_TIMEOUT_S) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(POLL_S)
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{self.logs()}")
+        return wait_until(what, predicate, timeout=timeout, context=self.logs, poll_s=POLL_S)
 
     def wait_exit(self, indices: list[int]) -> list[int | None]:
         deadline = time.monotonic() + RUN_TIMEOUT_S

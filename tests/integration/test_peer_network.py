@@ -38,7 +38,7 @@ from lila_model.model import LilaLM
 from lila_run.harness import BUNDLED_SAMPLE, small_run, write_corpus, write_run_config
 from lila_run.local_network import LocalNetwork, NetworkOptions
 from peer.events import EVENTS_FILE, read_events
-from tests.helpers.runs import assert_identical_per_step, hashes_by_step
+from tests.helpers.runs import assert_identical_per_step, hashes_by_step, wait_until
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -114,13 +114,7 @@ class Net:
         return read_events(self.network.peer_workdir(index) / EVENTS_FILE, event)
 
     def wait_for(self, what: str, predicate: Callable[[], Any], timeout: float = RUN_TIMEOUT_S) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(POLL_S)
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{self.logs()}")
+        return wait_until(what, predicate, timeout=timeout, context=self.logs, poll_s=POLL_S)
 
     def logs(self, tail: int = 3000) -> str:
         return "\n".join(f"==> {p.name}\n{p.read_text(errors='replace')[-tail:]}"
