@@ -51,7 +51,7 @@ logger = logging.getLogger("bench.internet")
 
 PRESETS = ("debug", "lila-20m")
 UPLINKS_MBIT = (100, 20, 5)
-DOWNLINK = "100mbit"
+DOWNLINK_MBIT = 100
 PUBLIC_PEERS = 2
 NAT_PEERS = 2
 CODEC = {"name": "e8", "bits": 4, "block_size": 64}
@@ -69,8 +69,10 @@ START_S = 120.0  # coordinator + four peers coming up on a 2-core host, in a run
 QUICK_OUTER_STEPS = 3
 FULL_OUTER_STEPS = 6
 NOTE = ("Latency, jitter and loss are not emulated (this kernel has no netem): links are tbf-shaped rates with "
-        "sub-millisecond round trips. utilization = share of a peer's outer cycles spent inside optimizer "
-        "steps (bench.network's in_steps_fraction). expected_s = bytes_per_peer * 8 / uplink.")
+        "sub-millisecond round trips. bytes_per_peer is the median over every peer's rounds; relayed (NAT'd) "
+        "peers own no part of the all-reduce, so public peers send ~2x as much (bytes_by_kind); the busiest "
+        "uplink bounds a round (expected_busiest_s). expected_s = bytes_per_peer * 8 / uplink. utilization = "
+        "share of a peer's outer cycles spent inside optimizer steps (bench.network's in_steps_fraction).")
 
 
 @dataclass(frozen=True)
@@ -144,13 +146,15 @@ def summarize(diaries: Sequence[Sequence[dict[str, Any]]], kinds: Sequence[str],
     by_kind = {kind: _median([b for p, k in zip(stats, kinds, strict=True) if k == kind for b in p.bytes_sent])
                for kind in sorted(set(kinds))}
     busiest = max((b for b in by_kind.values() if b is not None), default=None)
+    busiest_s = busiest * 8 / (uplink_mbit * 1e6) if busiest else None
     present = [u for u in utilization if u is not None]
     return {
         "round_s": round_s, "bytes_per_peer": sent,
         "utilization": statistics.fmean(present) if present else None, "utilization_per_peer": utilization,
         "same_hashes": same_hashes(diaries), "expected_s": expected,
         "round_ratio": round_s / expected if round_s is not None and expected else None,
-        "bytes_by_kind": by_kind, "expected_busiest_s": busiest * 8 / (uplink_mbit * 1e6) if busiest else None,
+        "bytes_by_kind": by_kind, "expected_busiest_s": busiest_s,
+        "round_ratio_busiest": round_s / busiest_s if round_s is not None and busiest_s else None,
         "group_sizes": sorted({g for p in stats for g in p.group_sizes}),
         "matchmaking_s": _median([s for p in stats for s in p.matchmaking_s]),
         "allreduce_s": _median([s for p in stats for s in p.allreduce_s]),
@@ -208,7 +212,7 @@ def run_config(cfg: Config, *, workdir: Path, corpus: str) -> tuple[list[list[di
     options = NetworkOptions(config=write_run_config(run, workdir), workdir=workdir / "net", peers=0,
                              max_outer_steps=cfg.outer_steps, threads_per_peer=1,
                              extra_peer_args=("--no-progress", "--eval-every", "0"))
-    links = Links(uplink=f"{cfg.uplink_mbit}mbit", downlink=DOWNLINK)
+    links = Links(uplink=f"{cfg.uplink_mbit}mbit", downlink=f"{DOWNLINK_MBIT}mbit")
     kinds = [HOME] * NAT_PEERS + [PUBLIC] * PUBLIC_PEERS  # NAT'd first: they take a dial-back longer to start
     started = time.monotonic()
     with Testbed() as bed:
@@ -238,7 +242,7 @@ def measure(cfg: Config, *, workdir: Path, corpus: str) -> dict[str, Any]:
     """One row of the report; a run that fails or overruns keeps what it measured plus ``error``."""
     plan = cfg.plan
     row: dict[str, Any] = {"name": cfg.name, "preset": cfg.preset, "uplink_mbit": cfg.uplink_mbit,
-                           "downlink_mbit": 100, "peers": NAT_PEERS + PUBLIC_PEERS, "nat_peers": NAT_PEERS,
+                           "downlink_mbit": DOWNLINK_MBIT, "peers": NAT_PEERS + PUBLIC_PEERS, "nat_peers": NAT_PEERS,
                            "outer_steps_target": cfg.outer_steps, "inner_steps": plan.inner_steps,
                            "averaging_timeout_s": plan.averaging_timeout_s}
     logger.info("%s: %d outer steps of %d inner steps (limit %.0f s)", cfg.name, cfg.outer_steps,
@@ -267,7 +271,7 @@ def _fmt(value: Any, spec: str) -> str:
 def markdown(report: dict[str, Any]) -> str:
     """The report as a markdown table (one row per configuration) with its note."""
     lines = ["| config | uplink Mbit/s | peers (NAT'd) | groups | round s | expected s | ratio | "
-             "MB sent/peer/round (public / NAT'd) | busiest uplink s | utilization (per peer) | same θ | wall s | error |",
+             "MB sent/peer/round (public / NAT'd) | busiest uplink s (ratio) | utilization (per peer) | same θ | wall s | error |",
              "|---|---:|---:|---|---:|---:|---:|---|---:|---|---|---:|---|"]
     for c in report["configs"]:
         per_peer = ", ".join(_fmt(u, ".2f") for u in c.get("utilization_per_peer", []))
@@ -279,7 +283,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {c['name']} | {c['uplink_mbit']} | {c['peers']} ({c['nat_peers']}) | "
             f"{','.join(map(str, c.get('group_sizes', []))) or '–'} | {_fmt(c['round_s'], '.2f')} | "
             f"{_fmt(c.get('expected_s'), '.2f')} | {_fmt(c.get('round_ratio'), '.1f')} | {sent} | "
-            f"{_fmt(c.get('expected_busiest_s'), '.2f')} | "
+            f"{_fmt(c.get('expected_busiest_s'), '.2f')} ({_fmt(c.get('round_ratio_busiest'), '.1f')}) | "
             f"{_fmt(c['utilization'], '.2f')} ({per_peer}) | {'yes' if c['same_hashes'] else 'NO'} | "
             f"{_fmt(c.get('wall_s'), '.0f')} | {c.get('error', '')} |")
     return "\n".join([*lines, "", f"{report['note']} Machine: {report['machine']['cpu_count']} CPUs.", ""])

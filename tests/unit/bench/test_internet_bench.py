@@ -39,6 +39,7 @@ def test_summary_of_two_peers() -> None:
     assert row["round_ratio"] == pytest.approx(3.5 / (2500 * 8 / 20e6))
     assert row["bytes_by_kind"] == {"home": 3000, "public": 2000}
     assert row["expected_busiest_s"] == pytest.approx(3000 * 8 / 20e6)
+    assert row["round_ratio_busiest"] == pytest.approx(3.5 / (3000 * 8 / 20e6))
     assert row["group_sizes"] == [1, 2]
     # one whole cycle (outer step 1 -> 2: 12 s), 9 s of it inside optimizer steps
     assert row["utilization_per_peer"] == [0.75, 0.75]
