@@ -16,10 +16,11 @@ Outcomes (:class:`Reachability`, one log line each):
 - ``direct`` — the coordinator read the secret: the peer announces ``/ip4/<seen or announced>/tcp/<port>``
   and may lead rounds and own parts.
 - ``relayed`` — the dial failed (a home NAT, a firewall): the peer announces nothing of its own, runs its
-  DHT in client mode and reserves a slot at the coordinator's libp2p circuit relay (and any relays the
-  coordinator names), so others can still open streams to it through the relay. It owns parts only when
-  no directly reachable peer is in its round (:mod:`peer.averaging.matchmaking`), since every relayed byte
-  crosses the relay's link twice.
+  DHT in client mode and dials out only: in a round with a direct peer it contributes and receives
+  without owning a part (:mod:`peer.averaging.matchmaking`). It also asks its libp2p daemon for a
+  circuit-relay slot at the coordinator's node, but no reservation has been observed with hivemind's
+  daemon, so a round of only relayed peers has no leader and each trains alone (an error line per round,
+  a split on the coordinator's status page): ``docs/decisions/0004-reachability-and-relays.md``.
 - ``client`` — ``--client-mode``: only outgoing connections, never reached by anyone.
 
 The check takes one round trip plus the coordinator's dial (``DIAL_TIMEOUT_S`` there when nothing answers).
