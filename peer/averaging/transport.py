@@ -73,7 +73,7 @@ class Transport:
             raise
         self.peer_id: str = self._p2p.peer_id.to_base58()
         self.client_mode: bool = bool(dht.client_mode)
-        self.relayed: bool = relayed  # reachable only through circuit relays (its DHT is in client mode)
+        self.relayed: bool = relayed  # behind a NAT: announces no address, DHT in client mode (decision 0004)
         rejoin = [PeerID.from_base58(str(addr).rsplit("/p2p/", 1)[1]) for addr in rejoin_peers if "/p2p/" in str(addr)]
         if rejoin and not self.client_mode:
             self.submit(self._rejoin_forever(rejoin, rejoin_period_s))
@@ -102,8 +102,9 @@ class Transport:
         ``announce_maddrs``: the only addresses the daemon tells others (checked reachable, see
         :mod:`peer.reachability`); empty: whatever it listens on, which on ``0.0.0.0`` includes loopback and
         private addresses nobody else can dial. ``relays``: multiaddrs of libp2p circuit relays (v2) to reserve
-        a slot at; given, the peer declares itself private, runs its DHT in client mode and is reachable
-        only through them (``/p2p-circuit`` addresses), as a peer behind a NAT must.
+        a slot at; given, the peer declares itself private and runs its DHT in client mode, as a peer behind
+        a NAT must. No reservation has been observed with hivemind 1.1.12's daemon, so such a peer is not
+        reachable through them yet (``docs/decisions/0004-reachability-and-relays.md``).
 
         ``bootstrap_timeout_s``: when none of ``initial_peers`` answers (the coordinator's DHT node is
         restarting, a network blip), retry with backoff for this long before giving up. Set it above the
