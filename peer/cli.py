@@ -87,7 +87,9 @@ def _add_join(subparsers: argparse._SubParsersAction) -> None:
                         "and otherwise reaches the others through relays")
     p.add_argument("--client-mode", action="store_true",
                    help="only make outgoing connections (this peer then never owns a part nor relays)")
-    p.add_argument("--max-outer-steps", type=int, help="leave after this many outer steps")
+    p.add_argument("--max-outer-steps", type=int, metavar="N",
+                   help="leave once this peer holds outer step N (the network's step, so every peer given the same "
+                        "N leaves holding the same parameters)")
     p.add_argument("--workdir", type=Path, default=PeerOptions.workdir, help="checkpoints and logs")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--straggler-wait", type=float, metavar="SECONDS",

@@ -61,7 +61,8 @@ LEAVE_DHT_TIMEOUT_S = 2.0  # a leaving peer's last DHT write (the others then st
 
 
 class PeerNode:
-    """One peer. :meth:`run` blocks until the run ends, ``max_outer_steps`` are done, or ``stop`` is set,
+    """One peer. :meth:`run` blocks until the run ends, the peer holds outer step ``max_outer_steps``, or
+    ``stop`` is set,
     and returns the exit status (:mod:`peer.errors`)."""
 
     def __init__(self, options: PeerOptions, *, stop: threading.Event,
@@ -126,10 +127,12 @@ class PeerNode:
         return code
 
     def _loop(self, peer: Peer) -> None:
-        """Rounds until the run ends, ``max_outer_steps`` rounds were applied, or the peer is stopped."""
-        done = 0
+        """Rounds until the run ends, this peer holds outer step ``max_outer_steps``, or it is stopped."""
+        last_step = self.options.max_outer_steps
         while not self.stop.is_set():
-            if self.options.max_outer_steps is not None and done >= self.options.max_outer_steps:
+            if last_step is not None and peer.progress.outer_step >= last_step:
+                logger.info("holding outer step %d (--max-outer-steps): leaving", peer.progress.outer_step)
+                self._finish(peer, last_step=last_step)
                 break
             if peer.network.trust.session.banned or peer.heartbeat.refused:  # credential or heartbeat refused
                 raise Banned("the coordinator banned this peer from the run (its contributions were rejected "
@@ -164,7 +167,6 @@ class PeerNode:
                 continue
             result = outer_round(peer, round_index, period, expected=barrier.arrived)
             if result is not None:
-                done += 1
                 after_round(peer, period, result)
 
     def _idle(self, peer: Peer) -> None:
@@ -180,31 +182,40 @@ class PeerNode:
             resync(peer, step, "idle without data")
         self.stop.wait(IDLE_POLL_S)
 
-    def _finish(self, peer: Peer) -> None:
-        """The curriculum has no data left, but peers still in their last inner period will average once
-        more. Stay (idle) until every other live peer is idle or gone, following the network's outer
-        step, so that every peer ends the run holding the same parameters. Bounded: a peer that died
-        silently keeps its announcement for three announce periods at most."""
+    def _finish(self, peer: Peer, *, last_step: int | None = None) -> None:
+        """Stay (idle) before leaving until no other live peer still needs this one, following the
+        network's outer step (never past ``last_step``), so that every peer ends holding the same
+        parameters. Two ways to end: the curriculum has no data left (``last_step`` None: peers still in
+        their last inner period average once more, and this peer follows), or this peer holds
+        ``--max-outer-steps`` (``last_step``). Either way a peer that is behind — restarted from an older
+        checkpoint, or idle while the last round ran — still needs a donor to download the last state from.
+        Bounded by one straggler wait, one averaging timeout and three donor announce periods (a peer that
+        died silently keeps its announcement that long at most)."""
         peer.heartbeat.phase = "idle"
         round_sync = peer.network.round_sync
         wait = round_sync.straggler_wait_s + peer.run.diloco.averaging_timeout_s + 3 * DONOR_ANNOUNCE_PERIOD_S
         deadline = time.monotonic() + wait
+        cap = last_step if last_step is not None else float("inf")
         while not self.stop.is_set():
             try:
                 round_sync.post_absent("idle")
-                working = round_sync.working()
+                working, idle = round_sync.staying()
             except Exception as exc:
                 logger.warning("could not see whether other peers are still training: %s", exc)
                 return
-            step = network_step(peer)
-            if step <= peer.progress.outer_step and not working:
+            mine = peer.progress.outer_step
+            target = int(min(max([donor.outer_step for donor in working + idle], default=-1), cap))
+            coming = [donor for donor in working if donor.outer_step < cap]  # may still average up to the cap
+            behind = [donor for donor in idle if donor.outer_step < mine]
+            if target <= mine and not coming and not behind:
                 return
             if time.monotonic() >= deadline:
                 logger.warning("leaving at outer step %d (the network is at %d) while %d peer(s) still seem "
-                               "to train", peer.progress.outer_step, step, len(working))
+                               "to train and %d idle one(s) are behind", mine, target, len(coming), len(behind))
                 return
-            if step > peer.progress.outer_step:
-                resync(peer, step, "the run is finished")
+            if target > mine:
+                resync(peer, target, "the run is finished" if last_step is None else
+                       f"--max-outer-steps {last_step} reached by the network")
             else:
                 self.stop.wait(IDLE_POLL_S)
 

@@ -115,17 +115,21 @@ class RoundSync:
         records = self.transport.run(self.transport.dht_get_subkeys(key), timeout=DHT_CALL_TIMEOUT_S)
         return {peer: value for peer, value in records.items() if len(value) <= MAX_MARKER_BYTES}
 
-    def absent(self) -> set[str]:
-        """Peers that said they are idle or gone."""
-        out = set()
+    def absences(self) -> dict[str, str]:
+        """Peers that said they are idle or gone: peer id -> ``idle`` | ``left``."""
+        out: dict[str, str] = {}
         for peer, value in self._subkeys(absent_key(self.run_id)).items():
             try:
                 why = json.loads(value.decode()).get("why")
             except (ValueError, AttributeError):
                 continue
             if why in ABSENT_REASONS:
-                out.add(peer)
+                out[peer] = why
         return out
+
+    def absent(self) -> set[str]:
+        """Peers that said they are idle or gone."""
+        return set(self.absences())
 
     def working(self) -> list[Donor]:
         """Other live peers that did not say they are idle or gone (they may still average a round)."""
@@ -134,6 +138,17 @@ class RoundSync:
             return []
         absent = self.absent()
         return [donor for donor in donors if donor.peer_id not in absent and donor.peer_id != self.me]
+
+    def staying(self) -> tuple[list[Donor], list[Donor]]:
+        """Other live peers that did not say they left: ``(working, idle)``. Both may still need this peer —
+        the working ones to average with, the idle ones (when behind) to download the state from."""
+        donors = [donor for donor in self.donors() if donor.peer_id != self.me]
+        if not donors:
+            return [], []
+        absences = self.absences()
+        working = [donor for donor in donors if donor.peer_id not in absences]
+        idle = [donor for donor in donors if absences.get(donor.peer_id) == "idle"]
+        return working, idle
 
     # ------------------------------------------------------------------ the barrier
     def wait_for_peers(self, round_index: int, *, stop: threading.Event | None = None) -> BarrierResult:

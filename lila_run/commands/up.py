@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="run config (default: the CPU demo)")
     p.add_argument("--preset", help="override the run config's model preset (e.g. debug)")
     p.add_argument("--data", help="override the data source spec (e.g. parquet:/path/to/dir)")
-    p.add_argument("--max-outer-steps", type=int, help="stop after this many outer steps per peer")
+    p.add_argument("--max-outer-steps", type=int, help="stop each peer once it holds outer step N")
     p.add_argument("--workdir", type=Path, default=Path("workdir"), help="logs, database, checkpoints")
     p.add_argument("--no-dht", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--testbed", action="store_true",

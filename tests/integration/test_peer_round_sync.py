@@ -80,6 +80,13 @@ def test_barrier_waits_for_expected_peers_skips_absent_ones_and_sees_the_network
     result = a.wait_for_peers(3)
     assert result.missing == () and c.me not in result.expected and result.waited_s < FAST_S
 
+    # Who a must not leave yet: b works (no absence), c is idle (and may be behind), and one that left is gone.
+    working, idle = a.staying()
+    assert [d.peer_id for d in working] == [b.me] and [(d.peer_id, d.outer_step) for d in idle] == [(c.me, 0)]
+    b.post_absent("left")
+    assert a.absences() == {b.me: "left", c.me: "idle"}
+    assert a.staying() == ([], idle) and a.working() == []
+
     # b applied outer step 5 already: a's round 4 is over, a must download the state instead.
     publish(b, 5)
     result = a.wait_for_peers(4)
