@@ -95,7 +95,7 @@ class JoinRequest(_message.Message):
     def __init__(self, join_token: _Optional[str] = ..., peer_name: _Optional[str] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., client_version: _Optional[str] = ..., metrics_address: _Optional[str] = ..., previous_session_token: _Optional[str] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("peer_id", "session_token", "session_ttl_s", "run_config_toml", "dht_initial_peers", "current_outer_step", "start_outer_step", "heartbeat_interval_s", "lease_timeout_s", "last_report_seq", "authority_public_keys", "observed_host")
+    __slots__ = ("peer_id", "session_token", "session_ttl_s", "run_config_toml", "dht_initial_peers", "current_outer_step", "start_outer_step", "heartbeat_interval_s", "lease_timeout_s", "last_report_seq", "authority_public_keys", "observed_host", "outer_step_sha256")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     SESSION_TTL_S_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +108,7 @@ class JoinResponse(_message.Message):
     LAST_REPORT_SEQ_FIELD_NUMBER: _ClassVar[int]
     AUTHORITY_PUBLIC_KEYS_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_HOST_FIELD_NUMBER: _ClassVar[int]
+    OUTER_STEP_SHA256_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     session_token: str
     session_ttl_s: float
@@ -120,7 +121,8 @@ class JoinResponse(_message.Message):
     last_report_seq: int
     authority_public_keys: _containers.RepeatedScalarFieldContainer[bytes]
     observed_host: str
-    def __init__(self, peer_id: _Optional[str] = ..., session_token: _Optional[str] = ..., session_ttl_s: _Optional[float] = ..., run_config_toml: _Optional[str] = ..., dht_initial_peers: _Optional[_Iterable[str]] = ..., current_outer_step: _Optional[int] = ..., start_outer_step: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_timeout_s: _Optional[float] = ..., last_report_seq: _Optional[int] = ..., authority_public_keys: _Optional[_Iterable[bytes]] = ..., observed_host: _Optional[str] = ...) -> None: ...
+    outer_step_sha256: str
+    def __init__(self, peer_id: _Optional[str] = ..., session_token: _Optional[str] = ..., session_ttl_s: _Optional[float] = ..., run_config_toml: _Optional[str] = ..., dht_initial_peers: _Optional[_Iterable[str]] = ..., current_outer_step: _Optional[int] = ..., start_outer_step: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_timeout_s: _Optional[float] = ..., last_report_seq: _Optional[int] = ..., authority_public_keys: _Optional[_Iterable[bytes]] = ..., observed_host: _Optional[str] = ..., outer_step_sha256: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("phase",)
@@ -129,20 +131,22 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, phase: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("lease_ids", "current_outer_step", "stage_index", "run_finished", "state", "revoked_libp2p_ids")
+    __slots__ = ("lease_ids", "current_outer_step", "stage_index", "run_finished", "state", "revoked_libp2p_ids", "outer_step_sha256")
     LEASE_IDS_FIELD_NUMBER: _ClassVar[int]
     CURRENT_OUTER_STEP_FIELD_NUMBER: _ClassVar[int]
     STAGE_INDEX_FIELD_NUMBER: _ClassVar[int]
     RUN_FINISHED_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REVOKED_LIBP2P_IDS_FIELD_NUMBER: _ClassVar[int]
+    OUTER_STEP_SHA256_FIELD_NUMBER: _ClassVar[int]
     lease_ids: _containers.RepeatedScalarFieldContainer[str]
     current_outer_step: int
     stage_index: int
     run_finished: bool
     state: PeerState
     revoked_libp2p_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, lease_ids: _Optional[_Iterable[str]] = ..., current_outer_step: _Optional[int] = ..., stage_index: _Optional[int] = ..., run_finished: _Optional[bool] = ..., state: _Optional[_Union[PeerState, str]] = ..., revoked_libp2p_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    outer_step_sha256: str
+    def __init__(self, lease_ids: _Optional[_Iterable[str]] = ..., current_outer_step: _Optional[int] = ..., stage_index: _Optional[int] = ..., run_finished: _Optional[bool] = ..., state: _Optional[_Union[PeerState, str]] = ..., revoked_libp2p_ids: _Optional[_Iterable[str]] = ..., outer_step_sha256: _Optional[str] = ...) -> None: ...
 
 class LeaseShardRequest(_message.Message):
     __slots__ = ()
