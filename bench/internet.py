@@ -203,7 +203,7 @@ def run_config(cfg: Config, *, workdir: Path, corpus: str) -> tuple[list[list[di
         data={"tokenizer": TOKENIZER, "docs_per_shard": 3, "validation_fraction": 0.2, "validation_max_docs": 4},
         diloco={"inner_steps": plan.inner_steps, "batch_size": BATCH, "matchmaking_time_s": MATCHMAKING_S,
                 "averaging_timeout_s": plan.averaging_timeout_s},
-        codec=CODEC, trust={"aggregator": "mean"},
+        codec=CODEC, trust={"aggregator": "centered_clip"},
         coordinator={"heartbeat_interval_s": HEARTBEAT_S, "lease_timeout_s": LEASE_TIMEOUT_S},
     )
     if (NAT_PEERS + PUBLIC_PEERS) * plan.inner_steps * BATCH * SEQ_LEN * cfg.outer_steps > TRAIN_TOKENS:

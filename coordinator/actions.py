@@ -19,6 +19,8 @@ class RejectCode(str, Enum):
     UNKNOWN_LEASE = "unknown_lease"
     BAD_POSITION = "bad_position"
     BAD_VALUE = "bad_value"
+    TOO_MANY_SESSIONS = "too_many_sessions"
+    STEP_AHEAD = "step_ahead"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +172,8 @@ class StrikeRecorded:
     """Ledger entry: ``reporter`` reported ``accused`` (libp2p id ``libp2p_id``) in round ``round_index``.
 
     ``accused`` is empty when no admitted peer holds that libp2p id (the evidence is then ignored and
-    not written to the ledger). ``witnesses`` counts distinct reporters of the accused in that round so
-    far; ``struck`` is True when this report completed a strike; ``strikes`` and ``banned`` describe the
+    not written to the ledger). ``witnesses`` counts the distinct join tokens of the accused's reporters
+    in that round so far whose evidence counts (see ``coordinator.core``); ``struck`` is True when this report completed a strike; ``strikes`` and ``banned`` describe the
     accused after it.
     """
 
@@ -187,6 +189,16 @@ class StrikeRecorded:
     strikes: int
     banned: bool
     at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StrikeWithdrawn:
+    """The strike against ``accused`` for ``round_index`` was taken back: ``by`` (the accused, or one of
+    its reporters) named its group of that round without enough of the witnesses."""
+
+    accused: str
+    round_index: int
+    by: str
 
 
 Action = (
@@ -206,4 +218,5 @@ Action = (
     | MetricsRecorded
     | CredentialGranted
     | StrikeRecorded
+    | StrikeWithdrawn
 )

@@ -24,6 +24,7 @@ from coordinator.storage import Storage
 from coordinator.web import StatusWeb
 from lila_net.credentials import CredentialAuthority
 from lila_net.dht.node import DhtNode, start_dht
+from lila_net.tls import ServerTls
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +85,11 @@ class CoordinatorApp:
         self._tasks: list[asyncio.Task[None]] = []
         self._history_storage: Storage | None = None
 
-    async def start(self, *, grpc_host: str, grpc_port: int, http_host: str, http_port: int) -> Addresses:
-        """Open the database, start the DHT node (first: it forks), the engine, gRPC and HTTP."""
-        self.storage = Storage(self.db_path)
+    async def start(self, *, grpc_host: str, grpc_port: int, http_host: str, http_port: int,
+                    tls: ServerTls | None = None) -> Addresses:
+        """Open the database, start the DHT node (first: it forks), the engine, gRPC (over TLS with ``tls``)
+        and HTTP."""
+        self.storage = Storage(self.db_path, metrics_rows_per_peer=self.settings.coordinator.metrics_rows_per_peer)
         self.authority = CredentialAuthority(
             self.storage.secret(AUTHORITY_SECRET_NAME), run=self.run.name, ttl_s=self.settings.trust.credential_ttl_s
         )
@@ -131,7 +134,7 @@ class CoordinatorApp:
             authority=self.authority,
         )
         self.service.revoked_token_ids = self.storage.revoked_token_ids()
-        self._grpc, port = await start_grpc_server(self.service, host=grpc_host, port=grpc_port)
+        self._grpc, port = await start_grpc_server(self.service, host=grpc_host, port=grpc_port, tls=tls)
         addresses.grpc = f"{grpc_host}:{port}"
         http = await self._web.start(host=http_host, port=http_port)
         addresses.http = f"{http_host}:{http}"

@@ -94,7 +94,9 @@ class SessionSigner:
     """Issues and checks HMAC session tokens under one secret.
 
     ``ttl_s`` is a session's lifetime: long enough that peers rarely re-join (a day is fine), short
-    enough that a leaked token stops working; peers renew by calling Join with ``previous_session_token``.
+    enough that a leaked token stops working; peers renew by calling Join with ``previous_session_token``,
+    which :meth:`resume` accepts up to one more ``ttl_s`` after it expired, and only with the join token
+    it was made with.
     """
 
     def __init__(self, secret: bytes, *, ttl_s: float) -> None:
@@ -134,6 +136,22 @@ class SessionSigner:
             )
         data = json.loads(payload)
         return SessionClaims(data["p"], data["t"], float(data["i"]), float(data["e"]))
+
+    def resume(self, token: str, *, token_id: str, now: float) -> SessionClaims:
+        """Claims of a session to resume with join token ``token_id``: signed here, made with that join
+        token, and expired at most ``ttl_s`` ago; raises :class:`AuthError` saying what to do."""
+        claims = self.decode(token)
+        if not hmac.compare_digest(claims.token_id.encode(), token_id.encode()):
+            raise AuthError(
+                "the session was made with another join token: resume it with that token, or leave "
+                "previous_session_token empty to join as a new peer"
+            )
+        if now >= claims.expires_at + self.ttl_s:
+            raise AuthError(
+                f"the session expired more than {self.ttl_s:g} s ago (the session lifetime) and can no longer "
+                "be resumed: leave previous_session_token empty to join as a new peer"
+            )
+        return claims
 
     def verify(self, token: str, *, now: float) -> SessionClaims:
         """Claims of a valid, unexpired token; raises :class:`AuthError` saying what to do."""

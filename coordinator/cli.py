@@ -52,9 +52,11 @@ async def _serve(args: argparse.Namespace) -> int:
     from coordinator.settings import ServerSettings
     from coordinator.status import RunInfo
     from lila_net.config import load_run_config
+    from lila_net.tls import server_tls
 
     grpc_host, grpc_port = parse_host_port(args.grpc, flag="--grpc")
     http_host, http_port = parse_host_port(args.http, flag="--http")
+    tls = server_tls(args.tls_cert, args.tls_key)
     config = load_run_config(args.config)
     settings = ServerSettings.from_run_config(config).with_overrides(
         join_rate_limit_per_s=args.join_rate_limit,
@@ -82,7 +84,7 @@ async def _serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         addresses = await app.start(
-            grpc_host=grpc_host, grpc_port=grpc_port, http_host=http_host, http_port=http_port
+            grpc_host=grpc_host, grpc_port=grpc_port, http_host=http_host, http_port=http_port, tls=tls
         )
     except BaseException:
         await app.stop()
@@ -182,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let any peer use the DHT node (only for peers too old to present averaging credentials)",
     )
+    serve.add_argument("--tls-cert", metavar="PEM",
+                       help="serve gRPC over TLS with this certificate chain (peers then join with --tls or --tls-ca)")
+    serve.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     serve.add_argument("--join-rate-limit", type=float, help="Join calls per second per client address")
     serve.add_argument("--join-rate-burst", type=int, help="Join calls at once per client address")
     token = sub.add_parser("token", help="manage join tokens")

@@ -15,19 +15,37 @@ Rules, in short:
 * Credit: a report (progress, complete, release) carries an absolute position and a per-peer
   sequence number. Only the tokens beyond the lease's last reported position are credited, and a
   report whose sequence number is not above the peer's last accepted one is a duplicate: nothing
-  counts twice. A completion needs the final position to cover every document of the shard.
+  counts twice. A completion needs the final position to cover every document of the shard. A
+  position may claim at most ``max_tokens_per_doc`` tokens per document up to the one it is in (the
+  plan knows documents, not tokens), and no counter may pass ``MAX_LEDGER_INT`` (SQLite's INTEGER).
 * Liveness: any call of a peer renews it. After ``lease_timeout_s`` without a call the peer is
   ``lost`` and its leases return to the queue at their last reported positions (on ``Tick``).
-* Outer step: each peer reports the outer steps it finishes; the run's outer step is the highest
-  step that ``outer_step_quorum`` peers have reached, and it never goes down. The report's parameter
-  hash and group size feed split detection (:mod:`coordinator.splits`), which answers whether the peer
-  must re-sync to the majority's parameters.
+* Join tokens: a peer is recorded with the join token it joined with. A token holds at most
+  ``max_sessions_per_token`` live (joining or active) sessions, and a ban is the token's: its other
+  sessions are banned with the peer and the token cannot join again. Quorums and strike witnesses
+  count distinct join tokens, so sessions of one token count once.
+* Outer step: each peer reports the outer steps it finishes, never more than one step beyond the
+  run's (a peer further ahead must download the run's state first). The run's step advances one step
+  at a time, once ``outer_step_quorum`` distinct join tokens of live peers have reached the next step;
+  it never goes down. The report's parameter hash and group size feed split detection
+  (:mod:`coordinator.splits`), which answers whether the peer must re-sync to the majority's
+  parameters; its group (the libp2p ids it averaged with) is kept for the strike rule below.
 * Trust: a peer gets averaging credentials for at most ``MAX_IDENTITIES_PER_PEER`` libp2p identities
   (one per process start). Part owners report the contributions they rejected; a round counts as a
-  strike against a peer once ``strike_witnesses`` distinct peers reported it for that round, and
-  ``strikes_to_ban`` strikes ban it (its leases go back, every later call is refused, and its libp2p
-  ids are published for the other peers to refuse). Reports must be about rounds within
-  ``STRIKE_WINDOW_ROUNDS`` of the run's outer step; older tallies are dropped.
+  strike against a peer once reporters of ``strike_witnesses`` distinct join tokens (not the
+  accused's) witnessed it for that round, and ``strikes_to_ban`` strikes ban it (its leases go back,
+  every later call is refused, and its libp2p ids are published for the other peers to refuse).
+  Reports must be about rounds within ``STRIKE_WINDOW_ROUNDS`` of the run's outer step; older
+  tallies are dropped.
+* Strike evidence is tied to the round's group: a report counts only while neither side's own
+  account of that round's group (``ReportOuterStep``'s ``group``) leaves the other out. An account
+  that arrives after the reports (peers report strikes right after a round, their outer step a
+  moment later) drops the witnesses it contradicts and takes back a strike that no longer has enough
+  of them (``StrikeWithdrawn``; a ban already made stays). So peers cannot frame an honest peer they
+  did not average with: it names its group after every applied round, and their strikes are taken
+  back before they add up to a ban (unless ``strikes_to_ban`` is 1). Not covered: rounds the honest
+  peer did not apply (it sends no account), an accused that never gives its account (the reports
+  stand), and lies about a group both liars really were in (that needs signed group transcripts).
 """
 
 from __future__ import annotations
@@ -59,6 +77,8 @@ V = TypeVar("V")
 LEASE_ID_PREFIX = "L"
 MAX_IDENTITIES_PER_PEER = 4
 STRIKE_WINDOW_ROUNDS = 16
+_SIBLING_BAN = "same join token as"
+MAX_LEDGER_INT = 2**63 - 1  # SQLite INTEGER: no stored counter may pass it
 
 
 class Transition(NamedTuple):
@@ -233,7 +253,21 @@ def _credit(tx: _Tx, peer: PeerRecord, lease: Lease, seq: int, position: Positio
             f"position.docs_consumed={position.docs_consumed} exceeds the {spec.num_docs} documents of shard "
             f"{lease.shard_id}",
         )
+    bound = min(position.docs_consumed + 1, spec.num_docs) * tx.base.config.max_tokens_per_doc
+    if position.tokens_consumed > bound:
+        raise _Reject(
+            act.RejectCode.BAD_POSITION,
+            f"position.tokens_consumed={position.tokens_consumed} exceeds {bound} tokens, the most "
+            f"{min(position.docs_consumed + 1, spec.num_docs)} documents of shard {lease.shard_id} can hold "
+            f"(coordinator.max_tokens_per_doc={tx.base.config.max_tokens_per_doc}): report the tokens really "
+            "consumed",
+        )
     credited = position.tokens_consumed - lease.position.tokens_consumed
+    if max(peer.tokens, tx.get("global_tokens")) + credited > MAX_LEDGER_INT:
+        raise _Reject(
+            act.RejectCode.BAD_POSITION,
+            f"crediting {credited} tokens would overflow the ledger's 64-bit counters: report real positions",
+        )
     peer = dataclasses.replace(peer, tokens=peer.tokens + credited, last_report_seq=seq)
     tx.put_peer(peer)
     if credited:
@@ -329,6 +363,34 @@ def _on_joined(tx: _Tx, event: ev.PeerJoined) -> None:
         raise _Reject(
             act.RejectCode.BANNED, f"peer {event.peer_id} is banned ({old.ban_reason}); it may not rejoin"
         )
+    token = event.token_id or event.peer_id
+    if old is not None and old.token_id and old.token_key != token:
+        raise _Reject(
+            act.RejectCode.BAD_VALUE,
+            f"peer {event.peer_id} joined with another join token: resume it with its own token, or leave "
+            "previous_session_token empty to join as a new peer",
+        )
+    siblings = [p for p in tx.peers.values() if p.token_key == token and p.peer_id != event.peer_id]
+    banned = min(  # the peer banned first names the reason; its siblings' reasons only point to it
+        (p for p in siblings if p.state is PeerState.BANNED),
+        key=lambda p: (p.ban_reason.startswith(_SIBLING_BAN), p.peer_id),
+        default=None,
+    )
+    if banned is not None:
+        raise _Reject(
+            act.RejectCode.BANNED,
+            f"join token {token} is banned (peer {banned.peer_id}: {banned.ban_reason}); it may not join again",
+        )
+    live = sorted(p.peer_id for p in siblings if p.state in LIVE_STATES)
+    limit = tx.base.config.max_sessions_per_token
+    if len(live) >= limit:
+        raise _Reject(
+            act.RejectCode.TOO_MANY_SESSIONS,
+            f"join token {token} already has {_plural(len(live), 'live session')} ({', '.join(live)}), the "
+            f"most coordinator.max_sessions_per_token={limit} allows: resume a peer with its "
+            "previous_session_token, stop it (Leave) or wait until it times out; each machine needs its own "
+            "join token",
+        )
     outer = tx.get("outer_step")
     if old is None:
         peer = PeerRecord(
@@ -341,6 +403,7 @@ def _on_joined(tx: _Tx, event: ev.PeerJoined) -> None:
             joined_at=tx.now,
             last_seen=tx.now,
             start_outer_step=outer,
+            token_id=event.token_id,
         )
         tx.put_peer(peer)
         tx.emit(act.PeerStateChanged(peer.peer_id, None, PeerState.JOINING, "joined"))
@@ -356,6 +419,7 @@ def _on_joined(tx: _Tx, event: ev.PeerJoined) -> None:
             metrics_address=event.metrics_address,
             last_seen=max(old.last_seen, tx.now),
             start_outer_step=outer,
+            token_id=old.token_id or event.token_id,
         )
     tx.emit(act.PeerAdmitted(peer.peer_id, old is not None, outer, peer.last_report_seq))
 
@@ -523,27 +587,30 @@ def _on_metrics(tx: _Tx, event: ev.MetricsReported) -> None:
     tx.emit(act.MetricsRecorded(peer.peer_id, metrics, tx.get("global_tokens")))
 
 
-def _run_outer_step(tx: _Tx) -> int:
-    """Highest step reached by ``outer_step_quorum`` peers that are not banned."""
-    steps = sorted(
-        (p.outer_step for p in tx.peers.values() if p.state is not PeerState.BANNED and p.outer_step >= 0),
-        reverse=True,
-    )
-    quorum = tx.base.config.outer_step_quorum
-    return steps[quorum - 1] if len(steps) >= quorum else -1
+def _quorum_reached(tx: _Tx, step: int) -> bool:
+    """True if ``outer_step_quorum`` distinct join tokens of live (joining or active) peers reached ``step``."""
+    tokens = {p.token_key for p in tx.peers.values() if p.state in LIVE_STATES and p.outer_step >= step}
+    return len(tokens) >= tx.base.config.outer_step_quorum
 
 
 def _on_outer_step(tx: _Tx, event: ev.OuterStepReported) -> None:
     if event.outer_step < 0:
         raise _Reject(act.RejectCode.BAD_VALUE, f"outer_step={event.outer_step} must be >= 0")
+    old = tx.get("outer_step")
+    if event.outer_step > old + 1:
+        raise _Reject(
+            act.RejectCode.STEP_AHEAD,
+            f"outer_step={event.outer_step} is more than one step ahead of the run's outer step {old}: "
+            f"download the run's state of step {old} first, then report each step you finish",
+        )
     peer = _live_peer(tx, event.peer_id)
     if event.outer_step > peer.outer_step:
         tx.put_peer(dataclasses.replace(peer, outer_step=event.outer_step))
-    old = tx.get("outer_step")
-    new = max(old, _run_outer_step(tx))
-    if new > old:
-        tx.set("outer_step", new)
-        tx.emit(act.OuterStepAdvanced(old, new))
+    if _quorum_reached(tx, old + 1):
+        tx.set("outer_step", old + 1)
+        tx.emit(act.OuterStepAdvanced(old, old + 1))
+    if event.group:
+        _record_group(tx, peer, event.outer_step, event.group)
     report = HashReport(event.params_sha256, event.group_size)
     watch, verdict = splits.record(
         tx.get("splits"), tx.peers, peer_id=peer.peer_id, step=event.outer_step, report=report, now=tx.now
@@ -556,8 +623,14 @@ def _on_outer_step(tx: _Tx, event: ev.OuterStepReported) -> None:
 
 
 def _ban(tx: _Tx, peer: PeerRecord, reason: str) -> None:
-    _end_peer_leases(tx, peer.peer_id, "peer banned")
-    _set_state(tx, peer, PeerState.BANNED, reason, ban_reason=reason)
+    """Ban ``peer`` and every other session of its join token (the ban is the token's)."""
+    for member in sorted(
+        (p for p in tx.peers.values() if p.token_key == peer.token_key and p.state is not PeerState.BANNED),
+        key=lambda p: p.peer_id != peer.peer_id,
+    ):
+        why = reason if member.peer_id == peer.peer_id else f"{_SIBLING_BAN} {peer.peer_id}: {reason}"
+        _end_peer_leases(tx, member.peer_id, "peer banned")
+        _set_state(tx, member, PeerState.BANNED, why, ban_reason=why)
     _advance_stages(tx)
 
 
@@ -627,6 +700,77 @@ def _strike_record(
     )
 
 
+def _tied(tx: _Tx, peer_id: str, round_index: int, other: PeerRecord) -> bool | None:
+    """Whether ``peer_id`` said it averaged with ``other`` in ``round_index`` (None: it said nothing)."""
+    group = tx.get("groups").get((peer_id, round_index))
+    return None if group is None else not group.isdisjoint(other.libp2p_ids)
+
+
+def _consistent(tx: _Tx, reporter_id: str, accused: PeerRecord, round_index: int) -> bool:
+    """False if the reporter or the accused named its group of ``round_index`` without the other."""
+    reporter = tx.peers.get(reporter_id)
+    if reporter is None:
+        return False
+    says = (_tied(tx, reporter_id, round_index, accused), _tied(tx, accused.peer_id, round_index, reporter))
+    return False not in says
+
+
+def _witnesses(tx: _Tx, tally: StrikeTally) -> int:
+    """Distinct join tokens among the tally's reporters."""
+    peers = tx.peers
+    return len({peers[r].token_key for r in tally.reporters if r in peers})
+
+
+def _judge(tx: _Tx, key: tuple[str, int], reporter: str, item: ev.StrikeEvidence) -> act.StrikeRecorded:
+    """Strike the accused of ``key`` once its witnesses span ``strike_witnesses`` join tokens; returns
+    the record of ``reporter``'s evidence ``item``."""
+    config = tx.base.config
+    tally = tx.get("strike_reports")[key]
+    accused = tx.peers[key[0]]
+    witnesses = _witnesses(tx, tally)
+    struck = not tally.counted and witnesses >= config.strike_witnesses and accused.state is not PeerState.BANNED
+    if struck:
+        tx.writable("strike_reports")[key] = dataclasses.replace(tally, counted=True)
+        latest = sorted({*accused.strike_rounds, key[1]})
+        rounds = tuple(r for r in latest if latest[-1] - r < config.strike_memory_rounds)[-config.strikes_to_ban :]
+        accused = dataclasses.replace(accused, strikes=accused.strikes + 1, strike_rounds=rounds)
+        tx.put_peer(accused)
+        if len(rounds) >= config.strikes_to_ban:
+            ratio = "" if item.norm_ratio is None else f", norm ratio {item.norm_ratio:.3g}"
+            _ban(
+                tx,
+                accused,
+                f"{_plural(len(rounds), 'strike')} in {'rounds' if len(rounds) > 1 else 'round'} "
+                f"{', '.join(map(str, rounds))}: {item.reason}{ratio}",
+            )
+            accused = tx.peers[accused.peer_id]
+    return _strike_record(tx, reporter, key[1], item, accused, witnesses, struck)
+
+
+def _record_group(tx: _Tx, peer: PeerRecord, round_index: int, group: frozenset[str]) -> None:
+    """Keep who ``peer`` says it averaged with in ``round_index``; drop the witnesses of that round it
+    contradicts, and take back a strike (not a ban) that no longer has enough witnesses."""
+    groups = tx.writable("groups")
+    groups[(peer.peer_id, round_index)] = group
+    floor = tx.get("outer_step") - STRIKE_WINDOW_ROUNDS
+    for old in [k for k in groups if k[1] < floor]:
+        del groups[old]
+    for key, tally in sorted(tx.get("strike_reports").items()):
+        if key[1] != round_index or (key[0] != peer.peer_id and peer.peer_id not in tally.reporters):
+            continue
+        accused = tx.peers[key[0]]
+        kept = frozenset(r for r in tally.reporters if _consistent(tx, r, accused, round_index))
+        if kept == tally.reporters:
+            continue
+        tally = dataclasses.replace(tally, reporters=kept)
+        if tally.counted and accused.state is not PeerState.BANNED and _witnesses(tx, tally) < tx.base.config.strike_witnesses:
+            tally = dataclasses.replace(tally, counted=False)
+            rounds = tuple(r for r in accused.strike_rounds if r != round_index)
+            tx.put_peer(dataclasses.replace(accused, strikes=accused.strikes - 1, strike_rounds=rounds))
+            tx.emit(act.StrikeWithdrawn(accused.peer_id, round_index, peer.peer_id))
+        tx.writable("strike_reports")[key] = tally
+
+
 def _on_strike_reported(tx: _Tx, event: ev.StrikeReported) -> None:
     reporter = _live_peer(tx, event.reporter_id)
     outer = tx.get("outer_step")
@@ -637,38 +781,20 @@ def _on_strike_reported(tx: _Tx, event: ev.StrikeReported) -> None:
             f"step {outer}: report rejections right after the round",
         )
     owners = {lid: p.peer_id for p in tx.peers.values() for lid in p.libp2p_ids}
-    config = tx.base.config
     for item in event.evidence:
         accused_id = owners.get(item.libp2p_id)
-        if accused_id is None or accused_id == reporter.peer_id:
+        if accused_id is None or tx.peers[accused_id].token_key == reporter.token_key:
             tx.emit(_strike_record(tx, reporter.peer_id, event.round_index, item, None, 0, False))
             continue
         accused = tx.peers[accused_id]
         key = (accused_id, event.round_index)
         reports = tx.writable("strike_reports")
         tally = reports.get(key) or StrikeTally(frozenset())
-        reporters = tally.reporters | {reporter.peer_id}
-        struck = (
-            not tally.counted
-            and len(reporters) >= config.strike_witnesses
-            and accused.state is not PeerState.BANNED
-        )
-        if struck:
-            latest = sorted({*accused.strike_rounds, event.round_index})
-            rounds = tuple(r for r in latest if latest[-1] - r < config.strike_memory_rounds)[-config.strikes_to_ban :]
-            accused = dataclasses.replace(accused, strikes=accused.strikes + 1, strike_rounds=rounds)
-            tx.put_peer(accused)
-            if len(rounds) >= config.strikes_to_ban:
-                ratio = "" if item.norm_ratio is None else f", norm ratio {item.norm_ratio:.3g}"
-                _ban(
-                    tx,
-                    accused,
-                    f"{_plural(len(rounds), 'strike')} in {'rounds' if len(rounds) > 1 else 'round'} "
-                    f"{', '.join(map(str, rounds))}: {item.reason}{ratio}",
-                )
-                accused = tx.peers[accused_id]
-        reports[key] = StrikeTally(reporters, tally.counted or struck)
-        tx.emit(_strike_record(tx, reporter.peer_id, event.round_index, item, accused, len(reporters), struck))
+        if _consistent(tx, reporter.peer_id, accused, event.round_index):
+            reports[key] = dataclasses.replace(tally, reporters=tally.reporters | {reporter.peer_id})
+        else:  # either side named its group of that round without the other: no evidence
+            reports[key] = tally
+        tx.emit(_judge(tx, key, reporter.peer_id, item))
     stale = [key for key in tx.get("strike_reports") if key[1] < outer - STRIKE_WINDOW_ROUNDS]
     if stale:
         reports = tx.writable("strike_reports")

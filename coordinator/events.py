@@ -16,13 +16,15 @@ from coordinator.state import Hardware, Position
 
 @dataclass(frozen=True, slots=True)
 class PeerJoined:
-    """A peer presented a valid join token (new ``peer_id``) or resumed an earlier session (known one)."""
+    """A peer presented a valid join token (new ``peer_id``) or resumed an earlier session (known one);
+    ``token_id`` names that join token (empty: none recorded, tests of the core only)."""
 
     peer_id: str
     name: str
     hardware: Hardware = field(default_factory=Hardware)
     client_version: str = ""
     metrics_address: str = ""
+    token_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,12 +111,14 @@ class MetricsReported:
 @dataclass(frozen=True, slots=True)
 class OuterStepReported:
     """The peer finished outer step ``outer_step``, holding parameters whose sha256 is ``params_sha256``
-    (64 hex digits; empty from older peers) after a round of ``group_size`` peers (0: not said)."""
+    (64 hex digits; empty from older peers) after a round of ``group_size`` peers (0: not said), whose
+    members had the libp2p ids ``group`` (empty: not said; older peers)."""
 
     peer_id: str
     outer_step: int
     params_sha256: str = ""
     group_size: int = 0
+    group: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,27 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def scrape_target(declared: str, caller: str) -> tuple[str, str]:
+    """The metrics address the run's Prometheus may scrape for a peer that declared ``declared``
+    (``host:port``, already checked) from the IP ``caller``: ``(address, why_not)``.
+
+    Only the port is taken from the peer; the host is always the caller's own address, so a peer cannot
+    make the coordinator's Prometheus fetch a third host (the cloud metadata service at 169.254.169.254,
+    an internal admin page). A caller address that no one can scrape — link-local, multicast, unspecified,
+    reserved, or unknown (a unix socket) — gives no target and says why. Private and loopback callers are
+    kept: they are where the peer is (a LAN, a container network, one host)."""
+    if not declared:
+        return "", ""
+    port = int(declared.rpartition(":")[2])
+    try:
+        address = ipaddress.ip_address(caller)
+    except ValueError:
+        return "", "the coordinator cannot see the caller's IP address"
+    if address.is_link_local or address.is_multicast or address.is_unspecified or address.is_reserved:
+        return "", f"the caller's address {caller} is link-local, multicast, unspecified or reserved"
+    return format_address(caller, port), ""
+
+
 async def dial_back(host: str, port: int, secret: bytes, *, timeout_s: float = DIAL_TIMEOUT_S) -> str:
     """Connect to ``host:port`` and read ``len(secret)`` bytes; return ``""`` when they match, else why not."""
     writer = None

@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError, Message
 
 from coordinator import actions as act
 from coordinator import events as ev
+from coordinator import splits
 from coordinator import validation as check
 from coordinator.auth import AuthError, SessionClaims, SessionSigner, check_join_token
 from coordinator.engine import Engine, StorageUnavailable
@@ -37,12 +38,14 @@ from coordinator.reachability import (
     dial_back,
     format_address,
     observed_host,
+    scrape_target,
 )
 from coordinator.settings import ServerSettings
 from coordinator.state import Hardware, Lease, PeerState
 from coordinator.status import StatusBoard
 from lila_net.credentials import CredentialAuthority, CredentialError
 from lila_net.proto import coordinator_pb2 as pb
+from lila_net.tls import ServerTls
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +55,7 @@ BEARER_PREFIX = "Bearer "
 PEER_ID_BYTES = 8
 STOP_GRACE_S = 2.0
 MAX_REVOKED_IN_REPLY = 10_000
-REVOKED_CACHE_S = 1.0  # the ban list is rebuilt at most this often (a scan of every peer)
+REVOKED_CACHE_S = 1.0  # the ban list and the majority hash are rebuilt at most this often (scans of every peer)
 
 _STATE_TO_PROTO = {
     PeerState.JOINING: pb.PEER_STATE_JOINING,
@@ -68,6 +71,8 @@ _REJECT_TO_STATUS = {
     act.RejectCode.UNKNOWN_LEASE: grpc.StatusCode.FAILED_PRECONDITION,
     act.RejectCode.BAD_POSITION: grpc.StatusCode.INVALID_ARGUMENT,
     act.RejectCode.BAD_VALUE: grpc.StatusCode.INVALID_ARGUMENT,
+    act.RejectCode.TOO_MANY_SESSIONS: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    act.RejectCode.STEP_AHEAD: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
@@ -118,6 +123,7 @@ class CoordinatorService:
         self.engine = engine
         self.authority = authority
         self._revoked_cache: tuple[float, list[str]] = (-float("inf"), [])
+        self._majority_cache: tuple[float, str] = (-float("inf"), "")
         self.signer = signer
         self.settings = settings
         self.description = description
@@ -290,14 +296,21 @@ class CoordinatorService:
         row = check_join_token(self.engine.storage, request.join_token, now=now)
         if request.previous_session_token:
             try:
-                peer_id = self.signer.decode(request.previous_session_token).peer_id
+                peer_id = self.signer.resume(
+                    request.previous_session_token, token_id=row.token_id, now=now
+                ).peer_id
             except AuthError as exc:
                 raise check.InvalidArgument(
                     f"previous_session_token: {exc} (or leave it empty to join as a new peer)"
                 ) from None
         else:
             peer_id = f"p-{secrets.token_hex(PEER_ID_BYTES)}"
-        actions = await self._submit(ev.PeerJoined(peer_id, name, hardware, version, metrics_address))
+        metrics_address, why_not = scrape_target(metrics_address, observed_host(context.peer()))
+        if why_not:
+            logger.warning("peer %s (%s): not scraping its metrics: %s", peer_id, name, why_not)
+        actions = await self._submit(
+            ev.PeerJoined(peer_id, name, hardware, version, metrics_address, token_id=row.token_id)
+        )
         admitted = next(a for a in actions if isinstance(a, act.PeerAdmitted))
         state = self.engine.state
         logger.info("peer %s (%s) %s", peer_id, name, "rejoined" if admitted.rejoined else "joined")
@@ -314,6 +327,7 @@ class CoordinatorService:
             last_report_seq=admitted.last_report_seq,
             authority_public_keys=self._authority_keys(),
             observed_host=observed_host(context.peer()),
+            outer_step_sha256=self.outer_step_sha256(),
         )
 
     async def _heartbeat(
@@ -330,6 +344,7 @@ class CoordinatorService:
             run_finished=state.finished,
             state=_STATE_TO_PROTO[peer.state],
             revoked_libp2p_ids=self.revoked_libp2p_ids(),
+            outer_step_sha256=self.outer_step_sha256(),
         )
 
     async def _lease_shard(
@@ -425,8 +440,10 @@ class CoordinatorService:
                 check.count("outer_step", request.outer_step),
                 params_sha256=check.sha256("params_sha256", request.params_sha256),
                 group_size=check.group_size("group_size", request.group_size),
+                group=check.group("group_libp2p_ids", request.group_libp2p_ids),
             )
         )
+        self._majority_cache = (-float("inf"), "")  # this report may change the majority: rebuild it
         for found in (a.split for a in actions if isinstance(a, act.SplitFound)):
             logger.warning(
                 "outer step %d is split: %s; %d of %d active peers averaged alone%s",
@@ -512,6 +529,17 @@ class CoordinatorService:
             self._revoked_cache = (now, ids)
         return ids
 
+    def outer_step_sha256(self) -> str:
+        """The majority hash of the run's outer step (per join token; :func:`coordinator.splits.step_majority`),
+        cached for ``REVOKED_CACHE_S`` like the ban list (every heartbeat asks for it)."""
+        built_at, value = self._majority_cache
+        now = self._monotonic()
+        if now - built_at >= REVOKED_CACHE_S:
+            state = self.engine.state
+            value = splits.step_majority(state.splits, state.peers, state.outer_step)
+            self._majority_cache = (now, value)
+        return value
+
     async def _issue_credential(
         self, request: pb.IssueCredentialRequest, claims: SessionClaims, _: Any
     ) -> Message:
@@ -596,9 +624,10 @@ def _client_address(context: grpc.aio.ServicerContext) -> str:
 
 
 async def start_grpc_server(
-    service: CoordinatorService, *, host: str, port: int
+    service: CoordinatorService, *, host: str, port: int, tls: ServerTls | None = None
 ) -> tuple[grpc.aio.Server, int]:
-    """Start a ``grpc.aio`` server for ``service`` on ``host:port`` (0: any free port); returns it and its port."""
+    """Start a ``grpc.aio`` server for ``service`` on ``host:port`` (0: any free port), over TLS with ``tls``;
+    returns it and its port."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", service.settings.coordinator.max_message_bytes),
@@ -607,7 +636,10 @@ async def start_grpc_server(
         ]
     )
     server.add_generic_rpc_handlers((service.generic_handler(),))
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if tls is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        bound = server.add_secure_port(f"{host}:{port}", tls.credentials())
     if bound == 0:
         raise OSError(
             f"cannot listen for gRPC on {host}:{port}: the address is in use or not local; pick another --grpc"

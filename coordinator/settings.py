@@ -59,6 +59,8 @@ class ServerSettings:
             strikes_to_ban=t.strikes_to_ban,
             strike_witnesses=t.strike_witnesses,
             strike_memory_rounds=t.strike_memory_rounds,
+            max_sessions_per_token=c.max_sessions_per_token,
+            max_tokens_per_doc=c.max_tokens_per_doc,
         )
 
 

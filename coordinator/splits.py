@@ -11,6 +11,7 @@ counting only peers that are neither banned nor gone (left):
   :data:`MIN_GROUPS_OF_ONE` or more of them averaged in a group of one while at least as many peers are
   active — every peer training alone, as in a network where peers cannot reach each other. A step is
   counted once (``SplitWatch.found``); later reports only update ``SplitWatch.latest``.
+* peers are counted once per join token (sessions of one token count as one peer);
 * the **majority** hash is the one most counted peers reported, once at least two peers reported a hash;
   a tie has no majority: the split is still counted, but nobody is told to re-sync.
 * the reporting peer is told to re-sync (``ReportOuterStepResponse.resync``) when a majority exists and
@@ -61,8 +62,17 @@ class Comparison:
 
 
 def _counted(reports: Mapping[str, HashReport], peers: Mapping[str, PeerRecord]) -> list[HashReport]:
-    """Reports of peers that are still in the run (not banned, not left)."""
-    return [r for peer_id, r in reports.items() if peer_id in peers and peers[peer_id].state not in _GONE]
+    """Reports of peers that are still in the run (not banned, not left), one per join token: the report
+    of its session with the smallest peer id (sessions of one token never outvote other tokens)."""
+    by_token: dict[str, tuple[str, HashReport]] = {}
+    for peer_id, report in reports.items():
+        peer = peers.get(peer_id)
+        if peer is None or peer.state in _GONE:
+            continue
+        kept = by_token.get(peer.token_key)
+        if kept is None or peer_id < kept[0]:
+            by_token[peer.token_key] = (peer_id, report)
+    return [report for _, report in by_token.values()]
 
 
 def _hash_counts(reports: list[HashReport]) -> tuple[tuple[str, int], ...]:
@@ -126,6 +136,13 @@ def record(
     verdict = Verdict(top, bool(top and report.params_sha256 and report.params_sha256 != top), found)
     updated = replace(watch, steps=MappingProxyType(steps), split_steps=split_steps, found=count, latest=latest)
     return updated, verdict
+
+
+def step_majority(watch: SplitWatch, peers: Mapping[str, PeerRecord], step: int) -> str:
+    """The majority hash of ``step`` (hex; empty while there is none, or the step is not kept): what
+    Join and Heartbeat tell peers a downloaded state of the run's outer step must hash to."""
+    reports = watch.steps.get(step)
+    return "" if reports is None else majority(_hash_counts(_counted(reports, peers)))
 
 
 def latest_comparison(watch: SplitWatch, peers: Mapping[str, PeerRecord]) -> Comparison:

@@ -44,6 +44,8 @@ class CoreConfig:
     strikes_to_ban: int
     strike_witnesses: int
     strike_memory_rounds: int
+    max_sessions_per_token: int
+    max_tokens_per_doc: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +94,9 @@ class PeerRecord:
     """One peer. ``tokens`` is its credit: tokens of reported progress, each counted once.
     ``libp2p_ids``: the libp2p identities it got averaging credentials for (newest last; a restarted
     peer process gets a new one), revoked together when it is banned. ``strike_rounds``: the rounds of
-    its latest strikes (at most ``strikes_to_ban``), for the ban rule."""
+    its latest strikes (at most ``strikes_to_ban``), for the ban rule. ``token_id``: the join token it
+    joined with (empty for records from before tokens were recorded: :attr:`token_key` is then its peer
+    id); quorums and strike witnesses count join tokens, not peers, and a ban applies to the token."""
 
     peer_id: str
     name: str
@@ -112,6 +116,12 @@ class PeerRecord:
     metrics: PeerMetrics | None = None
     libp2p_ids: tuple[str, ...] = ()
     strike_rounds: tuple[int, ...] = ()
+    token_id: str = ""
+
+    @property
+    def token_key(self) -> str:
+        """What counts once in quorums and among strike witnesses: its join token (or its peer id)."""
+        return self.token_id or self.peer_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +152,8 @@ class QueuedShard:
 
 @dataclass(frozen=True, slots=True)
 class StrikeTally:
-    """Reports against one peer for one round: who reported it, and whether the round already counted."""
+    """Reports against one peer for one round: who reported it, and whether the round already counted.
+    ``reporters``: peer ids whose evidence counts (see ``coordinator.core``'s trust rules)."""
 
     reporters: frozenset[str]
     counted: bool = False
@@ -200,7 +211,8 @@ class CoordinatorState:
     run is finished. ``strike_reports`` holds the witnesses of recent rounds, keyed by (accused peer id,
     round); it is volatile (not stored): after a restart, partial tallies start over, while counted
     strikes live on in the peer records. ``splits`` (the parameter hashes of recent outer steps) is
-    volatile too: after a restart, split detection and its count start over.
+    volatile too: after a restart, split detection and its count start over. ``groups`` (volatile, recent
+    rounds only) holds, per (peer id, round), the libp2p ids the peer said it averaged with in that round.
     """
 
     plan: RunPlan
@@ -209,6 +221,7 @@ class CoordinatorState:
     leases: Mapping[str, Lease] = field(default_factory=lambda: _EMPTY)
     returned: Mapping[ShardKey, QueuedShard] = field(default_factory=lambda: _EMPTY)
     strike_reports: Mapping[tuple[str, int], StrikeTally] = field(default_factory=lambda: _EMPTY)
+    groups: Mapping[tuple[str, int], frozenset[str]] = field(default_factory=lambda: _EMPTY)
     splits: SplitWatch = field(default_factory=SplitWatch)
     cursors: tuple[int, ...] = ()
     stage_index: int = 0

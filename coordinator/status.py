@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 RATE_WINDOW_S = 60.0
 LEADERBOARD_SIZE = 20
 MAX_PEER_ROWS = 500
+PEER_TARGET_JOB = "lila-peer"  # the Prometheus job label of peers' metrics targets
 UNKNOWN_REACHABILITY = "unknown"  # a live peer that has not said (no metrics yet, or an older client)
 
 
@@ -147,7 +148,6 @@ def build_snapshot(
                 "outer_step": peer.outer_step,
                 "strikes": peer.strikes,
                 "last_seen_s": max(0.0, now - peer.last_seen),
-                "metrics_address": peer.metrics_address,
                 "uplink_bytes_per_s": metrics.uplink_bytes_per_s if metrics else 0.0,
                 "downlink_bytes_per_s": metrics.downlink_bytes_per_s if metrics else 0.0,
                 "reachability": metrics.reachability if metrics else "",
@@ -209,6 +209,21 @@ def build_snapshot(
     }
 
 
+def prometheus_targets(state: CoordinatorState) -> list[dict[str, Any]]:
+    """Prometheus service-discovery target groups of live peers with a metrics address (the caller's own
+    address and the port it declared, see :func:`coordinator.reachability.scrape_target`). Served only on
+    ``/api/prometheus-targets``, never on the public page or ``/api/status``: volunteers' addresses stay
+    off what anyone can read."""
+    return [
+        {
+            "targets": [peer.metrics_address],
+            "labels": {"job": PEER_TARGET_JOB, "peer_id": peer.peer_id, "peer_name": peer.name},
+        }
+        for peer in sorted(state.peers.values(), key=lambda p: p.peer_id)
+        if peer.metrics_address and peer.state in LIVE_STATES
+    ]
+
+
 class StatusBoard:
     """Keeps the latest snapshot and its JSON; ``run()`` refreshes them every ``refresh_s``.
 
@@ -235,6 +250,7 @@ class StatusBoard:
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self.snapshot: dict[str, Any] = {}
         self.snapshot_json: bytes = b"{}"
+        self.targets: list[dict[str, Any]] = []
 
     def _rate(self, now: float, tokens: int) -> float:
         self._samples.append((now, tokens))
@@ -256,6 +272,7 @@ class StatusBoard:
         )
         self.snapshot = snapshot
         self.snapshot_json = json.dumps(snapshot, separators=(",", ":")).encode()
+        self.targets = prometheus_targets(state)
         for listener in self.listeners:
             listener(snapshot)
         return snapshot

@@ -51,6 +51,7 @@ from coordinator.state import (
     QueuedShard,
     initial_state,
 )
+from lila_net.config import CoordinatorSection
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +171,12 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX strikes_accused ON strikes (accused);
         """,
     ),
+    (
+        5,
+        """
+        CREATE INDEX metrics_peer ON metrics (peer_id, id);
+        """,
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -258,6 +265,7 @@ def _peer_to_json(peer: PeerRecord) -> str:
         "ban_reason": peer.ban_reason,
         "libp2p_ids": list(peer.libp2p_ids),
         "strike_rounds": list(peer.strike_rounds),
+        "token_id": peer.token_id,
         "metrics": None if m is None else dataclasses.asdict(m),
     }
     return json.dumps(data, separators=(",", ":"))
@@ -299,7 +307,9 @@ class Storage:
     """The coordinator's SQLite database. Use from one thread at a time (the server's event loop).
 
     ``path`` ``":memory:"`` gives a throwaway database (tests only). Opening migrates an older schema
-    to :data:`SCHEMA_VERSION`; a newer schema raises :class:`StorageError`.
+    to :data:`SCHEMA_VERSION`; a newer schema raises :class:`StorageError`. ``metrics_rows_per_peer``
+    (the run config's ``coordinator.metrics_rows_per_peer``): the ``metrics`` ledger keeps only each
+    peer's last that many reports, pruned in the commit that adds new ones.
     """
 
     def __init__(
@@ -309,7 +319,11 @@ class Storage:
         synchronous: str = "NORMAL",
         busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
         migrate_to: int = SCHEMA_VERSION,
+        metrics_rows_per_peer: int = CoordinatorSection().metrics_rows_per_peer,
     ) -> None:
+        if metrics_rows_per_peer < 1:
+            raise StorageError(f"metrics_rows_per_peer={metrics_rows_per_peer}: keep at least 1 row per peer")
+        self.metrics_rows_per_peer = metrics_rows_per_peer
         if synchronous.upper() not in SYNCHRONOUS_MODES:
             raise StorageError(f"synchronous={synchronous!r}: choose one of {', '.join(SYNCHRONOUS_MODES)}")
         self.path = str(path)
@@ -521,6 +535,15 @@ class Storage:
                 )
             )
         writes.extend(self._ledger_rows(actions))
+        reporters = sorted({a.peer_id for a in actions if isinstance(a, act.MetricsRecorded)})
+        if reporters:
+            writes.append(
+                (
+                    "DELETE FROM metrics WHERE peer_id = ? AND id <= (SELECT id FROM metrics WHERE peer_id = ? "
+                    "ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                    [(peer_id, peer_id, self.metrics_rows_per_peer) for peer_id in reporters],
+                )
+            )
         if not writes:
             return
         conn = self._conn

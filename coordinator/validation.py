@@ -137,6 +137,13 @@ def group_size(field: str, value: int) -> int:
     return value
 
 
+def group(field: str, values) -> frozenset[str]:
+    """The libp2p ids of an averaging group (at most ``MAX_GROUP_SIZE``; empty: not said)."""
+    if len(values) > MAX_GROUP_SIZE:
+        raise InvalidArgument(f"{field} has {len(values)} entries; at most {MAX_GROUP_SIZE} peers")
+    return frozenset(libp2p_id(f"{field}[{i}]", value) for i, value in enumerate(values))
+
+
 def reachability(field: str, value: str) -> str:
     """Empty (an older client) or one of ``REACHABILITIES``."""
     if value and value not in REACHABILITIES:

@@ -34,8 +34,6 @@ STATIC_DIR = PACKAGE_DIR / "static"
 TEMPLATE_PATH = PACKAGE_DIR / "templates" / "status.html"
 STATIC_TYPES = {".js": "application/javascript", ".css": "text/css"}
 PAGE_REFRESH_S = 10
-PEER_TARGET_JOB = "lila-peer"
-LIVE_PEER_STATES = ("joining", "active")
 
 
 def _esc(value: Any) -> str:
@@ -153,18 +151,6 @@ def render_page(snapshot: dict[str, Any], *, refresh_s: int = PAGE_REFRESH_S) ->
     )
 
 
-def prometheus_targets(snapshot: dict[str, Any]) -> list[dict[str, Any]]:
-    """Prometheus service-discovery target groups of live peers that declared a metrics address."""
-    return [
-        {
-            "targets": [p["metrics_address"]],
-            "labels": {"job": PEER_TARGET_JOB, "peer_id": p["peer_id"], "peer_name": p["name"]},
-        }
-        for p in snapshot["peers"]
-        if p["metrics_address"] and p["state"] in LIVE_PEER_STATES
-    ]
-
-
 class StatusWeb:
     """The aiohttp application; re-renders its cached bodies whenever ``board`` refreshes."""
 
@@ -186,7 +172,7 @@ class StatusWeb:
 
     def _on_snapshot(self, snapshot: dict[str, Any]) -> None:
         self._page = render_page(snapshot, refresh_s=self.page_refresh_s).encode()
-        self._targets = json.dumps(prometheus_targets(snapshot)).encode()
+        self._targets = json.dumps(self.board.targets).encode()
 
     def app(self) -> web.Application:
         """The routes (for tests with aiohttp's test client, or :meth:`start`)."""

@@ -95,9 +95,14 @@ class Codec(ABC):
         """Encode a flat finite float32 tensor: (header fields, scales bytes, codes bytes)."""
 
     # ---- decoding --------------------------------------------------------------------------
-    def decode(self, payload: bytes | bytearray | memoryview) -> torch.Tensor:
-        """Decode a payload produced by this codec (any options). Raises CodecError on any problem."""
+    def decode(self, payload: bytes | bytearray | memoryview, *, expected_numel: int | None = None) -> torch.Tensor:
+        """Decode a payload produced by this codec (any options). Raises CodecError on any problem.
+
+        ``expected_numel``: refuse, before anything is decoded, a payload that declares another element
+        count (a receiver that knows the size of what it waits for must pass it: a forged count makes the
+        decoder allocate for values that were never sent)."""
         header, scales, codes = wire.parse_payload(payload)
+        check_numel(header, expected_numel)
         if header.codec_id != self.codec_id:
             raise CodecError(
                 f"payload was encoded with codec {header.codec_name!r}, not {self.name!r}; "
@@ -144,6 +149,15 @@ class Codec(ABC):
             raise ValueError(f"numel must be positive, got {numel}")
         scales, codes = self.section_nbytes(numel)
         return 8.0 * (scales + codes) / numel
+
+
+def check_numel(header: wire.Header, expected_numel: int | None) -> None:
+    """Raise CodecError unless the header declares ``expected_numel`` elements (None: any count)."""
+    if expected_numel is not None and header.numel != expected_numel:
+        raise CodecError(
+            f"payload declares {header.numel} elements, the receiver expects {expected_numel}; "
+            "the sender encoded another slice or forged the header"
+        )
 
 
 def check_section(header: wire.Header, expected: tuple[int, int]) -> None:

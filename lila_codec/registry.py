@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from lila_codec import wire
-from lila_codec.base import Codec
+from lila_codec.base import Codec, check_numel
 from lila_codec.e8 import E8Codec
 from lila_codec.errors import CodecError
 from lila_codec.leech import LeechCodec
@@ -63,9 +63,11 @@ def get_codec(name: str, **options: object) -> Codec:
         raise ValueError(f"bad options {sorted(options)} for codec {name!r}: {exc}") from None
 
 
-def decode(payload: bytes | bytearray | memoryview) -> torch.Tensor:
-    """Decode any codec's payload (the header names the codec). Raises CodecError on any problem."""
+def decode(payload: bytes | bytearray | memoryview, *, expected_numel: int | None = None) -> torch.Tensor:
+    """Decode any codec's payload (the header names the codec). Raises CodecError on any problem;
+    ``expected_numel`` refuses another declared element count before decoding (see ``Codec.decode``)."""
     header, scales, codes = wire.parse_payload(payload)
+    check_numel(header, expected_numel)
     cls = _CLASSES.get(header.codec_id)
     if cls is None:  # parse_payload already rejects unknown ids; kept for safety
         raise CodecError(f"unknown codec id {header.codec_id}")

@@ -221,6 +221,21 @@ def parse_payload(payload: bytes | bytearray | memoryview) -> tuple[Header, memo
     return header, scales, codes
 
 
+def declared_numel(payload: bytes | bytearray | memoryview) -> int:
+    """The element count a payload's header declares, read from the fixed header alone (no CRC, no
+    allocation), so a receiver that knows how many values it expects refuses a forged count before the
+    decoder allocates for it. Raises CodecError when the payload is too short or not a LILA payload."""
+    view = memoryview(payload).cast("B")
+    if len(view) < HEADER_BYTES + CRC_BYTES:
+        raise CodecError(
+            f"payload truncated: {len(view)} bytes, shorter than the {HEADER_BYTES + CRC_BYTES}-byte minimum"
+        )
+    fields = _FIXED.unpack_from(view, 0)
+    if fields[0] != MAGIC:
+        raise CodecError(f"not a LILA codec payload: magic {bytes(fields[0])!r}, expected {MAGIC!r}")
+    return int(fields[-3])  # number of elements, see the layout in the module docstring
+
+
 def peek_header(payload: bytes | bytearray | memoryview) -> Header:
     """The validated header of a payload (the whole payload is checked, CRC included)."""
     return parse_payload(payload)[0]

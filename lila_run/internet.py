@@ -102,7 +102,7 @@ class InternetNetwork(LocalNetwork):
         add = bed.add_public_host if kind == PUBLIC else bed.add_home_host
         host = add(f"peer{index}", uplink=links.uplink, downlink=links.downlink)
         env = self._env()
-        env["LILA_JOIN_TOKEN"] = self.token
+        env["LILA_JOIN_TOKEN"] = self.peer_token(index)
         with self._log(f"peer-{index}") as log:
             proc = bed.popen(host, self.peer_command(index, extra_args), stdout=log, stderr=subprocess.STDOUT,
                              env=env)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lila_run.harness import LocalCoordinator, signal_group
+from lila_run.harness import LocalCoordinator, new_join_token, signal_group
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class LocalNetwork:
     peers: list[subprocess.Popen] = field(default_factory=list)
     ready: dict[str, Any] = field(default_factory=dict)
     token: str = ""
+    peer_tokens: dict[int, str] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ start
     def _env(self) -> dict[str, str]:
@@ -81,6 +82,14 @@ class LocalNetwork:
             self.coordinator = coordinator.proc
         return self.ready
 
+    def peer_token(self, index: int) -> str:
+        """Peer ``index``'s own join token (made on first use, kept for its restarts): the coordinator
+        counts quorums and strike witnesses per join token and bounds the sessions of each, so every
+        peer of a network needs its own, as every volunteer machine does."""
+        if index not in self.peer_tokens:
+            self.peer_tokens[index] = new_join_token(self.options.workdir / "coordinator.db", label=f"peer-{index}")
+        return self.peer_tokens[index]
+
     def peer_workdir(self, index: int) -> Path:
         """Where peer ``index`` keeps its checkpoints and ``outer-steps.jsonl``."""
         return self.options.workdir / f"peer-{index}"
@@ -99,7 +108,7 @@ class LocalNetwork:
         ``lila-peer join`` after the network's own (a later ``--max-outer-steps`` wins)."""
         index = len(self.peers) if index is None else index
         env = self._env()
-        env["LILA_JOIN_TOKEN"] = self.token  # not on the command line, where `ps` would show it
+        env["LILA_JOIN_TOKEN"] = self.peer_token(index)  # not on the command line, where `ps` would show it
         with self._log(f"peer-{index}") as log:
             proc = subprocess.Popen(self.peer_command(index, extra_args), stdout=log, stderr=subprocess.STDOUT,
                                     env=env, start_new_session=True)

@@ -11,6 +11,7 @@ Every job that talks to the network or the disk logs its failure and lets traini
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from lila_data import evaluate_bpb
@@ -63,14 +64,16 @@ def checkpoint(peer: Peer, val_bpb: float | None = None) -> None:
                        training.store.root)
 
 
-def report_outer_step(peer: Peer) -> None:
-    """Report the outer step with the hash of the parameters it produced and the size of its group; when
+def report_outer_step(peer: Peer, members: Sequence[str] = ()) -> None:
+    """Report the outer step with the hash of the parameters it produced, the size of its group and its
+    ``members`` (libp2p ids; the coordinator counts strike reports about this peer only from them); when
     the coordinator answers that most peers hold other parameters, keep their hash in
     ``peer.progress.majority`` (the node re-syncs to it before its next period, :func:`peer.sync.follow_majority`)."""
     progress = peer.progress
     try:
+        group = {"group": tuple(members)} if members else {}
         answer = peer.client.report_outer_step(progress.outer_step, params_sha256=progress.params_hash,
-                                               group_size=progress.group_size)
+                                               group_size=progress.group_size, **group)
     except Exception as exc:
         logger.warning("could not report outer step %d: %s", progress.outer_step, exc)
         return
@@ -109,7 +112,7 @@ def after_round(peer: Peer, period: Period, result: RoundResult) -> None:
     with phases.phase("publish"):
         publish(peer)
     with phases.phase("report"):
-        report_outer_step(peer)
+        report_outer_step(peer, () if result.group is None else tuple(result.group.members))
     val_bpb = None
     if _due(options.eval_every, step):
         with phases.phase("evaluate"):

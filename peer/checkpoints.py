@@ -110,7 +110,15 @@ class CheckpointStore:
         return final
 
     def _steps(self) -> list[Path]:
-        return sorted(p for p in self.root.glob("step-*") if p.is_dir())
+        """Checkpoint directories oldest first, ordered by their step NUMBER (``step-100000000`` after
+        ``step-99999999``, ``step-10`` after ``step-9``): pruning and fallback rely on this order. A
+        ``step-*`` directory whose suffix is not a number is not a checkpoint and is left alone."""
+        steps = []
+        for path in self.root.glob("step-*"):
+            suffix = path.name.removeprefix("step-")
+            if path.is_dir() and suffix.isdigit():
+                steps.append((int(suffix), path.name, path))
+        return [path for _, _, path in sorted(steps)]
 
     def _prune(self) -> None:
         for old in self._steps()[:-self.keep]:

@@ -85,6 +85,11 @@ def _add_join(subparsers: argparse._SubParsersAction) -> None:
                    help="public address a router forwards to this peer (the coordinator dials it to check); "
                         "without it the peer announces the address the coordinator sees, if it can dial it back, "
                         "and otherwise reaches the others through relays")
+    p.add_argument("--tls", action="store_true",
+                   help="dial the coordinator over TLS, checked against the system's certificate authorities")
+    p.add_argument("--tls-ca", type=Path, metavar="PEM",
+                   help="dial the coordinator over TLS, checked against this CA certificate (a private or "
+                        "self-signed one); implies --tls")
     p.add_argument("--client-mode", action="store_true",
                    help="only make outgoing connections (this peer then never owns a part nor relays)")
     p.add_argument("--max-outer-steps", type=int, metavar="N",
@@ -110,7 +115,8 @@ def _run_join(args: argparse.Namespace) -> int:
         options = PeerOptions(coordinator=args.coordinator, token=args.token, name=args.name, device=args.device,
                               workdir=args.workdir, metrics_host=args.metrics_host, metrics_port=args.metrics_port,
                               max_outer_steps=args.max_outer_steps, host=args.host, port=args.port,
-                              announce=args.announce, client_mode=args.client_mode,
+                              announce=args.announce, client_mode=args.client_mode, tls=args.tls,
+                              tls_ca=args.tls_ca,
                               threads=args.threads, straggler_wait_s=args.straggler_wait,
                               eval_every=args.eval_every, keep_checkpoints=args.keep_checkpoints,
                               progress=False if args.no_progress else None)

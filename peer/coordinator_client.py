@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -22,6 +22,7 @@ import grpc
 from lila_data import ResumePosition, ShardAddress
 from lila_net.proto import coordinator_pb2 as pb
 from lila_net.proto import coordinator_pb2_grpc as pb_grpc
+from lila_net.tls import is_loopback
 
 from .data_feed import Lease, LeaseLost
 
@@ -69,12 +70,19 @@ class CoordinatorClient:
     """A session with one coordinator. Thread-safe: the heartbeat thread and the trainer share it."""
 
     def __init__(self, address: str, *, deadline_s: float = DEFAULT_DEADLINE_S,
-                 retry_for_s: float = DEFAULT_RETRY_FOR_S, stop: threading.Event | None = None) -> None:
+                 retry_for_s: float = DEFAULT_RETRY_FOR_S, stop: threading.Event | None = None,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         self.address = address
-        self._channel = grpc.insecure_channel(address, options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ])
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        if credentials is None:
+            if not is_loopback(address):
+                logger.warning("the coordinator %s is dialed without TLS: the join token and session cross the "
+                               "network unencrypted (join with --tls or --tls-ca if the coordinator serves TLS)",
+                               address)
+            self._channel = grpc.insecure_channel(address, options=options)
+        else:
+            self._channel = grpc.secure_channel(address, credentials, options=options)
         self._stub = pb_grpc.CoordinatorStub(self._channel)
         self._deadline_s = deadline_s
         self._retry_for_s = retry_for_s
@@ -134,11 +142,13 @@ class CoordinatorClient:
     def report_metrics(self, **fields: float | int) -> None:
         self._call("ReportMetrics", self._stub.ReportMetrics, pb.ReportMetricsRequest(**fields), retry=False)
 
-    def report_outer_step(self, outer_step: int, *, params_sha256: str, group_size: int) -> OuterStepAnswer:
-        """Report a finished outer step with the hash of the parameters it produced (hex) and the size of
-        its averaging group; the answer says whether this peer's parameters agree with the majority's."""
+    def report_outer_step(self, outer_step: int, *, params_sha256: str, group_size: int,
+                          group: Sequence[str] = ()) -> OuterStepAnswer:
+        """Report a finished outer step with the hash of the parameters it produced (hex), the size of its
+        averaging group and its members' libp2p ids; the answer says whether this peer's parameters agree
+        with the majority's."""
         request = pb.ReportOuterStepRequest(outer_step=outer_step, params_sha256=bytes.fromhex(params_sha256),
-                                            group_size=group_size)
+                                            group_size=group_size, group_libp2p_ids=list(group))
         response = self._call("ReportOuterStep", self._stub.ReportOuterStep, request)
         return OuterStepAnswer(current_outer_step=int(response.current_outer_step), resync=bool(response.resync),
                                majority_sha256=bytes(response.majority_sha256).hex())

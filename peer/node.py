@@ -23,6 +23,8 @@ from typing import Any
 import grpc
 import torch
 
+from lila_net.tls import channel_credentials
+
 from .after_round import after_round
 from .coordinator_client import CoordinatorClient, CoordinatorError
 from .errors import (
@@ -44,7 +46,7 @@ from .parts import Network, Peer, Progress, Training
 from .progress import ProgressBar
 from .round_sync import BarrierResult
 from .rounds import outer_round, train_period
-from .setup import build_training, connect_network, join_run
+from .setup import build_training, connect_network, join_run, on_heartbeat
 from .sync import (
     DONOR_ANNOUNCE_PERIOD_S,
     IDLE_POLL_S,
@@ -71,7 +73,8 @@ class PeerNode:
         self.stop = stop
         self.log_context = log_context or PeerContext()
         self.metrics = PeerMetrics()
-        self.client = CoordinatorClient(options.coordinator, stop=stop)
+        self.client = CoordinatorClient(options.coordinator, stop=stop,
+                                        credentials=channel_credentials(tls=options.tls, ca=options.tls_ca))
         self.bar = ProgressBar(enabled=options.progress)
 
     # ------------------------------------------------------------------ the phases in order
@@ -98,7 +101,7 @@ class PeerNode:
                 # peer hung). No lease is held before this point, so nothing expires meanwhile.
                 network = connect_network(self.options, joined, training, client=self.client, metrics=self.metrics)
                 heartbeat = Heartbeat(self.client, interval_s=joined.response.heartbeat_interval_s,
-                                      on_reply=network.trust.on_heartbeat).start()  # ban lists reach averaging
+                                      on_reply=on_heartbeat(network)).start()  # bans, the coordinator's step
                 progress = Progress(residual=torch.zeros_like(training.outer.global_params), started=started)
                 peer = Peer(options=self.options, stop=self.stop, client=self.client, heartbeat=heartbeat,
                             metrics=self.metrics, events=events, bar=self.bar, joined=joined, training=training,

@@ -19,6 +19,8 @@ class PeerOptions(Section):
     ``host``/``port``: where this peer listens for other peers (default every interface, a free port);
     ``announce``: ``HOST:PORT`` a router forwards to this peer (the coordinator dials it to check). What the
     peer announces is decided by the dial-back check of :mod:`peer.reachability`, never by ``host``.
+    ``tls``/``tls_ca``: dial the coordinator over TLS, checked against the system's certificate authorities
+    or against ``tls_ca`` (see :mod:`lila_net.tls`).
     ``client_mode``: only outgoing connections (the peer then never owns a part nor relays).
     ``straggler_wait_s``: how long this peer waits at each round for the peers it expects (None: the
     run's ``averaging_timeout_s``); see :mod:`peer.round_sync` for how to tune it. ``progress``: the
@@ -43,6 +45,8 @@ class PeerOptions(Section):
     host: str = setting("0.0.0.0")
     port: int = setting(0, ge=0, le=65535, hint="0 picks a free port", label="--port")
     announce: str | None = setting(None, label="--announce")
+    tls: bool = setting(False)
+    tls_ca: Path | None = setting(None, label="--tls-ca")
     client_mode: bool = setting(False)
     checkpoint_every: int = setting(1, ge=0)
     keep_checkpoints: int = setting(2, ge=1, hint="a peer resumes from its newest checkpoint", label="--keep-checkpoints")
@@ -61,6 +65,9 @@ class PeerOptions(Section):
         if self.announce is not None and self.client_mode:
             raise ConfigError("--announce and --client-mode contradict each other: a client is never dialed; "
                               "drop one of them")
+        if self.tls_ca is not None and not Path(self.tls_ca).is_file():
+            raise ConfigError(f"--tls-ca {self.tls_ca}: no such file; pass the PEM certificate of the authority "
+                              "that signed the coordinator's certificate")
         if not self.token:
             raise ConfigError("no join token: pass --token or set LILA_JOIN_TOKEN (the run's organizer creates "
                               "one with `lila-coordinator token create`)")

@@ -10,6 +10,13 @@ step) that has not passed round ``r`` yet, except peers that said they are *abse
 for now; refreshed while idle) or ``left`` (stopped cleanly). A donor already at step ``r`` or beyond
 means the network moved on without this peer: it must download the state instead of averaging.
 
+Who is believed: a donor announcement is one DHT record any admitted peer can write, so it never sets
+the network's step alone. Donors that the coordinator banned (the averaging authorizer's revocation
+list) are ignored, and so are donors claiming a step beyond ``max(coordinator's step, floor) + 1``
+(:class:`peer.network_view.NetworkView`; ``floor``: the step this peer holds, or the round before the
+one it waits for) — logged once per peer and claimed step. A claim that passes is still only a hint:
+:mod:`peer.sync` loads a state only when its bytes hash to the trusted hash of its step.
+
 Tuning ``straggler_wait_s``: it should cover the spread of the peers' inner-period times plus one state
 download, so that a peer that re-synced still makes the next round. Too short and slow peers keep
 missing rounds (they re-sync every time and never contribute); too long and a peer that died silently
@@ -27,13 +34,15 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lila_net.dht.keys import absent_key, ready_key
 from lila_net.dht.records import MAX_MARKER_BYTES
 
+from .averaging.matchmaking import revoked_ids
 from .averaging.state_sync import Donor, StateSync
 from .averaging.transport import Transport
+from .network_view import NetworkView
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +83,8 @@ class RoundSync:
     straggler_wait_s: float
     idle_ttl_s: float = 5.0
     enabled: bool = True  # False once the DHT refused a ready marker (then only the moved-on check runs)
+    view: NetworkView = field(default_factory=NetworkView)  # the coordinator's step (unknown: no bound)
+    _ignored: set[tuple[str, int]] = field(default_factory=set, repr=False)  # (peer, step) already logged
 
     def __post_init__(self) -> None:
         if self.straggler_wait_s < 0 or self.idle_ttl_s <= 0:
@@ -85,13 +96,28 @@ class RoundSync:
         return self.transport.peer_id
 
     # ------------------------------------------------------------------ the network's step
-    def donors(self) -> list[Donor]:
-        """Other peers announcing a state, highest outer step first."""
-        return self.state_sync.find_donors()
+    def donors(self, floor: int = -1) -> list[Donor]:
+        """Other peers announcing a state, highest outer step first, without banned peers and without
+        claims beyond ``max(coordinator's step, floor) + 1`` (see the module docstring)."""
+        banned = revoked_ids(self.state_sync.endpoint.authorize)
+        bound = max(self.view.step, floor) + 1 if self.view.known else None
+        out = []
+        for donor in self.state_sync.find_donors():
+            if donor.peer_id in banned:
+                continue
+            if bound is not None and donor.outer_step > bound:
+                if (donor.peer_id, donor.outer_step) not in self._ignored:
+                    self._ignored.add((donor.peer_id, donor.outer_step))
+                    logger.warning("ignoring donor %s: it claims outer step %d, but the coordinator's step is "
+                                   "%d (at most one round ahead is believed)", donor.peer_id, donor.outer_step,
+                                   self.view.step)
+                continue
+            out.append(donor)
+        return out
 
-    def network_step(self) -> int:
-        """The highest outer step another peer announces (-1 when nobody does)."""
-        donors = self.donors()
+    def network_step(self, floor: int = -1) -> int:
+        """The highest outer step another (believed) peer announces (-1 when nobody does)."""
+        donors = self.donors(floor)
         return donors[0].outer_step if donors else -1
 
     # ------------------------------------------------------------------ markers
@@ -166,7 +192,7 @@ class RoundSync:
         expected: set[str] = set()
         missing: set[str] = set()
         while True:
-            donors = self.donors()
+            donors = self.donors(round_index - 1)
             ahead = [donor.outer_step for donor in donors if donor.outer_step >= round_index]
             if ahead:
                 return BarrierResult(round_index, time.monotonic() - started, tuple(sorted(expected)),

@@ -185,12 +185,13 @@ def outer_round(peer: Peer, round_index: int, period: Period, *,
 
 
 def verify(peer: Peer, round_index: int, result: RoundResult) -> None:
-    """Compare hashes with the group (and anyone else who published for this round); re-download the
-    state from the agreeing peers when this peer's parameters differ."""
+    """Compare hashes with the group's members (:func:`peer.averaging.verify.judge`); re-download the
+    state from the agreeing peers when this peer's parameters differ, loading only the reference hash."""
     members = result.group.members if result.group is not None and result.group_size > 1 else ()
     try:
         report = peer.network.averager.verify_round(round_index, peer.progress.params_hash, members=members,
-                                                    wait=None if members else 0.0)
+                                                    wait=None if members else 0.0,
+                                                    trusted=peer.network.round_sync.view.hash_of(round_index))
     except Exception as exc:
         logger.warning("round %d: could not verify the parameters: %s", round_index, exc)
         return
@@ -199,4 +200,4 @@ def verify(peer: Peer, round_index: int, result: RoundResult) -> None:
                        list(report.disagreeing), list(report.agreeing))
     if not report.i_agree:
         resync(peer, round_index, f"round {round_index}: my parameters differ from the group's",
-               donors=list(report.agreeing))
+               donors=list(report.agreeing), sha256=report.reference_hash or "")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 
 import psutil
 import torch
@@ -26,6 +27,7 @@ from lila_model.config import get_preset
 from lila_model.model import LilaLM
 from lila_net.aggregation import aggregator_for
 from lila_net.config import loads_run_config
+from lila_net.proto import coordinator_pb2 as pb
 
 from .accountability import open_trusted_averaging
 from .averaging.config import AveragingConfig, StateSyncConfig
@@ -36,6 +38,7 @@ from .hardware import detect_hardware
 from .inner import InnerTrainer
 from .logs import PeerContext
 from .metrics import PeerMetrics
+from .network_view import NetworkView
 from .options import PeerOptions
 from .outer import OuterOptimizer, flatten_parameters
 from .parts import Joined, Network, Training
@@ -109,6 +112,15 @@ def build_training(options: PeerOptions, joined: Joined, *, client: CoordinatorC
     )
 
 
+def on_heartbeat(network: Network) -> Callable[[pb.HeartbeatResponse], None]:
+    """What a heartbeat answer updates: the ban list of the averaging layer and the coordinator's step and
+    hash (:class:`peer.network_view.NetworkView`) the round barrier and the state download trust."""
+    def handle(response: pb.HeartbeatResponse) -> None:
+        network.round_sync.view.on_reply(response)
+        network.trust.on_heartbeat(response)
+    return handle
+
+
 def connect_network(options: PeerOptions, joined: Joined, training: Training, *,
                     client: CoordinatorClient, metrics: PeerMetrics) -> Network:
     """Credential, admitted-only DHT, averager, state sync and the round barrier."""
@@ -127,9 +139,11 @@ def connect_network(options: PeerOptions, joined: Joined, training: Training, *,
         config=AveragingConfig.for_run(run.diloco),
         state_config=StateSyncConfig(announce_period=DONOR_ANNOUNCE_PERIOD_S))
     wait = options.straggler_wait_s
+    view = NetworkView()
+    view.on_reply(joined.response)  # then every heartbeat answer (peer.node: on_heartbeat)
     round_sync = RoundSync(trust.transport, trust.state_sync, run_id=run_id,
                            straggler_wait_s=run.diloco.averaging_timeout_s if wait is None else wait,
-                           idle_ttl_s=DONOR_ANNOUNCE_PERIOD_S + IDLE_POLL_S * 2)
+                           idle_ttl_s=DONOR_ANNOUNCE_PERIOD_S + IDLE_POLL_S * 2, view=view)
     logger.info("averaging as libp2p peer %s", trust.transport.peer_id)
     metrics.reachability.labels(mode=reachability.mode).set(1)
     return Network(trust=trust, round_sync=round_sync, reachability=reachability)

@@ -11,6 +11,15 @@ peer that reports outer step k holds bitwise-identical global parameters. :func:
 when the coordinator compared the hashes peers reported for a step and this peer's is not the majority's
 (the network split): only a state whose bytes hash to the majority's is loaded.
 
+Which state is loaded: a donor announcement is a DHT record any admitted peer can write, so neither its
+step nor its own hash is trusted. The network's step is bounded by the coordinator's
+(:class:`peer.network_view.NetworkView`, see :mod:`peer.round_sync`), and a downloaded state of step S is
+loaded only when its parameters hash to the trusted hash of S (:func:`trusted_hash`): the coordinator's
+majority hash when S is its current step and it names one, else the hash a strict majority of round S's
+group members published (:meth:`peer.averaging.averager.Averager.round_hash`). A state without a trusted
+hash is refused and the next donor tried. Only while the coordinator names no hash at all (an older
+coordinator) and no group of S is known does the donor's own announced hash decide, as before.
+
 Tuning: a live peer re-announces its state every ``DONOR_ANNOUNCE_PERIOD_S`` and a dead one vanishes
 after three periods; a joiner the coordinator says is behind looks for a donor for ``DONOR_WAIT_S``.
 Shorter periods find donors sooner but load the DHT.
@@ -82,10 +91,30 @@ def accept_download(result: DownloadResult, min_step: int, *, sha256: str = "") 
     return True
 
 
-def network_step(peer: Peer) -> int:
-    """The highest outer step another peer announces (-1 when none does or the DHT does not answer)."""
+def trusted_hash(peer: Peer, step: int) -> str | None:
+    """The hash the parameters of outer step ``step`` must have (module docstring): the coordinator's
+    majority hash, else the round's group majority; "" when the coordinator names no hash at all and no
+    group is known (then the donor's own announced hash is checked); None when nothing trustworthy says
+    (refuse the state)."""
+    view = peer.network.round_sync.view
+    sha256 = view.hash_of(step)
+    if sha256:
+        return sha256
     try:
-        return peer.network.round_sync.network_step()
+        sha256 = peer.network.averager.round_hash(step)
+    except Exception as exc:
+        logger.warning("could not read the group hashes of round %d: %s", step, exc)
+        sha256 = None
+    if sha256:
+        return sha256
+    return "" if not view.get()[1] else None
+
+
+def network_step(peer: Peer) -> int:
+    """The highest outer step another (believed, see :mod:`peer.round_sync`) peer announces (-1 when none
+    does or the DHT does not answer)."""
+    try:
+        return peer.network.round_sync.network_step(peer.progress.outer_step)
     except Exception as exc:
         logger.warning("could not read the other peers' outer steps: %s", exc)
         return -1
@@ -148,9 +177,10 @@ def download_state(peer: Peer, *, source: str, donors: list[str] | None = None,
     peer.heartbeat.phase = "syncing"
     started = time.monotonic()
     shapes = {k: tuple(training.outer.global_params.shape) for k in STATE_KEYS}
+    round_sync = peer.network.round_sync
     try:
         candidates = donors if donors is not None else [
-            d.peer_id for d in state_sync.find_donors() if not sha256 or d.outer_step == min_step]
+            d.peer_id for d in round_sync.donors(progress.outer_step) if not sha256 or d.outer_step == min_step]
         result = None
         for donor in candidates:
             future = peer.network.transport.submit(state_sync.download_async(donors=[donor], expected_shapes=shapes))
@@ -160,7 +190,19 @@ def download_state(peer: Peer, *, source: str, donors: list[str] | None = None,
             except (StateSyncError, concurrent.futures.TimeoutError) as exc:
                 logger.warning("state download from %s failed: %r", donor, exc)
                 continue
-            if accept_download(got, progress.outer_step if min_step is None else min_step, sha256=sha256):
+            wanted = progress.outer_step if min_step is None else min_step
+            served = got.snapshot.metadata.get("outer_step")
+            bound = max(round_sync.view.step, progress.outer_step) + 1
+            if isinstance(served, int) and round_sync.view.known and served > bound:
+                logger.warning("donor %s served outer step %d, beyond the coordinator's step %d + 1: refused",
+                               donor, served, round_sync.view.step)
+                continue
+            expected = sha256 or (trusted_hash(peer, served) if isinstance(served, int) else "")
+            if expected is None:
+                logger.warning("donor %s served outer step %d, for which neither the coordinator nor the round's "
+                               "group names a hash: refused", donor, served)
+                continue
+            if accept_download(got, wanted, sha256=expected):
                 result = got
                 break
         if result is None:

@@ -163,9 +163,9 @@ class CodecSection(Section):
 class TrustSection(Section):
     """Aggregation of pseudo-gradients and the banning policy.
 
-    ``mean`` is exact but one bad peer can ruin a round; ``centered_clip`` or ``trimmed_mean`` bound any
-    single peer's influence. ``norm_bound`` rejects contributions whose norm exceeds this multiple of the
-    group's median.
+    ``mean`` is exact but one bad peer can ruin a round; ``centered_clip`` (the default) or ``trimmed_mean``
+    bound any single peer's influence (``python -m bench.robust`` measures both against attacks).
+    ``norm_bound`` rejects contributions whose norm exceeds this multiple of the group's median.
 
     Banning: a peer earns a strike for a round once ``strike_witnesses`` distinct part owners reported
     rejecting its contribution in that round. Each owner reports only what it rejected itself, so an
@@ -183,7 +183,7 @@ class TrustSection(Section):
     """
 
     section = "trust"
-    aggregator: str = setting("mean", choices=_aggregator_names)
+    aggregator: str = setting("centered_clip", choices=_aggregator_names)
     norm_bound: float = setting(5.0, gt=1, hint="a multiple of the median norm")
     strikes_to_ban: int = setting(3, ge=1)
     strike_witnesses: int = setting(2, ge=1, hint="2 is typical")
@@ -223,6 +223,14 @@ class CoordinatorSection(Section):
       ledger in one transaction; ``token_refresh_s``: how often join tokens are re-read from the ledger.
     - ``dht_auth``: run the DHT node admitted-only (credentials, signed and schema-checked records);
       off only for peers too old to present credentials.
+    - ``max_sessions_per_token``: live sessions (joining or active peers) one join token may hold; a Join
+      beyond it is refused. 2 lets a restarted peer join before its old session times out; give every
+      machine its own token. More lets one token holder run that many peers (and witness strikes once).
+    - ``max_tokens_per_doc``: most tokens (with its end-of-document token) credited per document of a
+      shard: a report claiming more than (documents consumed + 1) × this is refused. Raise it only for
+      sources with longer documents; it bounds what one lying peer can claim per shard.
+    - ``metrics_rows_per_peer``: metrics reports kept per peer in the ledger's ``metrics`` table (older
+      rows are pruned as new ones arrive); the status chart shows at most ``history_limit`` rows.
     """
 
     section = "coordinator"
@@ -245,6 +253,9 @@ class CoordinatorSection(Section):
     max_batch: int = setting(256, ge=1)
     token_refresh_s: float = setting(2.0, gt=0)
     dht_auth: bool = setting(True)
+    max_sessions_per_token: int = setting(2, ge=1, hint="1 or 2 is typical")
+    max_tokens_per_doc: int = setting(1_000_000, ge=1, le=2**40)
+    metrics_rows_per_peer: int = setting(1000, ge=1)
 
     def check(self) -> None:
         if self.lease_timeout_s < 3 * self.heartbeat_interval_s:

@@ -14,11 +14,14 @@ when it renews the credential, so a renewal or a ban reaches the DHT process wit
 - :class:`DhtRecordValidator` (a ``RecordValidatorBase``): every stored value carries the writer's
   credential and an RSA signature over (key id, subkey, value, expiration). A record is accepted only if
   the credential is the authority's, the subkey is the writer's own libp2p id, the signature checks out,
-  it expires within ``MAX_RECORD_LIFETIME_S``, and the value fits the schema of its key
-  (:mod:`lila_net.dht.records`). So an admitted peer cannot write under another peer's name, nor
-  write anything but the run's own records. (Expiry and bans are enforced by the authorizer at the RPC
-  level, not here: a record signed while the credential was valid stays readable until it expires, so
-  one banned peer cannot make a whole key unreadable.)
+  it expires within ``MAX_RECORD_LIFETIME_S`` and no later than the writer's credential, and the value
+  fits the schema of its key (:mod:`lila_net.dht.records`). So an admitted peer cannot write under
+  another peer's name, nor write anything but the run's own records, nor make a record outlive its
+  credential. The check is against the record's own expiration, never the clock: hivemind refuses a whole
+  dictionary key when one of its subkeys fails validation, so a record valid when stored must stay valid
+  until it expires. For the same reason bans are not checked here but by the authorizer at the RPC level
+  (a banned peer can store nothing new) and by every reader (donors, matchmaking candidates and group
+  records of banned peers are ignored: :func:`peer.averaging.matchmaking.revoked_ids`).
 
 :class:`PeerIdentity` is the peer's RSA key, used at once as its libp2p identity (so its libp2p peer id
 is the id the credential names), as the authorizer's key and as the record signing key.
@@ -280,6 +283,8 @@ class DhtRecordValidator(RecordValidatorBase):
             raise RecordError("record subkey is not its writer's peer id")
         if record.expiration_time > get_dht_time() + self.max_lifetime_s:
             raise RecordError(f"record lives longer than {self.max_lifetime_s:g} s")
+        if record.expiration_time > claims.expires_at:
+            raise RecordError("record outlives its writer's credential")
         key = self._public_keys.get(claims.public_key)
         if key is None:
             key = self._public_keys[claims.public_key] = RSAPublicKey.from_bytes(claims.public_key)

@@ -271,14 +271,16 @@ class ReportMetricsResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ReportOuterStepRequest(_message.Message):
-    __slots__ = ("outer_step", "params_sha256", "group_size")
+    __slots__ = ("outer_step", "params_sha256", "group_size", "group_libp2p_ids")
     OUTER_STEP_FIELD_NUMBER: _ClassVar[int]
     PARAMS_SHA256_FIELD_NUMBER: _ClassVar[int]
     GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    GROUP_LIBP2P_IDS_FIELD_NUMBER: _ClassVar[int]
     outer_step: int
     params_sha256: bytes
     group_size: int
-    def __init__(self, outer_step: _Optional[int] = ..., params_sha256: _Optional[bytes] = ..., group_size: _Optional[int] = ...) -> None: ...
+    group_libp2p_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, outer_step: _Optional[int] = ..., params_sha256: _Optional[bytes] = ..., group_size: _Optional[int] = ..., group_libp2p_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReportOuterStepResponse(_message.Message):
     __slots__ = ("current_outer_step", "resync", "majority_sha256")

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import torch
 
+from lila_codec import wire as lila_wire
 from lila_net.aggregation import (
     REASON_UNDECODABLE,
     Aggregator,
@@ -104,7 +105,18 @@ class _OwnerPart:
     result: asyncio.Future | None = None
 
 
-def _decode_flat(codec: Codec, payload: bytes, numel: int) -> torch.Tensor:
+def decode_part(codec: Codec, payload: bytes, numel: int) -> torch.Tensor:
+    """Decode one part of ``numel`` values, as a flat float32 tensor.
+
+    A LILA codec payload's declared element count is read from its fixed header and checked against
+    ``numel`` BEFORE decoding: the frame limit (``AveragingConfig.max_part_payload``) bounds the bytes, but
+    a 2-bit payload of that size can declare 15 times the part's values, and decoding it would allocate
+    hundreds of MiB per forged contribution. ``tests/integration/test_attacks_memory.py`` performs it.
+    """
+    if bytes(payload[: len(lila_wire.MAGIC)]) == lila_wire.MAGIC:
+        declared = lila_wire.declared_numel(payload)
+        if declared != numel:
+            raise ValueError(f"part payload declares {declared} values, the part has {numel}: refused undecoded")
     tensor = codec.decode(payload)
     if not isinstance(tensor, torch.Tensor) or tensor.numel() != numel:
         shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
@@ -175,7 +187,7 @@ class AllReduceSession:
             own = await self._encode_contribution(self.my_part)
             own_decoded = None
             if own:
-                own_decoded = await self._in_executor(_decode_flat, self.codec, own, stop - start)
+                own_decoded = await self._in_executor(decode_part, self.codec, own, stop - start)
                 if reconstruction is not None:
                     reconstruction[start:stop] = own_decoded
             self._add_contribution(self.me, own_decoded)
@@ -244,7 +256,7 @@ class AllReduceSession:
             payload = await self._encode_contribution(index)
             if reconstruction is not None and payload:
                 reconstruction[start:stop] = await self._in_executor(
-                    _decode_flat, self.codec, payload, stop - start
+                    decode_part, self.codec, payload, stop - start
                 )
             limits = Limits(
                 self.config.max_credential_bytes,
@@ -261,7 +273,7 @@ class AllReduceSession:
                 reply_limits=limits,
             )
             self.counter.add(result.bytes_received, result.bytes_sent)
-            decoded = await self._in_executor(_decode_flat, self.codec, result.frame.payload, stop - start)
+            decoded = await self._in_executor(decode_part, self.codec, result.frame.payload, stop - start)
             evidence.extend(
                 (index, rejection) for rejection in _parse_rejections(result.frame.header, self.group)
             )
@@ -309,7 +321,7 @@ class AllReduceSession:
                 )
             )
             payload = await self._encode(aggregate.tensor, index, "aggregate")
-            decoded = await self._in_executor(_decode_flat, self.codec, payload, part.numel)
+            decoded = await self._in_executor(decode_part, self.codec, payload, part.numel)
         except Exception as error:  # every contribution rejected, or the codec failed on the aggregate
             part.result.set_exception(Refused(ERR_PART_FAILED, str(error)))
             part.result.exception()  # retrieved: handlers re-raise it to their callers
@@ -362,7 +374,7 @@ class AllReduceSession:
             self._add_contribution(peer_id, None)
         else:
             try:
-                tensor = await self._in_executor(_decode_flat, self.codec, frame.payload, part.numel)
+                tensor = await self._in_executor(decode_part, self.codec, frame.payload, part.numel)
             except Exception as error:
                 logger.warning("undecodable contribution from %s: %s", peer_id, error)
                 part.rejections.append(Rejection(peer_id, REASON_UNDECODABLE))

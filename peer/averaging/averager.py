@@ -18,11 +18,11 @@ from lila_net.dht.records import GROUP_ID_PATTERN
 from peer.averaging.allreduce import AllReduceSession, Codec, PartFailure
 from peer.averaging.auth import Authorize
 from peer.averaging.config import AveragingConfig
-from peer.averaging.matchmaking import Group, Matchmaker
+from peer.averaging.matchmaking import Group, Matchmaker, revoked_ids
 from peer.averaging.rpc import Endpoint, Refused, Reply, serve
 from peer.averaging.stats import ByteCounter
 from peer.averaging.transport import Transport
-from peer.averaging.verify import VerifyReport, collect_hashes, judge, publish_hash
+from peer.averaging.verify import VerifyReport, collect_hashes, judge, majority_hash, publish_hash
 from peer.averaging.wire import Frame, Limits, WireError, require
 
 logger = logging.getLogger(__name__)
@@ -304,17 +304,35 @@ class Averager:
         *,
         members: Sequence[str] = (),
         wait: float | None = None,
+        trusted: str = "",
     ) -> VerifyReport:
         """Publish ``digest`` (``params_hash`` of the new global parameters) for round ``round_index`` and
-        compare it with the others'. Waits up to ``wait`` seconds (default ``join_timeout``) for every
-        peer in ``members`` (e.g. ``result.group.members``) to publish."""
+        compare it with the group's (see :func:`peer.averaging.verify.judge`; ``trusted``: the
+        coordinator's majority hash of this step, if known). Waits up to ``wait`` seconds (default
+        ``join_timeout``) for every peer in ``members`` (e.g. ``result.group.members``) to publish."""
         wait = self.config.join_timeout if wait is None else wait
         return self.transport.run(
-            self._verify(round_index, digest, members, wait), timeout=wait + ROUND_SLACK_S * 2
+            self._verify(round_index, digest, members, wait, trusted), timeout=wait + ROUND_SLACK_S * 2
         )
 
+    def round_hash(self, round_index: int) -> str | None:
+        """The hash a strict majority of round ``round_index``'s group members published (members of the
+        published groups whose leaders are not banned; banned members dropped), or None when no group
+        was published or its members do not agree. The trusted hash of outer step ``round_index`` when
+        the coordinator names none (:func:`peer.sync.trusted_hash`)."""
+        return self.transport.run(self._round_hash(round_index), timeout=self.config.request_timeout * 4)
+
+    async def _round_hash(self, round_index: int) -> str | None:
+        groups = await self.matchmaker.published_groups(round_index)
+        banned = revoked_ids(self.endpoint.authorize)
+        members = {member for group in groups for member in group.members} - banned
+        if not members:
+            return None
+        hashes = await collect_hashes(self.transport, self.run_id, round_index)
+        return majority_hash({peer: value for peer, value in hashes.items() if peer in members})
+
     async def _verify(
-        self, round_index: int, digest: str, members: Sequence[str], wait: float
+        self, round_index: int, digest: str, members: Sequence[str], wait: float, trusted: str = ""
     ) -> VerifyReport:
         expiration = self.round_timeout * 2
         await publish_hash(self.transport, self.run_id, round_index, digest, expiration_s=expiration)
@@ -323,7 +341,7 @@ class Averager:
         while True:
             hashes = await collect_hashes(self.transport, self.run_id, round_index)
             if set(members) <= set(hashes) | {self.peer_id} or loop.time() >= deadline:
-                return judge(round_index, self.peer_id, digest, hashes, members)
+                return judge(round_index, self.peer_id, digest, hashes, members, trusted=trusted)
             await asyncio.sleep(VERIFY_POLL_S)
 
     def shutdown(self) -> None:

@@ -3,11 +3,10 @@
 
 For round ``k`` every peer:
 
-1. reads the round's published group record; if a group already formed without it, it sits out ("late");
-2. announces itself under ``lila/{run}/avg/{k}/peers`` (subkey = its peer id, with an expiration);
-3. waits ``matchmaking_time`` — or only until every peer it expects (the round barrier's list) has
+1. announces itself under ``lila/{run}/avg/{k}/peers`` (subkey = its peer id, with an expiration);
+2. waits ``matchmaking_time`` — or only until every peer it expects (the round barrier's list) has
    announced — then reads the announced candidates;
-4. elects the smallest candidate id among the directly reachable ones as leader — or, when no candidate is
+3. elects the smallest candidate id among the directly reachable ones as leader — or, when no candidate is
    directly reachable, among the relayed ones (behind a NAT, reached through a circuit relay); client-mode
    peers never lead. Members as reachable as the leader or better own the parts, so a relayed peer owns a
    part only in a round without a direct peer (each of its bytes crosses the relay's link twice). The leader keeps its group open until every candidate it
@@ -22,6 +21,13 @@ For round ``k`` every peer:
    A peer whose leader says the group is closed or full sits the round out and reports why.
 
 A group of one (nobody else announced or joined) is a valid outcome: the caller skips communication.
+
+Published group records are read only to learn who averaged a round (round verification, the trusted
+hash of a step): any admitted peer can publish one under its own id for any round, so a record never
+makes a peer sit out — a peer that came too late learns it from the leader (``group_closed``) — and
+:meth:`Matchmaker.published_groups` keeps only records of the round asked for, from peers that are not
+banned. Candidates the coordinator banned (the authorizer's revocation list, :func:`revoked_ids`) are
+dropped before the leader election.
 """
 
 from __future__ import annotations
@@ -63,6 +69,12 @@ ERR_WRONG_RUN = "wrong_run"
 
 def is_peer_id(value: Any) -> bool:
     return isinstance(value, str) and bool(PEER_ID_PATTERN.match(value))
+
+
+def revoked_ids(authorize: Any) -> frozenset[str]:
+    """The libp2p ids an averaging authorizer refuses as banned (a ``CredentialAuthorizer``'s verifier's
+    revocation list, updated from the coordinator); empty for authorizers without one (static tokens)."""
+    return frozenset(getattr(getattr(authorize, "verifier", None), "revoked", ()))
 
 
 @dataclass(frozen=True)
@@ -241,12 +253,6 @@ class Matchmaker:
         """
         cfg, transport, me = self.config, self.endpoint.transport, self.me
         loop = asyncio.get_running_loop()
-        for group in await self._published_groups(round_index):
-            if me not in group.members:
-                slot = self._slot(round_index, counter)
-                if slot is not None:
-                    await slot.set_state(SlotState.FAILED)
-                return MatchOutcome(None, f"late: the group of round {round_index} was already formed")
         slot = self._slot(round_index, counter)
         assert slot is not None
         started = loop.time()
@@ -318,17 +324,22 @@ class Matchmaker:
     async def _candidates(
         self, key: str, *, deadline: float, expected: frozenset[str] | None
     ) -> dict[str, bool]:
-        """The announced candidates at ``deadline``, or as soon as every ``expected`` peer announced."""
+        """The announced candidates (banned ones dropped) at ``deadline``, or as soon as every ``expected``
+        peer announced."""
         loop = asyncio.get_running_loop()
         if expected is None:
             await asyncio.sleep(max(0.0, deadline - loop.time()))
-            return parse_announcements(await self.endpoint.transport.dht_get_subkeys(key))
+            return self._allowed(parse_announcements(await self.endpoint.transport.dht_get_subkeys(key)))
         while True:
-            candidates = parse_announcements(await self.endpoint.transport.dht_get_subkeys(key))
+            candidates = self._allowed(parse_announcements(await self.endpoint.transport.dht_get_subkeys(key)))
             remaining = deadline - loop.time()
             if expected <= candidates.keys() or remaining <= 0:
                 return candidates
             await asyncio.sleep(min(EXPECTED_POLL_S, remaining))
+
+    def _allowed(self, candidates: dict[str, int]) -> dict[str, int]:
+        banned = revoked_ids(self.endpoint.authorize)
+        return {peer: rank for peer, rank in candidates.items() if peer not in banned}
 
     async def _lead(self, round_index: int, slot: _Slot, *, expected: set[str]) -> Group:
         slot.expected = expected
@@ -367,10 +378,15 @@ class Matchmaker:
             group_key(self.run_id, group.round_index), self.me, value, expiration
         )
 
-    async def _published_groups(self, round_index: int) -> list[Group]:
+    async def published_groups(self, round_index: int) -> list[Group]:
+        """The well-formed group records of round ``round_index`` from peers that are not banned (any
+        admitted peer may publish one: use them as claims, e.g. only together with the members' hashes)."""
         groups = []
+        banned = revoked_ids(self.endpoint.authorize)
         records = await self.endpoint.transport.dht_get_subkeys(group_key(self.run_id, round_index))
         for leader, value in records.items():
+            if leader in banned:
+                continue
             try:
                 if len(value) > MAX_GROUP_RECORD_BYTES:
                     raise WireError("group record too large")

@@ -3,15 +3,19 @@
 
 Server side: :func:`serve` registers a handler ``async (peer_id, frame) -> Reply``. The request's
 credential is checked before its header is read; a bad or refused request gets an ERROR frame, never a
-crash. Client side: :func:`call` sends one request and reads one reply within a timeout.
+crash. Every request is read against a deadline (``read_timeout`` for prefix, credential and header, plus
+the time the declared payload takes at ``min_bytes_per_s``), so a caller that opens streams and then
+stalls ties up nothing for long. Client side: :func:`call` sends one request and reads one reply within a
+timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from peer.averaging.auth import Authorize
@@ -19,6 +23,7 @@ from peer.averaging.transport import Transport
 from peer.averaging.wire import (
     ERR_BAD_REQUEST,
     ERR_INTERNAL,
+    ERR_TIMEOUT,
     ERR_TOO_LARGE,
     ERR_UNAUTHORIZED,
     KIND_REPLY,
@@ -34,6 +39,9 @@ from peer.averaging.wire import (
 )
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_READ_TIMEOUT_S = 30.0
+DEFAULT_MIN_PAYLOAD_BYTES_PER_S = 64 * 1024  # 512 kbit/s: below any volunteer's uplink
 
 
 class Refused(Exception):
@@ -77,20 +85,72 @@ class Endpoint:
 Handler = Callable[[str, Frame], Awaitable[Reply]]
 
 
+async def read_request(
+    reader: asyncio.StreamReader,
+    *,
+    peer_id: str,
+    authorize: Authorize,
+    limits: Limits,
+    read_timeout: float,
+    min_bytes_per_s: float,
+) -> Frame:
+    """Read one REQUEST frame against a deadline: prefix, credential and header within ``read_timeout``
+    seconds, then the payload (its length already checked against ``limits``) within ``read_timeout +
+    payload_len / min_bytes_per_s``. Raises ``asyncio.TimeoutError`` past either deadline."""
+    frame, prefix = await asyncio.wait_for(
+        read_frame(
+            reader, peer_id=peer_id, authorize=authorize, limits=limits, expect=KIND_REQUEST, read_payload=False
+        ),
+        timeout=read_timeout,
+    )
+    if not prefix.payload_len:
+        return frame
+    payload = await asyncio.wait_for(
+        reader.readexactly(prefix.payload_len), timeout=read_timeout + prefix.payload_len / min_bytes_per_s
+    )
+    return replace(frame, payload=payload, wire_bytes=frame.wire_bytes + len(payload))
+
+
 async def serve(
     endpoint: Endpoint,
     protocol: str,
     handler: Handler,
     *,
     limits: Limits,
+    read_timeout: float = DEFAULT_READ_TIMEOUT_S,
+    min_bytes_per_s: float = DEFAULT_MIN_PAYLOAD_BYTES_PER_S,
 ) -> None:
-    """Register ``handler`` for ``protocol`` on the endpoint's transport."""
+    """Register ``handler`` for ``protocol`` on the endpoint's transport.
+
+    ``read_timeout`` / ``min_bytes_per_s``: the request's deadline (see :func:`read_request`); a request
+    not read by then gets a ``timeout`` ERROR frame and its stream is closed. Set ``read_timeout`` to the
+    callers' own request timeout and ``min_bytes_per_s`` below the slowest honest uplink; too tight
+    refuses slow honest peers, too loose lets stalled streams pile up.
+    ``tests/integration/test_attacks_memory.py`` measures a stalled caller.
+    """
+    if not (read_timeout > 0 and min_bytes_per_s > 0):
+        raise ValueError(
+            f"read_timeout={read_timeout} and min_bytes_per_s={min_bytes_per_s} must both be positive: "
+            "a request read without a deadline lets any caller hold a stream forever"
+        )
 
     async def _on_stream(peer_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            frame, _ = await read_frame(
-                reader, peer_id=peer_id, authorize=endpoint.authorize, limits=limits, expect=KIND_REQUEST
+            frame = await read_request(
+                reader,
+                peer_id=peer_id,
+                authorize=endpoint.authorize,
+                limits=limits,
+                read_timeout=read_timeout,
+                min_bytes_per_s=min_bytes_per_s,
             )
+        except asyncio.TimeoutError:
+            logger.warning("%s request from %s was not read within its deadline; closing", protocol, peer_id)
+            with contextlib.suppress(asyncio.TimeoutError):  # a caller that does not read either
+                await asyncio.wait_for(
+                    write_error(writer, ERR_TIMEOUT, "request not received in time"), timeout=read_timeout
+                )
+            return
         except Unauthorized as error:
             logger.warning("refused %s from %s: %s", protocol, peer_id, error)
             await write_error(

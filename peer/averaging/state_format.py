@@ -39,6 +39,7 @@ DTYPES: dict[str, torch.dtype] = {
     "bool": torch.bool,
 }
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+MAX_ITEMSIZE = max(torch.empty((), dtype=dtype).element_size() for dtype in DTYPES.values())
 
 
 class StateFormatError(ValueError):
@@ -102,43 +103,73 @@ def pack_state(snapshot: StateSnapshot) -> tuple[dict[str, Any], bytes]:
     return header, payload
 
 
-def unpack_state(
+def max_packed_nbytes(expected_shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """Largest payload a state of these tensors can pack to: each in the widest supported dtype
+    (``MAX_ITEMSIZE`` bytes) plus its alignment padding. A downloader that knows its own model's shapes
+    refuses a larger announcement before reading (let alone allocating) a byte of it."""
+    return sum(math.prod(shape) * MAX_ITEMSIZE + ALIGN_BYTES for shape in expected_shapes.values())
+
+
+def check_table(
     header: Mapping[str, Any],
-    payload: bytes,
+    payload_len: int,
     *,
     expected_shapes: Mapping[str, tuple[int, ...]] | None = None,
-) -> StateSnapshot:
-    """Verify and rebuild a snapshot; raises StateFormatError naming the first problem."""
+) -> list[tuple[str, torch.dtype, tuple[int, ...], int, int]]:
+    """Check a state table against the announced payload length, before the payload is read.
+
+    Every entry must be valid (known dtype, ``nbytes`` matching its shape, aligned, in bounds), names
+    unique, ranges disjoint, the payload no longer than its tensors plus alignment padding, and with
+    ``expected_shapes`` the tensors exactly those. Returns ``(name, dtype, shape, offset, nbytes)`` per
+    entry; raises StateFormatError naming the first problem."""
     metadata, table = header.get("metadata"), header.get("tensors")
     if not isinstance(metadata, dict) or not isinstance(table, list):
         raise StateFormatError("state header needs a 'metadata' object and a 'tensors' list")
-    if header.get("total_bytes") != len(payload):
+    if header.get("total_bytes") != payload_len:
         raise StateFormatError(
-            f"state payload has {len(payload)} bytes, the header announced {header.get('total_bytes')}"
+            f"state payload has {payload_len} bytes, the header announced {header.get('total_bytes')}"
         )
-    if header.get("sha256") != _digest(metadata, table, payload):
-        raise StateFormatError("state sha256 does not match: the transfer was corrupted or truncated")
-    tensors: dict[str, torch.Tensor] = {}
-    ranges = []
-    for entry in table:
-        name, dtype, shape, offset, nbytes = _check_entry(entry, len(payload))
-        if name in tensors:
-            raise StateFormatError(f"tensor {name!r} appears twice in the state table")
-        ranges.append((offset, offset + nbytes, name))
-        if nbytes:
-            raw = torch.frombuffer(
-                bytearray(memoryview(payload)[offset : offset + nbytes]), dtype=torch.uint8
-            )
-        else:
-            raw = torch.empty(0, dtype=torch.uint8)
-        tensors[name] = raw.view(dtype).reshape(shape)  # [nbytes] bytes -> shape
-    ranges.sort()
+    entries = [_check_entry(entry, payload_len) for entry in table]
+    names = [entry[0] for entry in entries]
+    if len(set(names)) != len(names):
+        twice = next(name for name in names if names.count(name) > 1)
+        raise StateFormatError(f"tensor {twice!r} appears twice in the state table")
+    ranges = sorted((offset, offset + nbytes, name) for name, _, _, offset, nbytes in entries)
     for (_, stop, first), (start, _, second) in itertools.pairwise(ranges):
         if start < stop:
             raise StateFormatError(f"tensors {first!r} and {second!r} overlap in the state payload")
+    packed = sum(entry[4] for entry in entries) + (ALIGN_BYTES - 1) * len(entries)
+    if payload_len > packed:
+        raise StateFormatError(
+            f"state payload of {payload_len} bytes is larger than its tensors ({packed} bytes with padding)"
+        )
     if expected_shapes is not None:
-        _check_expected(tensors, expected_shapes)
-    return StateSnapshot(tensors=tensors, metadata=metadata)
+        _check_expected({name: shape for name, _, shape, _, _ in entries}, expected_shapes)
+    return entries
+
+
+def unpack_state(
+    header: Mapping[str, Any],
+    payload: bytes | bytearray,
+    *,
+    expected_shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> StateSnapshot:
+    """Verify and rebuild a snapshot; raises StateFormatError naming the first problem.
+
+    The tensors are views of one writable buffer: ``payload`` itself when it is a ``bytearray`` (what a
+    download returns: no copy at all), else one copy of it."""
+    entries = check_table(header, len(payload), expected_shapes=expected_shapes)
+    if header.get("sha256") != _digest(header["metadata"], header["tensors"], payload):
+        raise StateFormatError("state sha256 does not match: the transfer was corrupted or truncated")
+    buffer = payload if isinstance(payload, bytearray) else bytearray(payload)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, dtype, shape, offset, nbytes in entries:
+        if nbytes:
+            raw = torch.frombuffer(buffer, dtype=torch.uint8, count=nbytes, offset=offset)  # [nbytes]
+        else:
+            raw = torch.empty(0, dtype=torch.uint8)
+        tensors[name] = raw.view(dtype).reshape(shape)  # [nbytes] bytes -> shape
+    return StateSnapshot(tensors=tensors, metadata=header["metadata"])
 
 
 def _check_entry(entry: Any, payload_len: int) -> tuple[str, torch.dtype, tuple[int, ...], int, int]:
@@ -167,18 +198,20 @@ def _check_entry(entry: Any, payload_len: int) -> tuple[str, torch.dtype, tuple[
         )
     if offset + nbytes > payload_len:
         raise StateFormatError(f"tensor {name!r} runs past the end of the state payload")
+    if offset % ALIGN_BYTES:
+        raise StateFormatError(f"tensor {name!r} starts at offset {offset}, not a multiple of {ALIGN_BYTES}")
     return name, dtype, tuple(shape), offset, nbytes
 
 
-def _check_expected(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]]) -> None:
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
+def _check_expected(shapes: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]]) -> None:
+    missing = sorted(set(expected) - set(shapes))
+    extra = sorted(set(shapes) - set(expected))
     if missing or extra:
         raise StateFormatError(
             f"state tensors differ from the model: missing {missing[:5]}, unexpected {extra[:5]}"
         )
     for name, shape in expected.items():
-        if tuple(tensors[name].shape) != tuple(shape):
+        if tuple(shapes[name]) != tuple(shape):
             raise StateFormatError(
-                f"tensor {name!r} has shape {tuple(tensors[name].shape)}, the model needs {tuple(shape)}"
+                f"tensor {name!r} has shape {tuple(shapes[name])}, the model needs {tuple(shape)}"
             )

@@ -25,7 +25,13 @@ from peer.averaging.auth import Authorize
 from peer.averaging.config import StateSyncConfig
 from peer.averaging.matchmaking import is_peer_id
 from peer.averaging.rpc import Endpoint, Refused, Reply, serve
-from peer.averaging.state_format import StateSnapshot, pack_state, unpack_state
+from peer.averaging.state_format import (
+    StateSnapshot,
+    check_table,
+    max_packed_nbytes,
+    pack_state,
+    unpack_state,
+)
 from peer.averaging.transport import Transport
 from peer.averaging.wire import (
     KIND_REPLY,
@@ -88,7 +94,13 @@ class StateSync:
 
     async def _start_serving(self) -> None:
         limits = Limits(self.config.max_credential_bytes, self.config.max_table_bytes, 0)
-        await serve(self.endpoint, protocol(self.run_id, "state"), self._on_request, limits=limits)
+        await serve(
+            self.endpoint,
+            protocol(self.run_id, "state"),
+            self._on_request,
+            limits=limits,
+            read_timeout=self.config.request_timeout,
+        )
 
     def set_credential(self, credential: bytes) -> None:
         """Present ``credential`` from now on (after the coordinator renewed it)."""
@@ -212,7 +224,10 @@ class StateSync:
         on_progress: ProgressCallback | None,
     ) -> tuple[StateSnapshot, int]:
         cfg = self.config
-        limits = Limits(cfg.max_credential_bytes, cfg.max_table_bytes, cfg.max_state_bytes)
+        max_payload = cfg.max_state_bytes
+        if expected_shapes is not None:  # our own model's state bounds what a donor may announce
+            max_payload = min(max_payload, max_packed_nbytes(expected_shapes))
+        limits = Limits(cfg.max_credential_bytes, cfg.max_table_bytes, max_payload)
         reader, writer = await asyncio.wait_for(
             self.transport.open_stream(donor, protocol(self.run_id, "state")), timeout=cfg.request_timeout
         )
@@ -232,6 +247,7 @@ class StateSync:
                 timeout=cfg.request_timeout,
             )
             total = prefix.payload_len
+            check_table(frame.header, total, expected_shapes=expected_shapes)  # before any payload byte
 
             def _progress(received: int) -> None:
                 if on_progress is not None:

@@ -2,9 +2,13 @@
 """Round verification: peers publish a hash of their new global parameters and compare.
 
 A round that silently failed (hivemind's 8-bit codecs under numpy 2 did exactly that) or a peer that
-applied a different update shows up as a hash that disagrees with the group. The reference hash is the
-one most peers hold; a tie goes to the hash held by the smallest peer id, so every peer reaches the same
-verdict. A peer whose hash is not the reference must re-download the state.
+applied a different update shows up as a hash that disagrees with the group. Only the hashes of the
+round's group members count (any admitted peer can publish a hash for any round: sybils outside the group
+must not outvote it). The reference hash is the one a strict majority of the members hold; without one
+(a tie, a split) it is the ``trusted`` hash (the coordinator's majority for this step) when a member holds
+it, else this peer's own — a peer never re-syncs to a minority, and a tie is never broken by peer ids
+(they can be ground). A peer whose hash is not the reference must re-download the state, checking that
+the download hashes to the reference.
 """
 
 from __future__ import annotations
@@ -57,19 +61,38 @@ class VerifyReport:
 
 
 def judge(
-    round_index: int, my_id: str, my_hash: str, hashes: dict[str, str], members: Sequence[str] = ()
+    round_index: int,
+    my_id: str,
+    my_hash: str,
+    hashes: dict[str, str],
+    members: Sequence[str] = (),
+    *,
+    trusted: str = "",
 ) -> VerifyReport:
-    """Compare the published ``hashes`` (this peer's own included) and name who disagrees."""
-    hashes = dict(hashes)
+    """Compare the hashes the group ``members`` published (this peer's own included; others' ignored) and
+    name who disagrees (see the module docstring for the reference)."""
+    group = set(members) | {my_id}
+    hashes = {peer: value for peer, value in hashes.items() if peer in group}
     hashes[my_id] = my_hash
+    reference = majority_hash(hashes)
+    if reference is None:
+        reference = trusted if trusted and trusted in hashes.values() else my_hash
     backers: dict[str, list[str]] = {}
     for peer, value in hashes.items():
         backers.setdefault(value, []).append(peer)
-    reference = min(backers, key=lambda value: (-len(backers[value]), min(backers[value])))
     agreeing = tuple(sorted(backers[reference]))
     disagreeing = tuple(sorted(peer for peer, value in hashes.items() if value != reference))
     missing = tuple(sorted(set(members) - set(hashes)))
     return VerifyReport(round_index, my_hash, hashes, reference, agreeing, disagreeing, missing)
+
+
+def majority_hash(hashes: dict[str, str]) -> str | None:
+    """The hash more than half of ``hashes`` (peer id -> hash) hold, or None."""
+    counts: dict[str, int] = {}
+    for value in hashes.values():
+        counts[value] = counts.get(value, 0) + 1
+    best = max(counts, key=counts.__getitem__, default=None)
+    return best if best is not None and 2 * counts[best] > len(hashes) else None
 
 
 async def publish_hash(

@@ -42,6 +42,7 @@ ERR_UNAUTHORIZED = "unauthorized"
 ERR_BAD_REQUEST = "bad_request"
 ERR_TOO_LARGE = "too_large"
 ERR_INTERNAL = "internal"
+ERR_TIMEOUT = "timeout"
 
 
 class WireError(ValueError):
@@ -212,20 +213,21 @@ async def read_payload_chunks(
     chunk_timeout: float,
     chunk_bytes: int = WRITE_CHUNK_BYTES,
     on_chunk: Callable[[int], None] | None = None,
-) -> bytes:
+) -> bytearray:
     """Read ``length`` payload bytes in chunks, each within ``chunk_timeout`` seconds (a stalled sender
     raises ``asyncio.TimeoutError``, a vanished one ``asyncio.IncompleteReadError``). ``on_chunk`` gets the
-    number of bytes received so far."""
-    buffer = bytearray(length)
-    received = 0
-    while received < length:
-        size = min(chunk_bytes, length - received)
-        chunk = await asyncio.wait_for(reader.readexactly(size), timeout=chunk_timeout)
-        buffer[received : received + size] = chunk
-        received += size
+    number of bytes received so far.
+
+    The buffer grows as bytes arrive, never to the announced ``length`` up front: a sender that announces
+    gigabytes and sends little costs the receiver what it sent, not what it announced. The buffer itself
+    is returned (no final copy)."""
+    buffer = bytearray()
+    while len(buffer) < length:
+        size = min(chunk_bytes, length - len(buffer))
+        buffer += await asyncio.wait_for(reader.readexactly(size), timeout=chunk_timeout)
         if on_chunk is not None:
-            on_chunk(received)
-    return bytes(buffer)
+            on_chunk(len(buffer))
+    return buffer
 
 
 def require(header: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:

@@ -374,12 +374,16 @@ def test_params_hash_depends_on_values_dtype_and_shape() -> None:
     assert base != params_hash([changed])
 
 
-def test_judge_names_the_minority_and_breaks_ties_by_smallest_peer() -> None:
+def test_judge_names_the_minority_and_keeps_its_own_on_a_tie_unless_the_coordinator_says() -> None:
     report = judge(5, PEERS[0], "a" * 64, {PEERS[1]: "a" * 64, PEERS[2]: "b" * 64}, members=PEERS)
     assert report.reference_hash == "a" * 64
     assert report.agreeing == (PEERS[0], PEERS[1])
     assert report.disagreeing == (PEERS[2],)
     assert report.missing == (PEERS[3],)
     assert report.i_agree and not report.consistent
-    tie = judge(5, PEERS[1], "b" * 64, {PEERS[0]: "a" * 64})
-    assert tie.reference_hash == "a" * 64 and not tie.i_agree
+    tie = judge(5, PEERS[1], "b" * 64, {PEERS[0]: "a" * 64}, members=PEERS[:2])
+    assert tie.reference_hash == "b" * 64 and tie.i_agree  # no re-sync to a minority, whatever the ids
+    told = judge(5, PEERS[1], "b" * 64, {PEERS[0]: "a" * 64}, members=PEERS[:2], trusted="a" * 64)
+    assert told.reference_hash == "a" * 64 and not told.i_agree and told.agreeing == (PEERS[0],)
+    outsiders = judge(5, PEERS[0], "a" * 64, {PEERS[2]: "b" * 64, PEERS[3]: "b" * 64}, members=PEERS[:2])
+    assert outsiders.reference_hash == "a" * 64 and outsiders.hashes == {PEERS[0]: "a" * 64}

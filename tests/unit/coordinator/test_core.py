@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from coordinator import actions as act
@@ -209,11 +211,17 @@ def test_outer_step_quorum_and_monotonic():
         _state(outer_step_quorum=2),
         [(ev.PeerJoined(p, p), 0.0) for p in ("a", "b", "c")],
     )
-    state, _ = core.apply(state, ev.OuterStepReported("a", 3), 1.0)
-    assert state.outer_step == 0
-    state, actions = core.apply(state, ev.OuterStepReported("b", 2), 1.0)
-    assert _one(actions, act.OuterStepAdvanced) == act.OuterStepAdvanced(0, 2)
+    _, actions = core.apply(state, ev.OuterStepReported("a", 2), 1.0)  # beyond the run's step + 1
+    assert _one(actions, act.Rejected).code is act.RejectCode.STEP_AHEAD
+    state, _ = core.apply(state, ev.OuterStepReported("a", 1), 1.0)
+    assert state.outer_step == 0  # one peer of a quorum of 2
+    state, actions = core.apply(state, ev.OuterStepReported("b", 1), 1.0)
+    assert _one(actions, act.OuterStepAdvanced) == act.OuterStepAdvanced(0, 1)
+    state, _ = core.apply(state, ev.OuterStepReported("a", 2), 1.5)
     state, _ = core.apply(state, ev.PeerBanned("a", "test"), 2.0)
+    state, _ = core.apply(state, ev.OuterStepReported("b", 2), 2.5)
+    assert state.outer_step == 1  # the banned peer's step 2 no longer counts toward the quorum
+    state, _ = core.apply(state, ev.OuterStepReported("c", 2), 2.5)
     assert state.outer_step == 2
     state, _ = core.apply(state, ev.PeerJoined("d", "d"), 3.0)
     assert state.peers["d"].start_outer_step == 2
@@ -275,3 +283,48 @@ def test_unchanged_parts_are_shared_between_states():
 def test_unknown_event_type_is_a_type_error():
     with pytest.raises(TypeError, match="expected one of the events"):
         core.apply(_state(), object(), 0.0)  # type: ignore[arg-type]
+
+
+def test_credit_is_bounded_by_the_documents_reached_and_the_ledger_never_overflows():
+    state = _leased(_state(max_tokens_per_doc=10))
+    _, actions = core.apply(state, ev.ProgressReported("p1", "L1", 1, Position(0, 11)), 1.0)
+    rejected = _one(actions, act.Rejected)
+    assert rejected.code is act.RejectCode.BAD_POSITION
+    assert rejected.message.startswith("position.tokens_consumed=11 exceeds 10 tokens, the most 1 documents")
+    state, actions = core.apply(state, ev.ProgressReported("p1", "L1", 2, Position(3, 40)), 1.0)
+    assert _one(actions, act.ReportAccepted).credited == 40 and state.global_tokens == 40
+    _, actions = core.apply(state, ev.ShardCompleted("p1", "L1", 3, Position(4, 41)), 1.0)
+    assert "exceeds 40 tokens" in _one(actions, act.Rejected).message  # 4 documents hold at most 40
+    huge = _leased(_state(max_tokens_per_doc=2**62))
+    huge = dataclasses.replace(huge, global_tokens=core.MAX_LEDGER_INT - 5)
+    _, actions = core.apply(huge, ev.ProgressReported("p1", "L1", 1, Position(0, 6)), 1.0)
+    assert "overflow the ledger's 64-bit counters" in _one(actions, act.Rejected).message
+
+
+def test_a_join_token_has_bounded_live_sessions_and_its_ban_is_the_tokens():
+    state = _state(max_sessions_per_token=2)
+    state, _ = _run(state, [(ev.PeerJoined(p, p, token_id="t"), 0.0) for p in ("a", "b")])
+    _, actions = core.apply(state, ev.PeerJoined("c", "c", token_id="t"), 1.0)
+    assert _one(actions, act.Rejected).code is act.RejectCode.TOO_MANY_SESSIONS
+    state, _ = core.apply(state, ev.PeerLeft("a"), 1.0)  # a departed session makes room
+    state, _ = core.apply(state, ev.PeerJoined("c", "c", token_id="t"), 1.0)
+    state, actions = core.apply(state, ev.PeerJoined("a", "a", token_id="u"), 1.0)  # a resume with another token
+    assert "joined with another join token" in _one(actions, act.Rejected).message
+    state, _ = core.apply(state, ev.PeerBanned("b", "sent NaNs"), 2.0)
+    assert state.peers["c"].state is PeerState.BANNED and state.peers["c"].ban_reason == (
+        "same join token as b: sent NaNs")
+    _, actions = core.apply(state, ev.PeerJoined("d", "d", token_id="t"), 3.0)
+    assert _one(actions, act.Rejected).message == (
+        "join token t is banned (peer b: sent NaNs); it may not join again")
+
+
+def test_the_quorum_counts_join_tokens_of_live_peers():
+    state = _state(outer_step_quorum=2, lease_timeout_s=5.0)
+    state, _ = _run(state, [(ev.PeerJoined(p, p, token_id=t), 0.0) for p, t in (("a", "t"), ("b", "t"), ("c", "u"))])
+    state, _ = _run(state, [(ev.OuterStepReported("a", 1), 1.0), (ev.OuterStepReported("b", 1), 1.0)])
+    assert state.outer_step == 0  # two sessions of one token
+    state, _ = core.apply(state, ev.OuterStepReported("c", 1), 1.0)
+    assert state.outer_step == 1
+    state, _ = _run(state, [(ev.OuterStepReported("c", 2), 2.0), (ev.Tick(), 8.0)])  # c is lost
+    state, _ = core.apply(state, ev.OuterStepReported("a", 2), 8.0)
+    assert state.outer_step == 1

@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import time
 
 import grpc
 import pytest
@@ -15,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from coordinator import actions as act
 from coordinator import core, splits
 from coordinator import events as ev
+from coordinator.auth import create_join_token
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.plan import synthetic_plan
 from coordinator.settings import ServerSettings
@@ -42,6 +45,8 @@ def _state(*names: str, active: bool = True):
 
 
 def _report(state, peer, step, sha="", group=0, now=1.0):
+    if step > state.outer_step + 1:  # the run is at the step before (peers report one step at a time)
+        state = dataclasses.replace(state, outer_step=step - 1)
     state, actions = core.apply(state, ev.OuterStepReported(peer, step, params_sha256=sha, group_size=group), now)
     (compared,) = [a for a in actions if isinstance(a, act.ParamsCompared)]
     found = [a.split for a in actions if isinstance(a, act.SplitFound)]
@@ -213,11 +218,12 @@ def test_three_peers_over_grpc_the_minority_gets_resync_and_status_and_metrics_s
             try:
                 answers = []
                 for name, client, sha in zip("abc", clients, (A, A, B), strict=True):
-                    await asyncio.to_thread(client.join, join_token=built.token, peer_name=name, device_type="cpu",
+                    token = create_join_token(storage, label=name, now=time.time())[1]  # peers count per token
+                    await asyncio.to_thread(client.join, join_token=token, peer_name=name, device_type="cpu",
                                             device_name="", memory_bytes=0, cpu_cores=1)
-                    answers.append(await asyncio.to_thread(client.report_outer_step, 7, params_sha256=sha,
+                    answers.append(await asyncio.to_thread(client.report_outer_step, 1, params_sha256=sha,
                                                            group_size=3))
-                await asyncio.to_thread(client.report_metrics, outer_step=7, loss=2.0, tokens_per_s=5.0,
+                await asyncio.to_thread(client.report_metrics, outer_step=1, loss=2.0, tokens_per_s=5.0,
                                         uplink_bytes_per_s=1.5e6, downlink_bytes_per_s=3e6, reachability="client")
                 refused = await _refusals(address, built.token)
             finally:
@@ -236,16 +242,16 @@ def test_three_peers_over_grpc_the_minority_gets_resync_and_status_and_metrics_s
 
     answers, refused, status, text, page = asyncio.run(scenario())
     assert answers == [
-        OuterStepAnswer(current_outer_step=7, resync=False, majority_sha256=""),
-        OuterStepAnswer(current_outer_step=7, resync=False, majority_sha256=A),
-        OuterStepAnswer(current_outer_step=7, resync=True, majority_sha256=A),
+        OuterStepAnswer(current_outer_step=1, resync=False, majority_sha256=""),
+        OuterStepAnswer(current_outer_step=1, resync=False, majority_sha256=A),
+        OuterStepAnswer(current_outer_step=1, resync=True, majority_sha256=A),
     ]
     assert status["splits"]["count"] == 1 and status["splits"]["distinct_hashes"] == 2
     assert status["splits"]["latest"]["hashes"] == [{"params_sha256": A, "peers": 2}, {"params_sha256": B, "peers": 1}]
     c = next(p for p in status["peers"] if p["name"] == "c")
     assert (c["uplink_bytes_per_s"], c["downlink_bytes_per_s"], c["reachability"]) == (1.5e6, 3e6, "client")
     assert "lila_splits_total 1.0" in text.splitlines() and "lila_params_hashes 2.0" in text.splitlines()
-    assert "1 split outer step; latest: outer step 7" in page
+    assert "1 split outer step; latest: outer step 1" in page
     assert refused == [
         "params_sha256 has 31 bytes: send the raw 32-byte SHA-256 digest (not its hex text), or nothing",
         "params_sha256 has 64 bytes: send the raw 32-byte SHA-256 digest (not its hex text), or nothing",
@@ -277,3 +283,15 @@ async def _refusals(address: str, token: str) -> list[str]:
             assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
             messages.append(info.value.details())
         return messages
+
+
+def test_sessions_of_one_join_token_count_once_for_the_majority():
+    state = initial_state(synthetic_plan([[4] * 8]), core_config(lease_timeout_s=100.0))
+    for name, token in (("a", "t1"), ("b", "t2"), ("c", "t3"), ("d", "t3")):
+        state, _ = core.apply(state, ev.PeerJoined(name, name, token_id=token), 0.0)
+    for peer, sha in (("a", A), ("b", A), ("c", B)):
+        state, _, _ = _report(state, peer, 1, sha, 4)
+    state, compared, _ = _report(state, "d", 1, B, 4)  # per peer a tie; per token A holds 2 of 3
+    assert (compared.majority, compared.resync) == (A, True)
+    assert splits.step_majority(state.splits, state.peers, 1) == A
+    assert splits.step_majority(state.splits, state.peers, 2) == ""

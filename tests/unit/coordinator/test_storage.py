@@ -30,7 +30,7 @@ def _drive(storage, state, events):
 def test_fresh_database_has_latest_schema_and_private_mode(tmp_path):
     path = tmp_path / "run.db"
     storage = Storage(path)
-    assert storage.schema_version == SCHEMA_VERSION == 4
+    assert storage.schema_version == SCHEMA_VERSION == 5
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert storage.load(PLAN, CONFIG).cursors == (0, 0)
     mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
@@ -49,7 +49,7 @@ def test_old_schema_is_migrated_in_place(tmp_path):
     new = Storage(path)
     assert new.schema_version == SCHEMA_VERSION
     versions = [row[0] for row in new._conn.execute("SELECT version FROM schema_version ORDER BY version")]
-    assert versions == [1, 2, 3, 4]
+    assert versions == [1, 2, 3, 4, 5]
     assert new.load(PLAN, CONFIG) == state
     new.close()
 

@@ -5,6 +5,7 @@ become a ban; the ledger, the status page, the metrics and the peer-side reporte
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 import pytest
@@ -13,11 +14,12 @@ import torch
 from coordinator import actions as act
 from coordinator import core
 from coordinator import events as ev
+from coordinator.auth import create_join_token
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.plan import synthetic_plan
 from coordinator.server import start_grpc_server
 from coordinator.settings import ServerSettings
-from coordinator.state import PeerState, initial_state
+from coordinator.state import PeerState, StrikeTally, initial_state
 from coordinator.status import RunInfo, build_snapshot
 from coordinator.storage import Storage
 from coordinator.web import render_page
@@ -44,6 +46,14 @@ def _state(**config):
 def _report(state, reporter, round_index, *accused, reason="norm_ratio", ratio=100.0, now=1.0):
     evidence = tuple(ev.StrikeEvidence(IDS[a], reason, ratio, 0) for a in accused)
     return core.apply(state, ev.StrikeReported(reporter, round_index, evidence), now)
+
+
+def _advance(state, step):
+    """The run's outer step moved to ``step``, one step at a time (peer a reports each)."""
+    for s in range(state.outer_step + 1, step + 1):
+        state, _ = core.apply(state, ev.OuterStepReported("a", s), float(s))
+    assert state.outer_step == step
+    return state
 
 
 def _records(actions):
@@ -88,7 +98,7 @@ def test_strikes_far_apart_never_add_up_to_a_ban():
     memory = 10
     state = _state(strike_witnesses=1, strikes_to_ban=3, strike_memory_rounds=memory)
     for round_index in (1, 11, 21, 31):  # one false alarm every `memory` rounds
-        state, _ = core.apply(state, ev.OuterStepReported("a", round_index), float(round_index))
+        state = _advance(state, round_index)
         state, _ = _report(state, "a", round_index, "c", reason="misaligned", ratio=1.0)
     c = state.peers["c"]
     assert (c.state, c.strikes, c.strike_rounds) == (PeerState.JOINING, 4, (31,))
@@ -111,7 +121,7 @@ def test_lone_liar_self_reports_unknown_ids_and_far_rounds_do_nothing():
     _, actions = _report(state, "a", core.STRIKE_WINDOW_ROUNDS + 1, "d")
     assert actions[0].code is act.RejectCode.BAD_VALUE and "rounds away" in actions[0].message
     # old tallies are dropped as the run moves on
-    state, _ = core.apply(state, ev.OuterStepReported("a", 2 * core.STRIKE_WINDOW_ROUNDS), 2.0)
+    state = _advance(state, 2 * core.STRIKE_WINDOW_ROUNDS)
     state, _ = _report(state, "a", 2 * core.STRIKE_WINDOW_ROUNDS, "d")
     assert all(key[1] >= core.STRIKE_WINDOW_ROUNDS for key in state.strike_reports)
 
@@ -182,6 +192,7 @@ class _Service:
         self.settings = ServerSettings.of(**settings)
         built = in_process_service(self.storage, self.settings, run="r")
         self.engine, self.token, self.service = built.engine, built.token, built.service
+        self.tokens = {}  # one join token per peer name: witnesses count join tokens
 
     async def __aenter__(self):
         await self.engine.start()
@@ -197,7 +208,9 @@ class _Service:
         self.storage.close()
 
     async def join(self, name):
-        joined = await self.stub.Join(pb.JoinRequest(join_token=self.token, peer_name=name), timeout=10)
+        token = self.tokens.get(name) or create_join_token(self.storage, label=name, now=time.time())[1]
+        self.tokens[name] = token
+        joined = await self.stub.Join(pb.JoinRequest(join_token=token, peer_name=name), timeout=10)
         return joined, (("authorization", f"Bearer {joined.session_token}"),)
 
 
@@ -294,3 +307,23 @@ def test_reporter_sends_only_what_this_peer_witnessed():
 
     quiet = StrikeReporter(report=failing, me=me)
     assert quiet.report_round(_round(me, rejections)) is None and quiet.reports_failed == 1
+
+
+def test_witnesses_count_per_token_and_a_group_account_takes_back_a_framing_strike():
+    state = initial_state(synthetic_plan([[4, 4, 4]]), core_config(lease_timeout_s=100.0, strike_witnesses=2))
+    for name, token in (("a", "t1"), ("b", "t2"), ("c", "t3"), ("d", "t3")):
+        state, _ = core.apply(state, ev.PeerJoined(name, name, token_id=token), 0.0)
+        state, _ = core.apply(state, ev.CredentialIssued(name, IDS[name]), 0.0)
+    state, _ = _report(state, "c", 1, "a")
+    state, actions = _report(state, "d", 1, "a")  # c and d share a join token: one witness
+    assert (_records(actions)[0].witnesses, _records(actions)[0].struck) == (1, False)
+    state, actions = _report(state, "b", 1, "a")
+    assert (_records(actions)[0].witnesses, _records(actions)[0].struck) == (2, True)
+    assert (state.peers["a"].strikes, state.peers["a"].strike_rounds) == (1, (1,))
+    group = frozenset({IDS["a"], IDS["b"]})  # a averaged with b only: c and d framed it
+    state, actions = core.apply(state, ev.OuterStepReported("a", 1, group_size=2, group=group), 2.0)
+    assert [a for a in actions if isinstance(a, act.StrikeWithdrawn)] == [act.StrikeWithdrawn("a", 1, "a")]
+    assert (state.peers["a"].strikes, state.peers["a"].strike_rounds) == (0, ())
+    assert state.strike_reports[("a", 1)] == StrikeTally(frozenset({"b"}), counted=False)
+    state, actions = _report(state, "c", 1, "a")  # named outside the group: no evidence
+    assert (_records(actions)[0].witnesses, _records(actions)[0].struck) == (1, False)

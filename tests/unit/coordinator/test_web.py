@@ -13,9 +13,9 @@ from coordinator import events as ev
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.plan import synthetic_plan
 from coordinator.state import Hardware, Position, initial_state
-from coordinator.status import RunInfo, StatusBoard, build_snapshot
+from coordinator.status import RunInfo, StatusBoard, build_snapshot, prometheus_targets
 from coordinator.storage import MetricsRow
-from coordinator.web import StatusWeb, prometheus_targets, render_page
+from coordinator.web import StatusWeb, render_page
 from tests.helpers.coordinator_service import core_config
 
 RUN = RunInfo("demo-run", "debug", "e8")
@@ -90,11 +90,14 @@ def test_page_escapes_peer_text_and_embeds_history():
     assert 'style="width:30.0%"' in page
 
 
-def test_prometheus_targets_list_live_peers_with_addresses():
-    snap = build_snapshot(_state(), [], run=RUN, now=6.0, tokens_per_s=0.0)
-    assert prometheus_targets(snap) == [
+def test_prometheus_targets_list_live_peers_with_addresses_that_the_public_snapshot_hides():
+    state = _state()
+    assert prometheus_targets(state) == [
         {"targets": ["10.0.0.1:9100"], "labels": {"job": "lila-peer", "peer_id": "p1", "peer_name": "alice"}}
     ]
+    # volunteers' addresses stay off the public page and /api/status
+    snap = build_snapshot(state, [], run=RUN, now=6.0, tokens_per_s=0.0)
+    assert "10.0.0.1" not in json.dumps(snap) and "10.0.0.1" not in render_page(snap)
 
 
 def test_routes_serve_the_cached_snapshot():

@@ -33,6 +33,14 @@ def test_every_shipped_run_loads_and_round_trips(path: Path) -> None:
     assert loads_run_config(config.to_toml()) == config
 
 
+def test_shipped_runs_and_the_default_aggregate_robustly() -> None:
+    """One peer holding a join token can steer a ``mean`` round at will; no shipped run may use it."""
+    assert TrustSection().aggregator == "centered_clip"
+    assert {path.name: load_run_config(path).trust.aggregator for path in SHIPPED} == {
+        path.name: "centered_clip" for path in SHIPPED
+    }
+
+
 def _demo_dict() -> dict:
     return load_run_config(RUNS / "cpu-demo.toml").to_dict()
 

@@ -68,3 +68,19 @@ def test_prunes_to_keep(tmp_path) -> None:
     for step in range(1, 5):
         store.save(step=step, model=model, outer_state=outer, inner_state={}, meta={})
     assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-00000003", "step-00000004"]
+
+
+def test_prunes_by_step_number_not_by_name(tmp_path) -> None:
+    """Past 8 digits ``step-100000000`` sorts before ``step-99999999`` as text (as ``step-10`` before
+    ``step-9``); pruning by name would delete the checkpoint just written and resume from the older one."""
+    store = CheckpointStore(tmp_path, keep=1)
+    model, outer = _state(0)
+    store.save(step=99_999_999, model=model, outer_state=outer, inner_state={}, meta={"outer_step": 99_999_999})
+    store.save(step=100_000_000, model=model, outer_state=outer, inner_state={}, meta={"outer_step": 100_000_000})
+    assert [p.name for p in tmp_path.glob("step-*")] == ["step-100000000"]
+    loaded = store.load_latest()
+    assert loaded is not None and loaded.meta["outer_step"] == 100_000_000
+    (tmp_path / "step-9").mkdir()  # an unpadded older directory: still older than step 100000000 …
+    (tmp_path / "step-notes").mkdir()  # … and a non-numeric one is not a checkpoint at all
+    store.save(step=100_000_001, model=model, outer_state=outer, inner_state={}, meta={"outer_step": 100_000_001})
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-100000001", "step-notes"]

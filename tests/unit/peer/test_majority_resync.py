@@ -22,6 +22,7 @@ from peer.coordinator_client import OuterStepAnswer
 from peer.events import EventLog, read_events
 from peer.link import LinkMeter
 from peer.metrics import PeerMetrics
+from peer.network_view import NetworkView
 from peer.outer import OuterOptimizer, flatten_parameters, params_sha256
 from peer.parts import Progress
 from peer.sync import follow_majority
@@ -82,7 +83,9 @@ def _peer(tmp_path, donors: Donors, answer: OuterStepAnswer):
         options=SimpleNamespace(checkpoint_every=0, eval_every=0), stop=threading.Event(), client=Client(answer),
         heartbeat=SimpleNamespace(phase="training"), metrics=PeerMetrics(), events=EventLog(tmp_path / "events.jsonl"),
         training=SimpleNamespace(model=model, outer=outer, val_texts=[]),
-        network=SimpleNamespace(state_sync=donors, transport=SimpleNamespace(submit=_submit), link=LinkMeter()), progress=progress)
+        network=SimpleNamespace(state_sync=donors, transport=SimpleNamespace(submit=_submit), link=LinkMeter(),
+                                round_sync=SimpleNamespace(view=NetworkView(), donors=lambda floor=-1: donors.find_donors())),
+        progress=progress)
 
 
 def test_a_resync_answer_downloads_only_the_state_that_hashes_to_the_majority(tmp_path, caplog):

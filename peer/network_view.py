@@ -1,0 +1,67 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""The coordinator's view of the run's outer step: the one source of the network's step a peer trusts.
+
+DHT records are written by every admitted peer, so one peer with a valid credential can announce any
+outer step there. The coordinator instead moves its ``current_outer_step`` only when a quorum of peers
+reached a step, and tells (``outer_step_sha256``) the parameter hash most peers, counted once per join
+token, reported for it. :class:`NetworkView` holds the last (step, sha256) it said — from the Join answer,
+then from every heartbeat answer — for the round barrier (:mod:`peer.round_sync`: donors claiming a step
+beyond ``step + 1`` are ignored) and the state download (:mod:`peer.sync`: a state of step ``step`` is
+loaded only when its bytes hash to ``sha256``).
+
+Tuning: how fresh the view is follows the coordinator's ``heartbeat_interval_s``; the ``+ 1`` margin
+lets peers see a round the others just finished before the coordinator counted it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from lila_net.dht.records import HASH_PATTERN
+
+
+class NetworkView:
+    """Thread-safe (step, sha256) as the coordinator last said; ``step`` -1 and ``sha256`` "" while unknown."""
+
+    def __init__(self, *, step: int = -1, sha256: str = "") -> None:
+        self._lock = threading.Lock()
+        self._step = -1
+        self._sha256 = ""
+        self.update(step=step, sha256=sha256)
+
+    @property
+    def step(self) -> int:
+        with self._lock:
+            return self._step
+
+    @property
+    def known(self) -> bool:
+        """True once the coordinator said a step (a view without one bounds nothing)."""
+        return self.step >= 0
+
+    def get(self) -> tuple[int, str]:
+        """``(step, sha256)`` read together."""
+        with self._lock:
+            return self._step, self._sha256
+
+    def hash_of(self, step: int) -> str:
+        """The coordinator's majority hash of ``step`` ("" when it named none for that step)."""
+        current, sha256 = self.get()
+        return sha256 if current == step else ""
+
+    def update(self, *, step: int, sha256: str = "") -> None:
+        """Take the coordinator's answer. The step never goes down (the coordinator's never does; an older
+        answer arriving late must not undo a newer one). A malformed hash is dropped (treated as none)."""
+        step = int(step)
+        sha256 = sha256 if isinstance(sha256, str) and HASH_PATTERN.match(sha256.encode()) else ""
+        with self._lock:
+            if step > self._step:
+                self._step, self._sha256 = step, sha256
+            elif step == self._step and sha256:
+                self._sha256 = sha256
+
+    def on_reply(self, response: Any) -> None:
+        """Feed a ``HeartbeatResponse`` or ``JoinResponse`` (``current_outer_step``, ``outer_step_sha256``)."""
+        if response is not None:
+            self.update(step=response.current_outer_step, sha256=getattr(response, "outer_step_sha256", ""))
