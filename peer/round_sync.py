@@ -34,6 +34,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from lila_net.dht.keys import absent_key, ready_key
@@ -51,6 +52,25 @@ READY_TTL_ROUNDS = 4  # a ready marker outlives this many straggler waits
 LEFT_TTL_S = 600.0
 DHT_CALL_TIMEOUT_S = 10.0
 ABSENT_REASONS = ("idle", "left")
+
+
+def believed(donors: Iterable[Donor], *, view_step: int, floor: int = -1,
+             banned: Collection[str] = frozenset()) -> list[Donor]:
+    """The announced ``donors`` a peer believes, in their order: not ``banned`` (libp2p ids the coordinator
+    revoked) and, once the coordinator said a step (``view_step`` >= 0; -1: unknown, no bound), claiming at
+    most ``max(view_step, floor) + 1`` (module docstring). Pure: :meth:`RoundSync.donors` and the
+    poisoned-peer benchmark (``bench.robust``) both decide with it."""
+    bound = max(view_step, floor) + 1 if view_step >= 0 else None
+    return [donor for donor in donors
+            if donor.peer_id not in banned and (bound is None or donor.outer_step <= bound)]
+
+
+def moved_on(donors: Iterable[Donor], round_index: int) -> int | None:
+    """The highest outer step among (believed) ``donors`` when it is ``>= round_index``: the network
+    finished round ``round_index`` without this peer, which must download the state instead of averaging
+    (:attr:`BarrierResult.moved_on`); None otherwise."""
+    ahead = [donor.outer_step for donor in donors if donor.outer_step >= round_index]
+    return max(ahead) if ahead else None
 
 
 @dataclass(frozen=True)
@@ -98,21 +118,17 @@ class RoundSync:
     # ------------------------------------------------------------------ the network's step
     def donors(self, floor: int = -1) -> list[Donor]:
         """Other peers announcing a state, highest outer step first, without banned peers and without
-        claims beyond ``max(coordinator's step, floor) + 1`` (see the module docstring)."""
+        claims beyond ``max(coordinator's step, floor) + 1`` (:func:`believed`)."""
         banned = revoked_ids(self.state_sync.endpoint.authorize)
-        bound = max(self.view.step, floor) + 1 if self.view.known else None
-        out = []
-        for donor in self.state_sync.find_donors():
-            if donor.peer_id in banned:
+        announced = self.state_sync.find_donors()
+        out = believed(announced, view_step=self.view.step, floor=floor, banned=banned)
+        for donor in announced:
+            if donor in out or donor.peer_id in banned or (donor.peer_id, donor.outer_step) in self._ignored:
                 continue
-            if bound is not None and donor.outer_step > bound:
-                if (donor.peer_id, donor.outer_step) not in self._ignored:
-                    self._ignored.add((donor.peer_id, donor.outer_step))
-                    logger.warning("ignoring donor %s: it claims outer step %d, but the coordinator's step is "
-                                   "%d (at most one round ahead is believed)", donor.peer_id, donor.outer_step,
-                                   self.view.step)
-                continue
-            out.append(donor)
+            self._ignored.add((donor.peer_id, donor.outer_step))
+            logger.warning("ignoring donor %s: it claims outer step %d, but the coordinator's step is "
+                           "%d (at most one round ahead is believed)", donor.peer_id, donor.outer_step,
+                           self.view.step)
         return out
 
     def network_step(self, floor: int = -1) -> int:
@@ -193,10 +209,10 @@ class RoundSync:
         missing: set[str] = set()
         while True:
             donors = self.donors(round_index - 1)
-            ahead = [donor.outer_step for donor in donors if donor.outer_step >= round_index]
-            if ahead:
+            ahead = moved_on(donors, round_index)
+            if ahead is not None:
                 return BarrierResult(round_index, time.monotonic() - started, tuple(sorted(expected)),
-                                     moved_on=max(ahead))
+                                     moved_on=ahead)
             absent = self.absent()
             expected = {donor.peer_id for donor in donors} - absent - {self.me}
             arrived = set(self._subkeys(ready_key(self.run_id, round_index)))

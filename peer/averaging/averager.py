@@ -22,7 +22,7 @@ from peer.averaging.matchmaking import Group, Matchmaker, revoked_ids
 from peer.averaging.rpc import Endpoint, Refused, Reply, serve
 from peer.averaging.stats import ByteCounter
 from peer.averaging.transport import Transport
-from peer.averaging.verify import VerifyReport, collect_hashes, judge, majority_hash, publish_hash
+from peer.averaging.verify import VerifyReport, collect_hashes, group_majority, judge, publish_hash
 from peer.averaging.wire import Frame, Limits, WireError, require
 
 logger = logging.getLogger(__name__)
@@ -324,12 +324,10 @@ class Averager:
 
     async def _round_hash(self, round_index: int) -> str | None:
         groups = await self.matchmaker.published_groups(round_index)
-        banned = revoked_ids(self.endpoint.authorize)
-        members = {member for group in groups for member in group.members} - banned
-        if not members:
+        if not groups:
             return None
         hashes = await collect_hashes(self.transport, self.run_id, round_index)
-        return majority_hash({peer: value for peer, value in hashes.items() if peer in members})
+        return group_majority(groups, hashes, banned=revoked_ids(self.endpoint.authorize))
 
     async def _verify(
         self, round_index: int, digest: str, members: Sequence[str], wait: float, trusted: str = ""

@@ -36,6 +36,7 @@ import asyncio
 import json
 import logging
 import secrets
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -133,12 +134,48 @@ def parse_group(header: dict[str, Any], *, round_index: int, max_group_size: int
     return Group(round_index, group_id, leader, tuple(members), tuple(owners))
 
 
+def believed_groups(
+    records: Mapping[str, bytes], *, round_index: int, max_group_size: int, banned: Collection[str] = frozenset()
+) -> list[Group]:
+    """The group records of round ``round_index`` (DHT subkey: the publishing peer -> record) a peer reads:
+    well-formed, published under their own leader's id, not from a ``banned`` leader; malformed ones are
+    logged and dropped. Only claims of who averaged (round verification, the trusted hash of a step): they
+    never make a peer sit out (module docstring). Pure: :meth:`Matchmaker.published_groups` and the
+    poisoned-peer benchmark (``bench.robust``) both decide with it."""
+    groups = []
+    for leader, value in records.items():
+        if leader in banned:
+            continue
+        try:
+            if len(value) > MAX_GROUP_RECORD_BYTES:
+                raise WireError("group record too large")
+            header = json.loads(value.decode())
+            if not isinstance(header, dict):
+                raise WireError("group record is not a JSON object")
+            group = parse_group(header, round_index=round_index, max_group_size=max_group_size)
+            if group.leader != leader:
+                raise WireError("group record published under another peer's id")
+            groups.append(group)
+        except (WireError, ValueError) as error:
+            logger.warning("ignoring malformed group record from %s: %s", leader, error)
+    return groups
+
+
 DIRECT, RELAYED, CLIENT = 0, 1, 2  # how a peer is reached, best first (see the module docstring, step 4)
 
 
 def reach_rank(*, client: bool, relayed: bool) -> int:
     """``DIRECT``, ``RELAYED`` (only through a circuit relay) or ``CLIENT`` (never: only outgoing streams)."""
     return RELAYED if relayed else CLIENT if client else DIRECT
+
+
+def elect_leader(candidates: Mapping[str, int], *, excluded: Collection[str] = frozenset()) -> str | None:
+    """The leader of a round among the announced ``candidates`` (peer id -> reach rank, banned ones
+    already dropped): the smallest id of the best reach rank below ``CLIENT``, skipping ``excluded``
+    (leaders that failed); None when none is left (the peer sits the round out). Group records play no
+    part. Pure: :meth:`Matchmaker.form_group` and the poisoned-peer benchmark (``bench.robust``) use it."""
+    leaders = [(rank, peer) for peer, rank in candidates.items() if rank < CLIENT and peer not in excluded]
+    return min(leaders)[1] if leaders else None
 
 
 def announcement(client: bool, relayed: bool = False) -> bytes:
@@ -269,13 +306,10 @@ class Matchmaker:
         patience = started + cfg.matchmaking_time + cfg.join_timeout
         attempt = 0
         while attempt < cfg.max_leader_attempts:
-            leaders = [
-                (rank, peer) for peer, rank in candidates.items() if rank < CLIENT and peer not in excluded
-            ]
-            if not leaders:
+            leader = elect_leader(candidates, excluded=excluded)
+            if leader is None:
                 await slot.set_state(SlotState.FAILED)
                 return MatchOutcome(None, "no reachable leader: every candidate is in client mode or failed")
-            leader = min(leaders)[1]
             if leader == me:
                 group = await self._lead(round_index, slot, expected=set(candidates) - excluded - {me})
                 return MatchOutcome(group, "alone" if len(group.members) == 1 else "led")
@@ -381,27 +415,9 @@ class Matchmaker:
     async def published_groups(self, round_index: int) -> list[Group]:
         """The well-formed group records of round ``round_index`` from peers that are not banned (any
         admitted peer may publish one: use them as claims, e.g. only together with the members' hashes)."""
-        groups = []
-        banned = revoked_ids(self.endpoint.authorize)
         records = await self.endpoint.transport.dht_get_subkeys(group_key(self.run_id, round_index))
-        for leader, value in records.items():
-            if leader in banned:
-                continue
-            try:
-                if len(value) > MAX_GROUP_RECORD_BYTES:
-                    raise WireError("group record too large")
-                header = json.loads(value.decode())
-                if not isinstance(header, dict):
-                    raise WireError("group record is not a JSON object")
-                group = parse_group(
-                    header, round_index=round_index, max_group_size=self.config.max_group_size
-                )
-                if group.leader != leader:
-                    raise WireError("group record published under another peer's id")
-                groups.append(group)
-            except (WireError, ValueError) as error:
-                logger.warning("ignoring malformed group record from %s: %s", leader, error)
-        return groups
+        return believed_groups(records, round_index=round_index, max_group_size=self.config.max_group_size,
+                               banned=revoked_ids(self.endpoint.authorize))
 
     # ------------------------------------------------------------------ leader side handler
     async def _on_join(self, peer_id: str, frame: Any) -> Reply:

@@ -1,0 +1,76 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""bench.robust's protocol attacks (issue 16) on a tiny model: the exact outcome of each under the peers'
+real pure rules and the coordinator's real core (the training itself is the benchmark's business)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench import robust
+from peer.averaging.state_sync import Donor
+from peer.round_sync import believed, moved_on
+
+TINY = robust.Scale(rounds=4, inner_steps=1, batch=2, seq_len=16, d_model=48, n_layers=1, n_heads=1, inner_lr=1e-2)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[Any, ...]:
+    return robust.load_data(TINY)
+
+
+def attacked(kind: str, data: tuple[Any, ...]) -> dict[str, Any]:
+    return robust.run(attack_kind=kind, aggregator="centered_clip", scale=TINY, data=data)
+
+
+def test_believed_drops_banned_donors_and_claims_beyond_the_coordinators_step_plus_one() -> None:
+    donors = [Donor("far", 10**15), Donor("next", 6), Donor("ban", 5), Donor("here", 5)]
+    assert believed(donors, view_step=5, floor=4, banned={"ban"}) == [Donor("next", 6), Donor("here", 5)]
+    assert believed(donors, view_step=3, floor=5) == [Donor("next", 6), Donor("ban", 5), Donor("here", 5)]
+    assert believed(donors, view_step=-1) == donors  # the coordinator said no step yet: no bound
+    assert moved_on(donors[1:], 6) == 6
+    assert moved_on(donors[2:], 6) is None
+
+
+def test_a_state_claimed_far_ahead_is_never_believed(data: tuple[Any, ...]) -> None:
+    clean = attacked(None, data)  # type: ignore[arg-type]
+    result = attacked("state_hijack", data)
+    assert (result["attack_succeeded"], result["hijack_loads"], result["attacker_banned"]) == (False, 0, False)
+    assert result["val_bpb"] == clean["val_bpb"]  # the honest network trained exactly as without it
+    assert result["why"] == robust.NO_BAN_WHY["state_hijack"]
+
+
+def test_a_state_claimed_one_step_ahead_is_loaded_when_the_attacker_moves_the_coordinators_step(
+    data: tuple[Any, ...],
+) -> None:
+    """Measured, not wanted: with outer_step_quorum 1 the attacker's report moves the run's step to the
+    round's, whose majority hash is still empty (one report), so the trusted hash is the round's group
+    hash, which the attacker's own group record of one decides."""
+    result = attacked("state_hijack_next", data)
+    assert result["attack_succeeded"] is True
+    assert result["hijack_loads"] == 3 * TINY.rounds  # every honest peer, every round
+    assert (result["hijack_first_round"], result["hijack_trusted_hash_from"]) == (1, "group records")
+    assert result["attacker_banned"] is False
+
+
+def test_squatted_group_records_make_nobody_sit_out(data: tuple[Any, ...]) -> None:
+    clean = attacked(None, data)  # type: ignore[arg-type]
+    result = attacked("group_squat", data)
+    assert (result["attack_succeeded"], result["honest_sat_out"], result["attacker_banned"]) == (False, 0, False)
+    assert result["group_hash_not_honest_rounds"] == 0  # once the real leader published, the members outvote it
+    assert result["group_hash_attackers_before_round"] == TINY.rounds - 1  # rounds 2..4 were squatted ahead
+    assert result["val_bpb"] == clean["val_bpb"]
+
+
+def test_two_sessions_of_one_token_cannot_frame_an_honest_peer(data: tuple[Any, ...]) -> None:
+    result = attacked("framing", data)
+    assert (result["attack_succeeded"], result["honest_banned_at_round"], result["accused_strikes"]) == (False, None, 0)
+    assert (result["attacker_tokens"], result["attacker_banned"]) == (1, False)
+
+
+def test_two_tokens_that_really_averaged_with_the_accused_frame_it(data: tuple[Any, ...]) -> None:
+    """The case coordinator.core documents as not covered (needs signed group transcripts)."""
+    result = attacked("framing_2tok", data)
+    assert (result["attack_succeeded"], result["honest_banned_at_round"]) == (True, robust.STRIKES_TO_BAN)
+    assert (result["accused_strikes"], result["attacker_tokens"], result["attacker_banned"]) == (3, 2, False)
