@@ -123,6 +123,7 @@ class CoordinatorService:
         self.engine = engine
         self.authority = authority
         self._revoked_cache: tuple[float, list[str]] = (-float("inf"), [])
+        self._revoked_cache_tokens: frozenset[str] = frozenset()  # the revoked join tokens it was built with
         self._majority_cache: tuple[float, str] = (-float("inf"), "")
         self.signer = signer
         self.settings = settings
@@ -517,16 +518,22 @@ class CoordinatorService:
         return [] if self.authority is None else [self.authority.public_key]
 
     def revoked_libp2p_ids(self) -> list[str]:
-        """libp2p ids of banned peers (sorted; at most ``MAX_REVOKED_IN_REPLY``), rebuilt at most every
-        ``REVOKED_CACHE_S`` (heartbeats of thousands of peers must not each scan every peer)."""
+        """libp2p ids of banned peers and of peers whose join token was revoked (``token revoke``: their
+        averaging credentials stop working with their sessions), sorted, at most ``MAX_REVOKED_IN_REPLY``;
+        rebuilt at most every ``REVOKED_CACHE_S`` (heartbeats of thousands of peers must not each scan
+        every peer) or when the revoked tokens change."""
         built_at, ids = self._revoked_cache
         now = self._monotonic()
-        if now - built_at >= REVOKED_CACHE_S:
+        tokens = frozenset(self.revoked_token_ids)
+        if now - built_at >= REVOKED_CACHE_S or tokens != self._revoked_cache_tokens:
             state = self.engine.state
             ids = sorted(
-                lid for p in state.peers.values() if p.state is PeerState.BANNED for lid in p.libp2p_ids
+                lid
+                for p in state.peers.values()
+                if p.state is PeerState.BANNED or (p.token_id and p.token_id in tokens)
+                for lid in p.libp2p_ids
             )[:MAX_REVOKED_IN_REPLY]
-            self._revoked_cache = (now, ids)
+            self._revoked_cache, self._revoked_cache_tokens = (now, ids), tokens
         return ids
 
     def outer_step_sha256(self) -> str:

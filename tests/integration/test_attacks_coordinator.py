@@ -252,6 +252,31 @@ def test_strikes_from_peers_outside_the_accused_group_are_taken_back(tmp_path) -
     assert state == pb.PEER_STATE_JOINING
 
 
+# ---------------------------------------------------------------------------------------------- finding 9
+
+
+def test_revoking_a_join_token_revokes_its_peers_averaging_credentials(tmp_path) -> None:
+    mallory_id, alice_id = PeerIdentity.generate(), PeerIdentity.generate()
+
+    async def scenario(stub, new_token, built):
+        mallory, alice = Peer(stub, new_token()), Peer(stub, built.token)
+        await mallory.join("mallory")
+        await alice.join("alice")
+        await mallory.credential(mallory_id)
+        await alice.credential(alice_id)
+        before = list((await alice.call("Heartbeat", pb.HeartbeatRequest(phase="training"))).revoked_libp2p_ids)
+        leaked = [row.token_id for row in built.storage.join_tokens() if row.label == "extra"]
+        built.storage.revoke_join_token(leaked[0], at=time.time())
+        built.service.revoked_token_ids = built.storage.revoked_token_ids()  # what the app's refresh loop does
+        after = list((await alice.call("Heartbeat", pb.HeartbeatRequest(phase="training"))).revoked_libp2p_ids)
+        refused = await _refused(mallory.call("Heartbeat", pb.HeartbeatRequest(phase="training")))
+        return before, after, refused
+
+    before, after, refused = _attack(tmp_path, scenario)
+    assert (before, after) == ([], [mallory_id.peer_id])
+    assert refused[0] is grpc.StatusCode.UNAUTHENTICATED and "was revoked" in refused[1]
+
+
 # ---------------------------------------------------------------------------------------------- finding 10
 
 
