@@ -26,7 +26,9 @@ Rules, in short:
   count distinct join tokens, so sessions of one token count once.
 * Outer step: each peer reports the outer steps it finishes, never more than one step beyond the
   run's (a peer further ahead must download the run's state first). The run's step advances one step
-  at a time, once ``outer_step_quorum`` distinct join tokens of live peers have reached the next step;
+  at a time, once distinct join tokens of live peers that reached the next step are at least
+  ``outer_step_quorum`` and a strict majority of the live tokens taking part (not idle, or at the run's
+  step);
   it never goes down. The report's parameter hash and group size feed split detection
   (:mod:`coordinator.splits`), which answers whether the peer must re-sync to the majority's
   parameters; its group (the libp2p ids it averaged with) is kept for the strike rule below.
@@ -70,6 +72,7 @@ from coordinator.state import (
     QueuedShard,
     StrikeTally,
 )
+from lila_net import phases
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -588,9 +591,14 @@ def _on_metrics(tx: _Tx, event: ev.MetricsReported) -> None:
 
 
 def _quorum_reached(tx: _Tx, step: int) -> bool:
-    """True if ``outer_step_quorum`` distinct join tokens of live (joining or active) peers reached ``step``."""
-    tokens = {p.token_key for p in tx.peers.values() if p.state in LIVE_STATES and p.outer_step >= step}
-    return len(tokens) >= tx.base.config.outer_step_quorum
+    """True if distinct join tokens of live (joining or active) peers that reached ``step`` are at least
+    ``outer_step_quorum`` and a strict majority of the live tokens taking part (a live session that is
+    not idle, or that reached the step before): one token alone cannot move a run that others train in,
+    run ahead of peers that joined and have not finished a round yet, or of peers idle at the run's end."""
+    live = [p for p in tx.peers.values() if p.state in LIVE_STATES]
+    reached = {p.token_key for p in live if p.outer_step >= step}
+    taking_part = {p.token_key for p in live if p.phase != phases.IDLE or p.outer_step >= step - 1}
+    return len(reached) >= max(tx.base.config.outer_step_quorum, len(taking_part) // 2 + 1)
 
 
 def _on_outer_step(tx: _Tx, event: ev.OuterStepReported) -> None:

@@ -64,16 +64,21 @@ def checkpoint(peer: Peer, val_bpb: float | None = None) -> None:
                        training.store.root)
 
 
-def report_outer_step(peer: Peer, members: Sequence[str] = ()) -> None:
+def report_outer_step(peer: Peer, members: Sequence[str] = (), *, downloaded: bool = False) -> None:
     """Report the outer step with the hash of the parameters it produced, the size of its group and its
     ``members`` (libp2p ids; the coordinator counts strike reports about this peer only from them); when
     the coordinator answers that most peers hold other parameters, keep their hash in
-    ``peer.progress.majority`` (the node re-syncs to it before its next period, :func:`peer.sync.follow_majority`)."""
+    ``peer.progress.majority`` (the node re-syncs to it before its next period, :func:`peer.sync.follow_majority`).
+
+    ``downloaded``: the step was loaded from another peer (a checked download, no round of this peer's):
+    reported with group size 0, so that the coordinator counts this peer at that step — the run's step
+    advances only once most live join tokens reached it, and a peer that keeps re-syncing must not hold it
+    back."""
     progress = peer.progress
     try:
         group = {"group": tuple(members)} if members else {}
         answer = peer.client.report_outer_step(progress.outer_step, params_sha256=progress.params_hash,
-                                               group_size=progress.group_size, **group)
+                                               group_size=0 if downloaded else progress.group_size, **group)
     except Exception as exc:
         logger.warning("could not report outer step %d: %s", progress.outer_step, exc)
         return

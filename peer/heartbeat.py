@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import grpc
 
+from lila_net import phases
 from lila_net.proto import coordinator_pb2 as pb
 
 from .coordinator_client import CoordinatorClient, CoordinatorError
@@ -32,7 +33,7 @@ class Heartbeat:
         self._on_reply = on_reply
         self.refused = False
         self._stop = threading.Event()
-        self.phase = "joining"
+        self.phase = phases.JOINING
         self.last = None
         self._thread = threading.Thread(target=self._loop, name="lila-heartbeat", daemon=True)
 

@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 import torch
 
+from lila_net import phases
 from lila_net.tls import channel_credentials
 
 from .after_round import after_round
@@ -175,7 +176,7 @@ class PeerNode:
     def _idle(self, peer: Peer) -> None:
         """No shard is free right now (the others hold the last ones): tell the others not to wait for
         this peer, follow the network's outer step, and ask for data again shortly."""
-        peer.heartbeat.phase = "idle"
+        peer.heartbeat.phase = phases.IDLE
         try:
             peer.network.round_sync.post_absent("idle")
         except Exception as exc:
@@ -194,7 +195,7 @@ class PeerNode:
         checkpoint, or idle while the last round ran — still needs a donor to download the last state from.
         Bounded by one straggler wait, one averaging timeout and three donor announce periods (a peer that
         died silently keeps its announcement that long at most)."""
-        peer.heartbeat.phase = "idle"
+        peer.heartbeat.phase = phases.IDLE
         round_sync = peer.network.round_sync
         wait = round_sync.straggler_wait_s + peer.run.diloco.averaging_timeout_s + 3 * DONOR_ANNOUNCE_PERIOD_S
         deadline = time.monotonic() + wait

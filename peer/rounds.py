@@ -20,6 +20,7 @@ import psutil
 import torch
 
 from lila_data import curriculum_at
+from lila_net import phases
 
 from .averaging.averager import STATUS_FAILED, RoundResult
 from .averaging.config import AveragingConfig
@@ -52,7 +53,7 @@ def global_progress(peer: Peer) -> tuple[int, int]:
 def train_period(peer: Peer) -> Period:
     """Up to H inner steps; fewer when the data runs out or the peer is stopping."""
     run, training, progress, metrics = peer.run, peer.training, peer.progress, peer.metrics
-    peer.heartbeat.phase = "training"
+    peer.heartbeat.phase = phases.TRAINING
     peer.bar.start_period(outer_step=progress.outer_step + 1, inner_steps=run.diloco.inner_steps)
     global_tokens, peers = global_progress(peer)
     tokens = 0
@@ -138,7 +139,7 @@ def outer_round(peer: Peer, round_index: int, period: Period, *,
                 expected: frozenset[str] | None = None) -> RoundResult | None:
     """Average and apply outer step ``round_index``; the result when it was applied, else None."""
     training, progress, min_group = peer.training, peer.progress, peer.run.diloco.min_group_size
-    peer.heartbeat.phase = "averaging"
+    peer.heartbeat.phase = phases.AVERAGING
     peer.events.write("round_start", round=round_index)
     progress.phases = PhaseTimer()  # what follows the averaging itself, written with the outer step
     delta = training.outer.pseudo_gradient(flatten_parameters(training.model))

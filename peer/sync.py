@@ -35,7 +35,9 @@ from typing import TypeVar
 
 import torch
 
-from .after_round import checkpoint, evaluate, publish
+from lila_net import phases
+
+from .after_round import checkpoint, evaluate, publish, report_outer_step
 from .averaging.state_sync import DownloadResult, StateSyncError
 from .errors import Stopped
 from .outer import load_flat_parameters, params_sha256
@@ -161,8 +163,10 @@ def restore(peer: Peer, current_outer_step: int) -> None:
     load_flat_parameters(training.model, training.outer.global_params)
     publish(peer)
     state_event(peer, source, with_eval=bool(peer.options.eval_every))
-    if source == "download" and peer.options.checkpoint_every:
-        checkpoint(peer)
+    if source == "download":
+        report_outer_step(peer, downloaded=True)
+        if peer.options.checkpoint_every:
+            checkpoint(peer)
 
 
 def download_state(peer: Peer, *, source: str, donors: list[str] | None = None,
@@ -174,7 +178,7 @@ def download_state(peer: Peer, *, source: str, donors: list[str] | None = None,
     With ``sha256`` and no ``donors``, only donors announcing exactly ``min_step`` are asked: parameters
     with that hash exist only at that step."""
     training, progress, state_sync = peer.training, peer.progress, peer.network.state_sync
-    peer.heartbeat.phase = "syncing"
+    peer.heartbeat.phase = phases.SYNCING
     started = time.monotonic()
     shapes = {k: tuple(training.outer.global_params.shape) for k in STATE_KEYS}
     round_sync = peer.network.round_sync
@@ -244,6 +248,7 @@ def resync(peer: Peer, target_step: int, reason: str, *, donors: list[str] | Non
     load_flat_parameters(peer.training.model, peer.training.outer.global_params)
     publish(peer)
     state_event(peer, "resync")
+    report_outer_step(peer, downloaded=True)
     if peer.options.checkpoint_every:
         checkpoint(peer)
     return True

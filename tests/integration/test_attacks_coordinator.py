@@ -162,6 +162,22 @@ def test_the_quorum_counts_distinct_live_join_tokens(tmp_path) -> None:
     assert _attack(tmp_path, scenario, outer_step_quorum=2) == [0, 0, 1, 1, 1, 1]
 
 
+def test_one_token_cannot_move_the_run_others_train_in_even_with_the_default_quorum_of_one(tmp_path) -> None:
+    async def scenario(stub, new_token, built):
+        alice, mallory = Peer(stub, built.token), Peer(stub, new_token())
+        await alice.join("alice")
+        await alice.call("Heartbeat", pb.HeartbeatRequest(phase="training"))  # joined, has not finished a round
+        await mallory.join("mallory")
+        steps = [(await mallory.outer_step(1)).current_outer_step]  # alone: not a majority of two tokens
+        steps.append((await _refused(mallory.outer_step(2)))[0])  # and it cannot run ahead of the run's step
+        steps.append((await alice.outer_step(1)).current_outer_step)  # both reached 1
+        await alice.call("Heartbeat", pb.HeartbeatRequest(phase="idle"))  # the run's data is done for alice
+        steps.append((await mallory.outer_step(2)).current_outer_step)  # alice reached step 1: still counts
+        return steps
+
+    assert _attack(tmp_path, scenario) == [0, grpc.StatusCode.FAILED_PRECONDITION, 1, 1]
+
+
 def test_join_and_heartbeat_name_the_majority_hash_counted_per_token(tmp_path) -> None:
     good, bad = hashlib.sha256(b"good").digest(), hashlib.sha256(b"bad").digest()
 
@@ -241,6 +257,9 @@ def test_strikes_from_peers_outside_the_accused_group_are_taken_back(tmp_path) -
         for round_index in (1, 2, 3):  # strikes come right after a round, the outer step report after them
             outcomes += [await framer.strike(round_index, ids[0]) for framer in framers]
             await honest.outer_step(round_index, group=(ids[0], ids[1]))
+            await friend.outer_step(round_index, group=(ids[0], ids[1]))
+            for framer in framers:  # the framers train too (their own group): the run's step moves on
+                await framer.outer_step(round_index, group=(ids[2], ids[3]))
         after = await framers[0].strike(3, ids[0])  # once the group is known, evidence from outside is refused
         beat = await honest.call("Heartbeat", pb.HeartbeatRequest())
         return outcomes, after, beat.state

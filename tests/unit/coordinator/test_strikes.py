@@ -49,9 +49,11 @@ def _report(state, reporter, round_index, *accused, reason="norm_ratio", ratio=1
 
 
 def _advance(state, step):
-    """The run's outer step moved to ``step``, one step at a time (peer a reports each)."""
+    """The run's outer step moved to ``step``, one step at a time (peers a, b and c, a majority of the four
+    tokens, report each)."""
     for s in range(state.outer_step + 1, step + 1):
-        state, _ = core.apply(state, ev.OuterStepReported("a", s), float(s))
+        for reporter in "abc":
+            state, _ = core.apply(state, ev.OuterStepReported(reporter, s), float(s))
     assert state.outer_step == step
     return state
 
