@@ -29,16 +29,15 @@ banned, why):
   naming only itself and the garbage hash for that round. Each honest peer decides with the real rules:
   which donors it believes (``peer.round_sync.believed``, the coordinator's step and ban list as a
   ``NetworkView`` fed from the real core's state), whether the network moved on (``moved_on``), and for
-  each believed donor whether the downloaded state is loaded (``peer.sync.trusted_hash`` and
-  ``accept_download``; the round's group hash through ``peer.averaging.matchmaking.believed_groups`` and
-  ``peer.averaging.verify.group_majority``). Succeeded: an honest peer loaded the attacker's parameters.
+  each believed donor whether the downloaded state is loaded (``peer.sync.trusted_hash``: only the hash
+  the coordinator names for its current step, and ``accept_download``). Succeeded: an honest peer loaded
+  the attacker's parameters.
   There is no ban for announcing a state (nothing reports it), so ``attacker_banned`` is false.
 * ``group_squat``: the attacker publishes group records naming only itself for this round and the next
   ``SQUAT_AHEAD``, with a garbage hash for them. Each honest peer elects its round's leader with the real
   rule (``peer.averaging.matchmaking.elect_leader`` over the real ``parse_announcements`` of every
   member's announcement, banned ids excluded); group records play no part in it. Succeeded: an honest peer
-  sat a round out (no leader, or the attacker elected and free to refuse it). Also counted: rounds whose
-  trusted group hash (what a peer would load a state of that round against) is not the honest one.
+  sat a round out (no leader, or the attacker elected and free to refuse it).
 * ``framing`` / ``framing_2tok``: every round two attacker sessions report a rejected contribution
   (``StrikeReported``) of honest peer 0, and claim in their ``OuterStepReported`` a group that includes it;
   every honest peer reports its outer step with its hash, group size and members as ``peer.after_round``
@@ -92,13 +91,11 @@ from peer.averaging.matchmaking import (
     DIRECT,
     Group,
     announcement,
-    believed_groups,
     elect_leader,
     parse_announcements,
 )
 from peer.averaging.state_format import StateSnapshot
 from peer.averaging.state_sync import Donor, DownloadResult
-from peer.averaging.verify import group_majority
 from peer.network_view import NetworkView
 from peer.outer import OuterOptimizer, flatten_parameters, load_flat_parameters, params_sha256
 from peer.round_sync import believed, moved_on
@@ -251,12 +248,6 @@ class Dht:
     def publish_hash(self, round_index: int, peer: str, digest: str) -> None:
         self.hashes.setdefault(round_index, {})[peer] = digest
 
-    def round_hash(self, round_index: int, banned: frozenset[str]) -> str | None:
-        """``Averager.round_hash``: the hash a strict majority of the believed groups' members published."""
-        groups = believed_groups(self.groups.get(round_index, {}), round_index=round_index,
-                                 max_group_size=MAX_GROUP_SIZE, banned=banned)
-        return group_majority(groups, self.hashes.get(round_index, {}), banned=banned)
-
 
 def solo_group(round_index: int, peer: str) -> Group:
     """A group record naming only ``peer`` (what a squatter publishes)."""
@@ -298,9 +289,7 @@ def hijack_round(
     dht.publish_group(solo_group(claimed, attacker.libp2p))
     dht.publish_hash(claimed, attacker.libp2p, digest)
     view, banned = view_of(state), revoked(state)
-    peer = SimpleNamespace(network=SimpleNamespace(
-        round_sync=SimpleNamespace(view=view),
-        averager=SimpleNamespace(round_hash=lambda step: dht.round_hash(step, banned))))
+    peer = SimpleNamespace(network=SimpleNamespace(round_sync=SimpleNamespace(view=view)))
     mine = snapshot_of(outer)
     loads = []
     for me in honest:
@@ -321,9 +310,7 @@ def hijack_round(
                 continue
             if accept_download(got, target, sha256=expected):
                 if got.snapshot is bad:
-                    source = ("coordinator" if view.hash_of(at) else "group records" if expected
-                              else "the donor's own hash")
-                    loads.append((me.peer_id, source))
+                    loads.append((me.peer_id, "coordinator"))
                 break
     if loads and len(loads) != len(honest):
         raise NotModelled(f"round {round_index}: only {len(loads)} of {len(honest)} honest peers loaded the hijack")
@@ -395,8 +382,6 @@ def run(
     skipped_parts = 0
     hijack: list[tuple[int, str, str]] = []  # (round, honest peer, trusted hash source) per loaded hijack
     sat_out = 0
-    group_hash_bad = 0
-    group_hash_attackers_before = 0
     garbage_digest = params_sha256(torch.full((1,), math.nan))
     for round_index in range(1, scale.rounds + 1):
         banned = revoked(state)
@@ -411,7 +396,6 @@ def run(
                 continue  # every honest peer re-synced to the hijacked state instead of averaging the round
         members = [s for s in live if s.averages]
         if attack_kind == "group_squat" and attackers[0] in live:
-            group_hash_attackers_before += dht.round_hash(round_index, banned) == garbage_digest
             sat_out += squat_round(round_index, members=members, attacker=attackers[0], banned=banned, dht=dht,
                                    garbage_digest=garbage_digest)
         trained = {}
@@ -480,8 +464,6 @@ def run(
         for peer in group_ids:
             if not (attack_kind == "group_squat" and peer in attacker_ids):
                 dht.publish_hash(round_index, peer, digest)  # round verification (verify.publish_hash)
-        if attack_kind == "group_squat":
-            group_hash_bad += dht.round_hash(round_index, revoked(state)) != digest
         if banned_round is None and state.peers[f"p{ATTACKER}"].state is PeerState.BANNED:
             banned_round = round_index
         if honest_banned_round is None and any(state.peers[s.peer_id].state is PeerState.BANNED for s in honest):
@@ -506,8 +488,7 @@ def run(
                    hijack_first_round=hijack[0][0] if hijack else None,
                    hijack_trusted_hash_from=hijack[0][2] if hijack else None)
     elif attack_kind == "group_squat":
-        out.update(attack_succeeded=sat_out > 0, honest_sat_out=sat_out, group_hash_not_honest_rounds=group_hash_bad,
-                   group_hash_attackers_before_round=group_hash_attackers_before)
+        out.update(attack_succeeded=sat_out > 0, honest_sat_out=sat_out)
     elif attack_kind in FRAMINGS:
         out.update(attack_succeeded=honest_banned_round is not None, honest_banned_at_round=honest_banned_round,
                    accused_strikes=state.peers[accused.peer_id].strikes,
@@ -588,8 +569,7 @@ def main(argv: list[str] | None = None) -> int:
                                               "timing (the attacker acts before the honest peers each round); the "
                                               "decisions are the real pure rules: peer.round_sync.believed and "
                                               "moved_on, peer.sync.trusted_hash and accept_download, "
-                                              "peer.averaging.matchmaking.believed_groups and elect_leader, "
-                                              "peer.averaging.verify.group_majority, coordinator.core.apply",
+                                              "peer.averaging.matchmaking.elect_leader, coordinator.core.apply",
             },
         }
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
@@ -613,9 +593,7 @@ def protocol_table(runs: Sequence[dict[str, Any]]) -> str:
                        + (f" (first round {r['hijack_first_round']}, trusted hash from "
                           f"{r['hijack_trusted_hash_from']})" if r["hijack_loads"] else ""))
         elif r["attack"] == "group_squat":
-            measure = (f"honest sit-outs: {r['honest_sat_out']}; rounds whose group hash is not the honest one: "
-                       f"{r['group_hash_not_honest_rounds']} after the round, "
-                       f"{r['group_hash_attackers_before_round']} the attacker's before it")
+            measure = f"honest sit-outs: {r['honest_sat_out']}"
         else:
             measure = (f"{r['attacker_tokens']} token(s); honest peer {ACCUSED} banned at round "
                        f"{r['honest_banned_at_round'] or '-'}, strikes {r['accused_strikes']}")

@@ -27,7 +27,7 @@ Rules, in short:
 * Outer step: each peer reports the outer steps it finishes, never more than one step beyond the
   run's (a peer further ahead must download the run's state first). The run's step advances one step
   at a time, once distinct join tokens of live peers that reached the next step are at least
-  ``outer_step_quorum`` and a strict majority of the live tokens taking part (not idle, or at the run's
+  ``outer_step_quorum``, and at least two while two or more tokens take part (not idle, or at the run's
   step);
   it never goes down. The report's parameter hash and group size feed split detection
   (:mod:`coordinator.splits`), which answers whether the peer must re-sync to the majority's
@@ -79,6 +79,7 @@ V = TypeVar("V")
 
 LEASE_ID_PREFIX = "L"
 MAX_IDENTITIES_PER_PEER = 4
+CORROBORATING_TOKENS = 2  # distinct join tokens a step needs while that many take part (one cannot move it)
 STRIKE_WINDOW_ROUNDS = 16
 _SIBLING_BAN = "same join token as"
 MAX_LEDGER_INT = 2**63 - 1  # SQLite INTEGER: no stored counter may pass it
@@ -592,13 +593,15 @@ def _on_metrics(tx: _Tx, event: ev.MetricsReported) -> None:
 
 def _quorum_reached(tx: _Tx, step: int) -> bool:
     """True if distinct join tokens of live (joining or active) peers that reached ``step`` are at least
-    ``outer_step_quorum`` and a strict majority of the live tokens taking part (a live session that is
-    not idle, or that reached the step before): one token alone cannot move a run that others train in,
-    run ahead of peers that joined and have not finished a round yet, or of peers idle at the run's end."""
+    ``outer_step_quorum``, and at least ``CORROBORATING_TOKENS`` whenever that many live tokens take part
+    (a live session that is not idle, or that reached the step before): one token alone cannot move a run
+    that others train in, run ahead of peers that joined and have not finished a round yet, or of peers
+    idle at the run's end. Not a majority: slow peers that miss rounds must not hold the fast ones back
+    (they follow by downloading the step the coordinator vouches for)."""
     live = [p for p in tx.peers.values() if p.state in LIVE_STATES]
     reached = {p.token_key for p in live if p.outer_step >= step}
     taking_part = {p.token_key for p in live if p.phase != phases.IDLE or p.outer_step >= step - 1}
-    return len(reached) >= max(tx.base.config.outer_step_quorum, len(taking_part) // 2 + 1)
+    return len(reached) >= max(tx.base.config.outer_step_quorum, min(CORROBORATING_TOKENS, len(taking_part)))
 
 
 def _on_outer_step(tx: _Tx, event: ev.OuterStepReported) -> None:

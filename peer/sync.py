@@ -12,13 +12,14 @@ when the coordinator compared the hashes peers reported for a step and this peer
 (the network split): only a state whose bytes hash to the majority's is loaded.
 
 Which state is loaded: a donor announcement is a DHT record any admitted peer can write, so neither its
-step nor its own hash is trusted. The network's step is bounded by the coordinator's
+step nor its own hash is trusted, and neither is a published group record (any admitted peer can publish
+one naming only itself, with its own hash). The network's step is bounded by the coordinator's
 (:class:`peer.network_view.NetworkView`, see :mod:`peer.round_sync`), and a downloaded state of step S is
-loaded only when its parameters hash to the trusted hash of S (:func:`trusted_hash`): the coordinator's
-majority hash when S is its current step and it names one, else the hash a strict majority of round S's
-group members published (:meth:`peer.averaging.averager.Averager.round_hash`). A state without a trusted
-hash is refused and the next donor tried. Only while the coordinator names no hash at all (an older
-coordinator) and no group of S is known does the donor's own announced hash decide, as before.
+loaded only when its parameters hash to the trusted hash of S (:func:`trusted_hash`): the hash the
+coordinator says most join tokens reported for S, which it names while S is its current step (the step
+needs two tokens whenever two take part, :mod:`coordinator.core`). A state without one is refused and
+the next donor tried; a peer whose download the coordinator has not caught up with yet tries again
+after the next heartbeat. ``python -m bench.robust --attacks state_hijack,state_hijack_next`` measures it.
 
 Tuning: a live peer re-announces its state every ``DONOR_ANNOUNCE_PERIOD_S`` and a dead one vanishes
 after three periods; a joiner the coordinator says is behind looks for a donor for ``DONOR_WAIT_S``.
@@ -94,22 +95,9 @@ def accept_download(result: DownloadResult, min_step: int, *, sha256: str = "") 
 
 
 def trusted_hash(peer: Peer, step: int) -> str | None:
-    """The hash the parameters of outer step ``step`` must have (module docstring): the coordinator's
-    majority hash, else the round's group majority; "" when the coordinator names no hash at all and no
-    group is known (then the donor's own announced hash is checked); None when nothing trustworthy says
-    (refuse the state)."""
-    view = peer.network.round_sync.view
-    sha256 = view.hash_of(step)
-    if sha256:
-        return sha256
-    try:
-        sha256 = peer.network.averager.round_hash(step)
-    except Exception as exc:
-        logger.warning("could not read the group hashes of round %d: %s", step, exc)
-        sha256 = None
-    if sha256:
-        return sha256
-    return "" if not view.get()[1] else None
+    """The hash the parameters of outer step ``step`` must have: the one the coordinator says most join
+    tokens reported for it (module docstring); None when it names none for that step (refuse the state)."""
+    return peer.network.round_sync.view.hash_of(step) or None
 
 
 def network_step(peer: Peer) -> int:
@@ -203,8 +191,8 @@ def download_state(peer: Peer, *, source: str, donors: list[str] | None = None,
                 continue
             expected = sha256 or (trusted_hash(peer, served) if isinstance(served, int) else "")
             if expected is None:
-                logger.warning("donor %s served outer step %d, for which neither the coordinator nor the round's "
-                               "group names a hash: refused", donor, served)
+                logger.warning("donor %s served outer step %d, for which the coordinator names no hash (yet): "
+                               "refused", donor, served)
                 continue
             if accept_download(got, wanted, sha256=expected):
                 result = got

@@ -18,11 +18,11 @@ from lila_net.dht.records import GROUP_ID_PATTERN
 from peer.averaging.allreduce import AllReduceSession, Codec, PartFailure
 from peer.averaging.auth import Authorize
 from peer.averaging.config import AveragingConfig
-from peer.averaging.matchmaking import Group, Matchmaker, revoked_ids
+from peer.averaging.matchmaking import Group, Matchmaker
 from peer.averaging.rpc import Endpoint, Refused, Reply, serve
 from peer.averaging.stats import ByteCounter
 from peer.averaging.transport import Transport
-from peer.averaging.verify import VerifyReport, collect_hashes, group_majority, judge, publish_hash
+from peer.averaging.verify import VerifyReport, collect_hashes, judge, publish_hash
 from peer.averaging.wire import Frame, Limits, WireError, require
 
 logger = logging.getLogger(__name__)
@@ -314,20 +314,6 @@ class Averager:
         return self.transport.run(
             self._verify(round_index, digest, members, wait, trusted), timeout=wait + ROUND_SLACK_S * 2
         )
-
-    def round_hash(self, round_index: int) -> str | None:
-        """The hash a strict majority of round ``round_index``'s group members published (members of the
-        published groups whose leaders are not banned; banned members dropped), or None when no group
-        was published or its members do not agree. The trusted hash of outer step ``round_index`` when
-        the coordinator names none (:func:`peer.sync.trusted_hash`)."""
-        return self.transport.run(self._round_hash(round_index), timeout=self.config.request_timeout * 4)
-
-    async def _round_hash(self, round_index: int) -> str | None:
-        groups = await self.matchmaker.published_groups(round_index)
-        if not groups:
-            return None
-        hashes = await collect_hashes(self.transport, self.run_id, round_index)
-        return group_majority(groups, hashes, banned=revoked_ids(self.endpoint.authorize))
 
     async def _verify(
         self, round_index: int, digest: str, members: Sequence[str], wait: float, trusted: str = ""

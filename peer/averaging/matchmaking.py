@@ -22,12 +22,11 @@ For round ``k`` every peer:
 
 A group of one (nobody else announced or joined) is a valid outcome: the caller skips communication.
 
-Published group records are read only to learn who averaged a round (round verification, the trusted
-hash of a step): any admitted peer can publish one under its own id for any round, so a record never
-makes a peer sit out — a peer that came too late learns it from the leader (``group_closed``) — and
-:meth:`Matchmaker.published_groups` keeps only records of the round asked for, from peers that are not
-banned. Candidates the coordinator banned (the authorizer's revocation list, :func:`revoked_ids`) are
-dropped before the leader election.
+A group is never published to the DHT: any admitted peer could publish one naming only itself for any
+round, so no reader could trust it (issue 16). Who averaged a round is known to its members (the
+averaging result) and to the coordinator (each peer's ``ReportOuterStep`` names its group). Candidates
+the coordinator banned (the authorizer's revocation list, :func:`revoked_ids`) are dropped before the
+leader election.
 """
 
 from __future__ import annotations
@@ -42,12 +41,11 @@ from enum import Enum
 from typing import Any
 
 from lila_net.credentials import PEER_ID_PATTERN
-from lila_net.dht.keys import announce_key, check_run_id, group_key, protocol
+from lila_net.dht.keys import announce_key, check_run_id, protocol
 from lila_net.dht.records import (
     GROUP_ID_BYTES,
     GROUP_ID_PATTERN,
     MAX_ANNOUNCEMENT_BYTES,
-    MAX_GROUP_RECORD_BYTES,
 )
 from peer.averaging.config import AveragingConfig
 from peer.averaging.rpc import Endpoint, Refused, Reply, call, serve
@@ -134,33 +132,6 @@ def parse_group(header: dict[str, Any], *, round_index: int, max_group_size: int
     return Group(round_index, group_id, leader, tuple(members), tuple(owners))
 
 
-def believed_groups(
-    records: Mapping[str, bytes], *, round_index: int, max_group_size: int, banned: Collection[str] = frozenset()
-) -> list[Group]:
-    """The group records of round ``round_index`` (DHT subkey: the publishing peer -> record) a peer reads:
-    well-formed, published under their own leader's id, not from a ``banned`` leader; malformed ones are
-    logged and dropped. Only claims of who averaged (round verification, the trusted hash of a step): they
-    never make a peer sit out (module docstring). Pure: :meth:`Matchmaker.published_groups` and the
-    poisoned-peer benchmark (``bench.robust``) both decide with it."""
-    groups = []
-    for leader, value in records.items():
-        if leader in banned:
-            continue
-        try:
-            if len(value) > MAX_GROUP_RECORD_BYTES:
-                raise WireError("group record too large")
-            header = json.loads(value.decode())
-            if not isinstance(header, dict):
-                raise WireError("group record is not a JSON object")
-            group = parse_group(header, round_index=round_index, max_group_size=max_group_size)
-            if group.leader != leader:
-                raise WireError("group record published under another peer's id")
-            groups.append(group)
-        except (WireError, ValueError) as error:
-            logger.warning("ignoring malformed group record from %s: %s", leader, error)
-    return groups
-
-
 DIRECT, RELAYED, CLIENT = 0, 1, 2  # how a peer is reached, best first (see the module docstring, step 4)
 
 
@@ -240,7 +211,6 @@ class Matchmaker:
         self.run_id = check_run_id(run_id)
         self.config = config
         self._slots: dict[int, _Slot] = {}
-        self._background: set[asyncio.Future] = set()  # strong references: the loop keeps only weak ones
 
     @property
     def me(self) -> str:
@@ -398,26 +368,7 @@ class Matchmaker:
         group = Group(round_index, secrets.token_hex(GROUP_ID_BYTES), self.me, members, owners)
         slot.group.set_result(group)
         await slot.set_state(SlotState.FIXED)
-        if len(group.members) > 1:
-            task = asyncio.ensure_future(self._publish_group(group))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-            task.add_done_callback(_log_task_failure)
         return group
-
-    async def _publish_group(self, group: Group) -> None:
-        value = json.dumps(group.to_json(), separators=(",", ":")).encode()
-        expiration = self.endpoint.transport.now() + self._join_wait + self.config.allreduce_deadline
-        await self.endpoint.transport.dht_store(
-            group_key(self.run_id, group.round_index), self.me, value, expiration
-        )
-
-    async def published_groups(self, round_index: int) -> list[Group]:
-        """The well-formed group records of round ``round_index`` from peers that are not banned (any
-        admitted peer may publish one: use them as claims, e.g. only together with the members' hashes)."""
-        records = await self.endpoint.transport.dht_get_subkeys(group_key(self.run_id, round_index))
-        return believed_groups(records, round_index=round_index, max_group_size=self.config.max_group_size,
-                               banned=revoked_ids(self.endpoint.authorize))
 
     # ------------------------------------------------------------------ leader side handler
     async def _on_join(self, peer_id: str, frame: Any) -> Reply:
@@ -451,8 +402,3 @@ class Matchmaker:
         if slot.state is SlotState.FIXED:
             raise Refused(ERR_CLOSED, f"the group of round {round_index} is already fixed")
         raise Refused(ERR_NOT_LEADER, f"this peer does not lead round {round_index}")
-
-
-def _log_task_failure(task: asyncio.Future) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.warning("background matchmaking task failed: %r", task.exception())

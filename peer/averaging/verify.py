@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from lila_net.dht.keys import verify_key
 from lila_net.dht.records import HASH_PATTERN
-from peer.averaging.matchmaking import Group, is_peer_id
+from peer.averaging.matchmaking import is_peer_id
 from peer.averaging.transport import Transport
 
 
@@ -93,15 +93,6 @@ def majority_hash(hashes: dict[str, str]) -> str | None:
         counts[value] = counts.get(value, 0) + 1
     best = max(counts, key=counts.__getitem__, default=None)
     return best if best is not None and 2 * counts[best] > len(hashes) else None
-
-
-def group_majority(groups: Iterable[Group], hashes: Mapping[str, str], *, banned: Collection[str] = frozenset()) -> str | None:
-    """The hash a strict majority of the members of the published ``groups`` (banned ones dropped) hold
-    among ``hashes`` (peer id -> published hash), or None: the trusted hash of a round when the coordinator
-    names none (:meth:`peer.averaging.averager.Averager.round_hash`). Pure: the poisoned-peer benchmark
-    (``bench.robust``) calls it too."""
-    members = {member for group in groups for member in group.members} - set(banned)
-    return majority_hash({peer: value for peer, value in hashes.items() if peer in members})
 
 
 async def publish_hash(
