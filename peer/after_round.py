@@ -14,12 +14,15 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import grpc
+
 from lila_data import evaluate_bpb
 from lila_data.evaluate import DEFAULT_EVAL_BATCH
 from lila_model.telemetry import layer_telemetry
 
 from .averaging.averager import RoundResult
 from .averaging.state_format import StateSnapshot
+from .coordinator_client import CoordinatorError
 from .parts import Peer, Period
 
 logger = logging.getLogger(__name__)
@@ -79,6 +82,17 @@ def report_outer_step(peer: Peer, members: Sequence[str] = (), *, downloaded: bo
         group = {"group": tuple(members)} if members else {}
         answer = peer.client.report_outer_step(progress.outer_step, params_sha256=progress.params_hash,
                                                group_size=0 if downloaded else progress.group_size, **group)
+    except CoordinatorError as exc:
+        if exc.code is grpc.StatusCode.FAILED_PRECONDITION:  # more than one step ahead of the run's step
+            step, sha256 = peer.network.round_sync.view.get()
+            if sha256:
+                logger.warning("outer step %d is not the run's (the coordinator vouches for step %d: %s); this "
+                               "peer went on without enough others, re-syncing to the run's state", progress.outer_step,
+                               step, exc)
+                progress.majority = (step, sha256)
+                return
+        logger.warning("could not report outer step %d: %s", progress.outer_step, exc)
+        return
     except Exception as exc:
         logger.warning("could not report outer step %d: %s", progress.outer_step, exc)
         return
