@@ -5,7 +5,6 @@
 Keys (``{run}`` is checked by :func:`check_run_id`):
 
 - ``lila/{run}/avg/{round}/peers``: subkey = peer id, value = JSON announcement of a peer in round ``round``.
-- ``lila/{run}/avg/{round}/group``: subkey = leader id, value = JSON ``{"group_id", "members", ...}``.
 - ``lila/{run}/verify/{round}``: subkey = peer id, value = hex sha256 of its global parameters after the round.
 - ``lila/{run}/state``: subkey = peer id, value = JSON ``{"outer_step": int}`` of a state donor.
 - ``lila/{run}/ready/{round}``: subkey = peer id, value ``{"v": 1}``: "I reached round ``round``".
@@ -36,10 +35,6 @@ def _check_round(round_index: int) -> int:
 
 def announce_key(run_id: str, round_index: int) -> str:
     return f"lila/{check_run_id(run_id)}/avg/{_check_round(round_index)}/peers"
-
-
-def group_key(run_id: str, round_index: int) -> str:
-    return f"lila/{check_run_id(run_id)}/avg/{_check_round(round_index)}/group"
 
 
 def verify_key(run_id: str, round_index: int) -> str:

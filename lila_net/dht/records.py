@@ -10,7 +10,6 @@ schema of that key (pydantic v1 models with strict types: hivemind's DHT needs `
 
 ==============================  ===========================================================
 ``lila/{run}/avg/{n}/peers``    ``{"v": 1, "client": bool}`` (at most 256 bytes)
-``lila/{run}/avg/{n}/group``    ``{"round": n, "group_id", "leader" (= the writer), "members", "owners"}``
 ``lila/{run}/verify/{n}``       64 lowercase hex digits (a sha256)
 ``lila/{run}/state``            ``{"outer_step": int >= 0, "params_sha256"?: hex}`` (at most 1 KiB)
 ``lila/{run}/ready/{n}``        ``{"v": 1}`` (peer/round_sync.py: "I reached round n")
@@ -35,7 +34,6 @@ from lila_net.credentials import PEER_ID_PATTERN
 
 # the limits every writer (matchmaking, state sync, verification, the round barrier) and the validator share
 MAX_ANNOUNCEMENT_BYTES = 256
-MAX_GROUP_RECORD_BYTES = 1 << 20
 MAX_STATE_RECORD_BYTES = 1024
 GROUP_ID_BYTES = 8
 GROUP_ID_PATTERN = re.compile(rf"^[0-9a-f]{{{2 * GROUP_ID_BYTES}}}$")
@@ -43,11 +41,10 @@ HASH_PATTERN = re.compile(rb"^[0-9a-f]{64}$")
 KEY_MAGIC = b"LKEY"
 KEY_PREFIX = struct.Struct(">4sH")
 MAX_KEY_CHARS = 256
-MAX_GROUP_MEMBERS = 4096
 PEER_ID_REGEX = PEER_ID_PATTERN.pattern
 KEY_PATTERN = re.compile(
     r"^lila/(?P<run>[A-Za-z0-9_.-]{1,64})/"
-    r"(?:avg/(?P<avg_round>\d{1,18})/(?P<avg_kind>peers|group)|verify/(?P<verify_round>\d{1,18})"
+    r"(?:avg/(?P<avg_round>\d{1,18})/(?P<avg_kind>peers)|verify/(?P<verify_round>\d{1,18})"
     r"|ready/(?P<ready_round>\d{1,18})|(?P<absent>absent)|(?P<state>state))$"
 )
 MAX_MARKER_BYTES = 256  # ready and absent markers of the round barrier
@@ -69,20 +66,6 @@ class AnnouncementRecord(_Strict):
     v: pydantic.conint(strict=True, ge=1, le=1)  # type: ignore[valid-type]
     client: pydantic.StrictBool
     relayed: pydantic.StrictBool = False
-
-
-class GroupRecord(_Strict):
-    """A leader's published group."""
-
-    round: pydantic.conint(strict=True, ge=0)  # type: ignore[valid-type]
-    group_id: pydantic.constr(strict=True, regex=GROUP_ID_PATTERN.pattern)  # type: ignore[valid-type]
-    leader: pydantic.constr(strict=True, regex=PEER_ID_REGEX)  # type: ignore[valid-type]
-    members: pydantic.conlist(  # type: ignore[valid-type]
-        pydantic.constr(strict=True, regex=PEER_ID_REGEX), min_items=1, max_items=MAX_GROUP_MEMBERS
-    )
-    owners: pydantic.conlist(  # type: ignore[valid-type]
-        pydantic.constr(strict=True, regex=PEER_ID_REGEX), min_items=1, max_items=MAX_GROUP_MEMBERS
-    )
 
 
 class StateRecord(_Strict):
@@ -146,10 +129,6 @@ def check_record(key: str, value: bytes, *, writer: str) -> None:
     try:
         if match["avg_kind"] == "peers":
             AnnouncementRecord(**_json_object(value, MAX_ANNOUNCEMENT_BYTES, "announcement"))
-        elif match["avg_kind"] == "group":
-            group = GroupRecord(**_json_object(value, MAX_GROUP_RECORD_BYTES, "group"))
-            if group.round != int(match["avg_round"]) or group.leader != writer:
-                raise RecordError("group record names another round, or a leader other than its writer")
         elif match["verify_round"] is not None:
             if not HASH_PATTERN.match(value):
                 raise RecordError("verify record is not a hex sha256")
