@@ -28,7 +28,9 @@ Rules, in short:
   run's (a peer further ahead must download the run's state first). The run's step advances one step
   at a time, once distinct join tokens of live peers that reached the next step are at least
   ``outer_step_quorum``, and at least two while two or more tokens take part (not idle, or at the run's
-  step);
+  step); re-checked when silent peers are marked lost. A peer that went on while the step could not
+  move (the others froze before they were marked lost) catches up by reporting each step in turn
+  (:func:`peer.after_round.report_outer_step`), which succeeds once it is the only one taking part;
   it never goes down. The report's parameter hash and group size feed split detection
   (:mod:`coordinator.splits`), which answers whether the peer must re-sync to the majority's
   parameters; its group (the libp2p ids it averaged with) is kept for the strike rule below.
@@ -556,6 +558,7 @@ def _expire(tx: _Tx) -> None:
             _return_lease(tx, lease, f"holder is {holder.state.value}")
         elif now - lease.renewed_at > config.stall_timeout_s:
             _return_lease(tx, lease, f"no progress for over {config.stall_timeout_s:g} s")
+    _advance_outer_step(tx)  # peers that went silent no longer hold the step back
     _advance_stages(tx)
 
 
@@ -598,10 +601,26 @@ def _quorum_reached(tx: _Tx, step: int) -> bool:
     that others train in, run ahead of peers that joined and have not finished a round yet, or of peers
     idle at the run's end. Not a majority: slow peers that miss rounds must not hold the fast ones back
     (they follow by downloading the step the coordinator vouches for)."""
-    live = [p for p in tx.peers.values() if p.state in LIVE_STATES]
-    reached = {p.token_key for p in live if p.outer_step >= step}
-    taking_part = {p.token_key for p in live if p.phase != phases.IDLE or p.outer_step >= step - 1}
+    reached = {p.token_key for p in tx.peers.values() if p.state in LIVE_STATES and p.outer_step >= step}
+    taking_part = _taking_part(tx, step - 1)
     return len(reached) >= max(tx.base.config.outer_step_quorum, min(CORROBORATING_TOKENS, len(taking_part)))
+
+
+def _taking_part(tx: _Tx, step: int) -> set[str]:
+    """Join tokens of live sessions that are not idle or that reached ``step``."""
+    return {p.token_key for p in tx.peers.values()
+            if p.state in LIVE_STATES and (p.phase != phases.IDLE or p.outer_step >= step)}
+
+
+def _advance_outer_step(tx: _Tx) -> None:
+    """Move the run's step up, one step at a time, while the next one has its quorum."""
+    old = tx.get("outer_step")
+    new = old
+    while _quorum_reached(tx, new + 1):
+        new += 1
+    if new > old:
+        tx.set("outer_step", new)
+        tx.emit(act.OuterStepAdvanced(old, new))
 
 
 def _on_outer_step(tx: _Tx, event: ev.OuterStepReported) -> None:
@@ -616,10 +635,9 @@ def _on_outer_step(tx: _Tx, event: ev.OuterStepReported) -> None:
         )
     peer = _live_peer(tx, event.peer_id)
     if event.outer_step > peer.outer_step:
-        tx.put_peer(dataclasses.replace(peer, outer_step=event.outer_step))
-    if _quorum_reached(tx, old + 1):
-        tx.set("outer_step", old + 1)
-        tx.emit(act.OuterStepAdvanced(old, old + 1))
+        peer = dataclasses.replace(peer, outer_step=event.outer_step)
+        tx.put_peer(peer)
+    _advance_outer_step(tx)
     if event.group:
         _record_group(tx, peer, event.outer_step, event.group)
     report = HashReport(event.params_sha256, event.group_size)

@@ -124,7 +124,7 @@ class CoordinatorService:
         self.authority = authority
         self._revoked_cache: tuple[float, list[str]] = (-float("inf"), [])
         self._revoked_cache_tokens: frozenset[str] = frozenset()  # the revoked join tokens it was built with
-        self._majority_cache: tuple[float, str] = (-float("inf"), "")
+        self._majority_cache: tuple[float, str, tuple[tuple[int, str], ...]] = (-float("inf"), "", ())
         self.signer = signer
         self.settings = settings
         self.description = description
@@ -329,6 +329,7 @@ class CoordinatorService:
             authority_public_keys=self._authority_keys(),
             observed_host=observed_host(context.peer()),
             outer_step_sha256=self.outer_step_sha256(),
+            recent_step_hashes=self.recent_step_hashes(),
         )
 
     async def _heartbeat(
@@ -346,6 +347,7 @@ class CoordinatorService:
             state=_STATE_TO_PROTO[peer.state],
             revoked_libp2p_ids=self.revoked_libp2p_ids(),
             outer_step_sha256=self.outer_step_sha256(),
+            recent_step_hashes=self.recent_step_hashes(),
         )
 
     async def _lease_shard(
@@ -444,7 +446,7 @@ class CoordinatorService:
                 group=check.group("group_libp2p_ids", request.group_libp2p_ids),
             )
         )
-        self._majority_cache = (-float("inf"), "")  # this report may change the majority: rebuild it
+        self._majority_cache = (-float("inf"), "", ())  # this report may change the majority: rebuild it
         for found in (a.split for a in actions if isinstance(a, act.SplitFound)):
             logger.warning(
                 "outer step %d is split: %s; %d of %d active peers averaged alone%s",
@@ -537,15 +539,29 @@ class CoordinatorService:
         return ids
 
     def outer_step_sha256(self) -> str:
-        """The majority hash of the run's outer step (per join token; :func:`coordinator.splits.step_majority`),
-        cached for ``REVOKED_CACHE_S`` like the ban list (every heartbeat asks for it)."""
-        built_at, value = self._majority_cache
+        """The majority hash of the run's outer step (per join token; :func:`coordinator.splits.step_majority`)."""
+        return self._step_hashes()[0]
+
+    def recent_step_hashes(self) -> list[pb.StepHash]:
+        """The majority hashes of the run's kept steps up to its outer step (a download that finishes after
+        the run moved on is still checked against its own step's)."""
+        return [pb.StepHash(outer_step=step, sha256=sha256) for step, sha256 in self._step_hashes()[1]]
+
+    def _step_hashes(self) -> tuple[str, tuple[tuple[int, str], ...]]:
+        """Both, rebuilt at most every ``REVOKED_CACHE_S`` like the ban list (every heartbeat asks) and after
+        every ``ReportOuterStep``."""
+        built_at, current, recent = self._majority_cache
         now = self._monotonic()
         if now - built_at >= REVOKED_CACHE_S:
             state = self.engine.state
-            value = splits.step_majority(state.splits, state.peers, state.outer_step)
-            self._majority_cache = (now, value)
-        return value
+            current = splits.step_majority(state.splits, state.peers, state.outer_step)
+            recent = tuple(
+                (step, sha256)
+                for step in sorted(state.splits.steps)
+                if step <= state.outer_step and (sha256 := splits.step_majority(state.splits, state.peers, step))
+            )
+            self._majority_cache = (now, current, recent)
+        return current, recent
 
     async def _issue_credential(
         self, request: pb.IssueCredentialRequest, claims: SessionClaims, _: Any

@@ -67,7 +67,8 @@ def checkpoint(peer: Peer, val_bpb: float | None = None) -> None:
                        training.store.root)
 
 
-def report_outer_step(peer: Peer, members: Sequence[str] = (), *, downloaded: bool = False) -> None:
+def report_outer_step(peer: Peer, members: Sequence[str] = (), *, downloaded: bool = False,
+                      caught_up: bool = False) -> None:
     """Report the outer step with the hash of the parameters it produced, the size of its group and its
     ``members`` (libp2p ids; the coordinator counts strike reports about this peer only from them); when
     the coordinator answers that most peers hold other parameters, keep their hash in
@@ -75,15 +76,20 @@ def report_outer_step(peer: Peer, members: Sequence[str] = (), *, downloaded: bo
 
     ``downloaded``: the step was loaded from another peer (a checked download, no round of this peer's):
     reported with group size 0, so that the coordinator counts this peer at that step — the run's step
-    advances only once most live join tokens reached it, and a peer that keeps re-syncing must not hold it
-    back."""
+    needs two join tokens while two take part, and a peer that keeps re-syncing must not hold it back.
+    Refused as more than one step ahead of the run (it went on while the others froze): the steps in between
+    are reported first (:func:`_catch_up`, once: ``caught_up``), else the peer re-syncs to the step the
+    coordinator vouches for."""
     progress = peer.progress
     try:
         group = {"group": tuple(members)} if members else {}
         answer = peer.client.report_outer_step(progress.outer_step, params_sha256=progress.params_hash,
                                                group_size=0 if downloaded else progress.group_size, **group)
     except CoordinatorError as exc:
-        if exc.code is grpc.StatusCode.FAILED_PRECONDITION:  # more than one step ahead of the run's step
+        if exc.code is grpc.StatusCode.FAILED_PRECONDITION and not caught_up and _catch_up(peer):
+            report_outer_step(peer, members, downloaded=downloaded, caught_up=True)  # now one step ahead at most
+            return
+        if exc.code is grpc.StatusCode.FAILED_PRECONDITION:
             step, sha256 = peer.network.round_sync.view.get()
             if sha256:
                 logger.warning("outer step %d is not the run's (the coordinator vouches for step %d: %s); this "
@@ -101,6 +107,21 @@ def report_outer_step(peer: Peer, members: Sequence[str] = (), *, downloaded: bo
                        "split); re-syncing to theirs before the next period", progress.outer_step,
                        answer.majority_sha256, progress.params_hash)
         progress.majority = (progress.outer_step, answer.majority_sha256)
+
+
+def _catch_up(peer: Peer) -> bool:
+    """Report the steps between the run's and this peer's one by one (no hash: the parameters of those steps
+    are gone), so that a peer that went on while the others froze is counted once it is the only one taking
+    part; True when every step up to the one before this peer's was accepted. The coordinator still moves
+    the run's step only with its quorum, one step at a time."""
+    progress = peer.progress
+    run_step = peer.network.round_sync.view.step
+    for step in range(max(run_step, 0) + 1, progress.outer_step):
+        try:
+            run_step = peer.client.report_outer_step(step, params_sha256="", group_size=0).current_outer_step
+        except CoordinatorError:
+            return False
+    return run_step >= progress.outer_step - 1
 
 
 def record_telemetry(peer: Peer) -> None:

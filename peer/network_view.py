@@ -6,8 +6,9 @@ outer step there. The coordinator instead moves its ``current_outer_step`` only 
 reached a step, and tells (``outer_step_sha256``) the parameter hash most peers, counted once per join
 token, reported for it. :class:`NetworkView` holds the last (step, sha256) it said — from the Join answer,
 then from every heartbeat answer — for the round barrier (:mod:`peer.round_sync`: donors claiming a step
-beyond ``step + 1`` are ignored) and the state download (:mod:`peer.sync`: a state of step ``step`` is
-loaded only when its bytes hash to ``sha256``).
+beyond ``step + 1`` are ignored) and the state download (:mod:`peer.sync`: a downloaded state of step S is
+loaded only when its bytes hash to the majority's hash of S, which the coordinator names for its recent
+steps, so a download that finishes after the run moved on is still checked).
 
 Tuning: how fresh the view is follows the coordinator's ``heartbeat_interval_s``; the ``+ 1`` margin
 lets peers see a round the others just finished before the coordinator counted it.
@@ -20,14 +21,18 @@ from typing import Any
 
 from lila_net.dht.records import HASH_PATTERN
 
+KEEP_STEPS = 16  # recent steps' hashes kept (the coordinator sends the ones it keeps, about 8)
+
 
 class NetworkView:
-    """Thread-safe (step, sha256) as the coordinator last said; ``step`` -1 and ``sha256`` "" while unknown."""
+    """Thread-safe (step, sha256) as the coordinator last said, and the hashes it vouches for of recent
+    steps; ``step`` -1 and ``sha256`` "" while unknown."""
 
     def __init__(self, *, step: int = -1, sha256: str = "") -> None:
         self._lock = threading.Lock()
         self._step = -1
         self._sha256 = ""
+        self._recent: dict[int, str] = {}  # outer step -> the majority's hash (the newest KEEP_STEPS)
         self.update(step=step, sha256=sha256)
 
     @property
@@ -47,21 +52,35 @@ class NetworkView:
 
     def hash_of(self, step: int) -> str:
         """The coordinator's majority hash of ``step`` ("" when it named none for that step)."""
-        current, sha256 = self.get()
-        return sha256 if current == step else ""
+        with self._lock:
+            if step == self._step and self._sha256:
+                return self._sha256
+            return self._recent.get(step, "")
 
-    def update(self, *, step: int, sha256: str = "") -> None:
+    def update(self, *, step: int, sha256: str = "", recent: dict[int, str] | None = None) -> None:
         """Take the coordinator's answer. The step never goes down (the coordinator's never does; an older
         answer arriving late must not undo a newer one). A malformed hash is dropped (treated as none)."""
         step = int(step)
-        sha256 = sha256 if isinstance(sha256, str) and HASH_PATTERN.match(sha256.encode()) else ""
+        sha256 = sha256 if _is_hash(sha256) else ""
         with self._lock:
             if step > self._step:
                 self._step, self._sha256 = step, sha256
             elif step == self._step and sha256:
                 self._sha256 = sha256
+            for past, value in (recent or {}).items():
+                if _is_hash(value) and int(past) <= self._step:
+                    self._recent[int(past)] = value
+            for old in sorted(self._recent)[:-KEEP_STEPS]:
+                del self._recent[old]
 
     def on_reply(self, response: Any) -> None:
-        """Feed a ``HeartbeatResponse`` or ``JoinResponse`` (``current_outer_step``, ``outer_step_sha256``)."""
+        """Feed a ``HeartbeatResponse`` or ``JoinResponse`` (``current_outer_step``, ``outer_step_sha256``,
+        ``recent_step_hashes``)."""
         if response is not None:
-            self.update(step=response.current_outer_step, sha256=getattr(response, "outer_step_sha256", ""))
+            recent = {item.outer_step: item.sha256 for item in getattr(response, "recent_step_hashes", ())}
+            self.update(step=response.current_outer_step, sha256=getattr(response, "outer_step_sha256", ""),
+                        recent=recent)
+
+
+def _is_hash(value: object) -> bool:
+    return isinstance(value, str) and bool(HASH_PATTERN.match(value.encode()))

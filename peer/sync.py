@@ -16,8 +16,8 @@ step nor its own hash is trusted, and neither is a published group record (any a
 one naming only itself, with its own hash). The network's step is bounded by the coordinator's
 (:class:`peer.network_view.NetworkView`, see :mod:`peer.round_sync`), and a downloaded state of step S is
 loaded only when its parameters hash to the trusted hash of S (:func:`trusted_hash`): the hash the
-coordinator says most join tokens reported for S, which it names while S is its current step (the step
-needs two tokens whenever two take part, :mod:`coordinator.core`). A state without one is refused and
+coordinator says most join tokens reported for S, which it names for its recent steps (the step needs
+two tokens whenever two take part, :mod:`coordinator.core`). A state without one is refused and
 the next donor tried; a peer whose download the coordinator has not caught up with yet tries again
 after the next heartbeat. ``python -m bench.robust --attacks state_hijack,state_hijack_next`` measures it.
 

@@ -95,7 +95,7 @@ class JoinRequest(_message.Message):
     def __init__(self, join_token: _Optional[str] = ..., peer_name: _Optional[str] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., client_version: _Optional[str] = ..., metrics_address: _Optional[str] = ..., previous_session_token: _Optional[str] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("peer_id", "session_token", "session_ttl_s", "run_config_toml", "dht_initial_peers", "current_outer_step", "start_outer_step", "heartbeat_interval_s", "lease_timeout_s", "last_report_seq", "authority_public_keys", "observed_host", "outer_step_sha256")
+    __slots__ = ("peer_id", "session_token", "session_ttl_s", "run_config_toml", "dht_initial_peers", "current_outer_step", "start_outer_step", "heartbeat_interval_s", "lease_timeout_s", "last_report_seq", "authority_public_keys", "observed_host", "outer_step_sha256", "recent_step_hashes")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     SESSION_TTL_S_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +109,7 @@ class JoinResponse(_message.Message):
     AUTHORITY_PUBLIC_KEYS_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_HOST_FIELD_NUMBER: _ClassVar[int]
     OUTER_STEP_SHA256_FIELD_NUMBER: _ClassVar[int]
+    RECENT_STEP_HASHES_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     session_token: str
     session_ttl_s: float
@@ -122,7 +123,16 @@ class JoinResponse(_message.Message):
     authority_public_keys: _containers.RepeatedScalarFieldContainer[bytes]
     observed_host: str
     outer_step_sha256: str
-    def __init__(self, peer_id: _Optional[str] = ..., session_token: _Optional[str] = ..., session_ttl_s: _Optional[float] = ..., run_config_toml: _Optional[str] = ..., dht_initial_peers: _Optional[_Iterable[str]] = ..., current_outer_step: _Optional[int] = ..., start_outer_step: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_timeout_s: _Optional[float] = ..., last_report_seq: _Optional[int] = ..., authority_public_keys: _Optional[_Iterable[bytes]] = ..., observed_host: _Optional[str] = ..., outer_step_sha256: _Optional[str] = ...) -> None: ...
+    recent_step_hashes: _containers.RepeatedCompositeFieldContainer[StepHash]
+    def __init__(self, peer_id: _Optional[str] = ..., session_token: _Optional[str] = ..., session_ttl_s: _Optional[float] = ..., run_config_toml: _Optional[str] = ..., dht_initial_peers: _Optional[_Iterable[str]] = ..., current_outer_step: _Optional[int] = ..., start_outer_step: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_timeout_s: _Optional[float] = ..., last_report_seq: _Optional[int] = ..., authority_public_keys: _Optional[_Iterable[bytes]] = ..., observed_host: _Optional[str] = ..., outer_step_sha256: _Optional[str] = ..., recent_step_hashes: _Optional[_Iterable[_Union[StepHash, _Mapping]]] = ...) -> None: ...
+
+class StepHash(_message.Message):
+    __slots__ = ("outer_step", "sha256")
+    OUTER_STEP_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    outer_step: int
+    sha256: str
+    def __init__(self, outer_step: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("phase",)
@@ -131,7 +141,7 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, phase: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("lease_ids", "current_outer_step", "stage_index", "run_finished", "state", "revoked_libp2p_ids", "outer_step_sha256")
+    __slots__ = ("lease_ids", "current_outer_step", "stage_index", "run_finished", "state", "revoked_libp2p_ids", "outer_step_sha256", "recent_step_hashes")
     LEASE_IDS_FIELD_NUMBER: _ClassVar[int]
     CURRENT_OUTER_STEP_FIELD_NUMBER: _ClassVar[int]
     STAGE_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +149,7 @@ class HeartbeatResponse(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     REVOKED_LIBP2P_IDS_FIELD_NUMBER: _ClassVar[int]
     OUTER_STEP_SHA256_FIELD_NUMBER: _ClassVar[int]
+    RECENT_STEP_HASHES_FIELD_NUMBER: _ClassVar[int]
     lease_ids: _containers.RepeatedScalarFieldContainer[str]
     current_outer_step: int
     stage_index: int
@@ -146,7 +157,8 @@ class HeartbeatResponse(_message.Message):
     state: PeerState
     revoked_libp2p_ids: _containers.RepeatedScalarFieldContainer[str]
     outer_step_sha256: str
-    def __init__(self, lease_ids: _Optional[_Iterable[str]] = ..., current_outer_step: _Optional[int] = ..., stage_index: _Optional[int] = ..., run_finished: _Optional[bool] = ..., state: _Optional[_Union[PeerState, str]] = ..., revoked_libp2p_ids: _Optional[_Iterable[str]] = ..., outer_step_sha256: _Optional[str] = ...) -> None: ...
+    recent_step_hashes: _containers.RepeatedCompositeFieldContainer[StepHash]
+    def __init__(self, lease_ids: _Optional[_Iterable[str]] = ..., current_outer_step: _Optional[int] = ..., stage_index: _Optional[int] = ..., run_finished: _Optional[bool] = ..., state: _Optional[_Union[PeerState, str]] = ..., revoked_libp2p_ids: _Optional[_Iterable[str]] = ..., outer_step_sha256: _Optional[str] = ..., recent_step_hashes: _Optional[_Iterable[_Union[StepHash, _Mapping]]] = ...) -> None: ...
 
 class LeaseShardRequest(_message.Message):
     __slots__ = ()
