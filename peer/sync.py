@@ -17,9 +17,11 @@ one naming only itself, with its own hash). The network's step is bounded by the
 (:class:`peer.network_view.NetworkView`, see :mod:`peer.round_sync`), and a downloaded state of step S is
 loaded only when its parameters hash to the trusted hash of S (:func:`trusted_hash`): the hash the
 coordinator says most join tokens reported for S, which it names for its recent steps (the step needs
-two tokens whenever two take part, :mod:`coordinator.core`). A state without one is refused and
-the next donor tried; a peer whose download the coordinator has not caught up with yet tries again
-after the next heartbeat. ``python -m bench.robust --attacks state_hijack,state_hijack_next`` measures it.
+two tokens whenever two take part, :mod:`coordinator.core`). For a step the coordinator counted but names
+no majority for (a single reporter — the only peer left training — or a tie) the donor's own announced
+hash decides; a state of a step beyond the coordinator's is refused and the next donor tried (a peer
+whose download the coordinator has not caught up with yet tries again after the next heartbeat).
+``python -m bench.robust --attacks state_hijack,state_hijack_next`` measures it.
 
 Tuning: a live peer re-announces its state every ``DONOR_ANNOUNCE_PERIOD_S`` and a dead one vanishes
 after three periods; a joiner the coordinator says is behind looks for a donor for ``DONOR_WAIT_S``.
@@ -95,9 +97,15 @@ def accept_download(result: DownloadResult, min_step: int, *, sha256: str = "") 
 
 
 def trusted_hash(peer: Peer, step: int) -> str | None:
-    """The hash the parameters of outer step ``step`` must have: the one the coordinator says most join
-    tokens reported for it (module docstring); None when it names none for that step (refuse the state)."""
-    return peer.network.round_sync.view.hash_of(step) or None
+    """The hash the parameters of outer step ``step`` must have (module docstring): the one the coordinator
+    says most join tokens reported for it; "" (the donor's own announced hash decides) for a step the
+    coordinator already counted but names no majority for (one reporter, or a tie); None for a step beyond
+    the coordinator's (refuse the state: nobody vouches for it)."""
+    view = peer.network.round_sync.view
+    sha256 = view.hash_of(step)
+    if sha256:
+        return sha256
+    return "" if 0 <= step <= view.step else None
 
 
 def network_step(peer: Peer) -> int:
