@@ -25,12 +25,14 @@ banned, why):
 * ``state_hijack`` / ``state_hijack_next``: before every round the attacker announces a state of outer step
   10**15 (``_next``: the round's own step, current + 1) whose parameters are garbage (its announced hash is
   theirs, so only a trusted hash can catch it). It also does what any admitted peer can: reports that step
-  to the coordinator with the garbage hash (refused beyond the run's step + 1), publishes a group record
-  naming only itself and the garbage hash for that round. Each honest peer decides with the real rules:
+  to the coordinator with the garbage hash (refused beyond the run's step + 1), and publishes a group
+  record naming only itself and the garbage hash for that round (the real validators refuse it; nothing
+  reads it). Each honest peer decides with the real rules:
   which donors it believes (``peer.round_sync.believed``, the coordinator's step and ban list as a
   ``NetworkView`` fed from the real core's state), whether the network moved on (``moved_on``), and for
-  each believed donor whether the downloaded state is loaded (``peer.sync.trusted_hash``: only the hash
-  the coordinator names for its current step, and ``accept_download``). Succeeded: an honest peer loaded
+  each believed donor whether the downloaded state is loaded (``peer.sync.trusted_hash``: the hash the
+  coordinator vouches for, the donor's own only for a step the coordinator counted without a majority,
+  nothing beyond its step; and ``accept_download``). Succeeded: an honest peer loaded
   the attacker's parameters.
   There is no ban for announcing a state (nothing reports it), so ``attacker_banned`` is false.
 * ``group_squat``: the attacker publishes group records naming only itself for this round and the next
@@ -193,10 +195,11 @@ GARBAGE_STD = 1.0  # the hijacker's parameters: Gaussian noise of this standard 
 NO_BAN_WHY = {
     "state_hijack": "announcing a state is a DHT record nobody reports to the coordinator: a claim beyond its "
                     "step + 1 is ignored by every peer, not punished",
-    "state_hijack_next": "announcing a state, reporting a step and publishing a group record and hash are all "
-                         "allowed to any admitted peer; nothing reports the garbage state, so nothing bans for it",
-    "group_squat": "group records are unsigned claims any admitted peer may publish; no peer reports them, so "
-                   "there is no ban for squatting (the records are only never acted on)",
+    "state_hijack_next": "announcing a state and reporting a step are allowed to any admitted peer (one token "
+                         "alone does not move the run's step nor vouch for a hash); nothing reports the garbage "
+                         "state, so nothing bans for it",
+    "group_squat": "the real DHT's validators refuse group records (the bench writes them anyway) and "
+                   "matchmaking never reads them; nothing reports the attempt, so there is no ban for it",
     "framing": "false strike reports are discarded (witnesses counted per join token; a report the accused's "
                "own group account contradicts is withdrawn) but not punished: the coordinator cannot tell a "
                "false report from a true one",
