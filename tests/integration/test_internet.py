@@ -48,7 +48,7 @@ from tests.helpers.testbed import require_testbed, try_connect
 pytestmark = pytest.mark.timeout(600)
 
 TOKENIZER = "fineweb-edu-2048"
-SEQ_LEN = 64
+SEQ_LEN = 32  # 3 peers x 150 steps x 32 tokens a round: the 116 training documents (103 k tokens) last ~7 rounds
 INNER_STEPS = 150  # a first inner period longer than a NAT'd peer's extra start-up (one dial-back timeout)
 BATCH = 1
 MATCHMAKING_S = 2.0
