@@ -41,8 +41,9 @@ from coordinator.reachability import (
     scrape_target,
 )
 from coordinator.settings import ServerSettings
-from coordinator.state import Hardware, Lease, PeerState
+from coordinator.state import LIVE_STATES, Hardware, Lease, PeerState
 from coordinator.status import StatusBoard
+from lila_net import phases
 from lila_net.credentials import CredentialAuthority, CredentialError
 from lila_net.proto import coordinator_pb2 as pb
 from lila_net.tls import ServerTls
@@ -124,7 +125,7 @@ class CoordinatorService:
         self.authority = authority
         self._revoked_cache: tuple[float, list[str]] = (-float("inf"), [])
         self._revoked_cache_tokens: frozenset[str] = frozenset()  # the revoked join tokens it was built with
-        self._majority_cache: tuple[float, str, tuple[tuple[int, str], ...]] = (-float("inf"), "", ())
+        self._majority_cache: tuple[float, str, tuple[tuple[int, str], ...], int] = (-float("inf"), "", (), 0)
         self.signer = signer
         self.settings = settings
         self.description = description
@@ -348,6 +349,7 @@ class CoordinatorService:
             revoked_libp2p_ids=self.revoked_libp2p_ids(),
             outer_step_sha256=self.outer_step_sha256(),
             recent_step_hashes=self.recent_step_hashes(),
+            peers_taking_part=self.peers_taking_part(),
         )
 
     async def _lease_shard(
@@ -446,7 +448,7 @@ class CoordinatorService:
                 group=check.group("group_libp2p_ids", request.group_libp2p_ids),
             )
         )
-        self._majority_cache = (-float("inf"), "", ())  # this report may change the majority: rebuild it
+        self._majority_cache = (-float("inf"), "", (), 0)  # this report may change the majority: rebuild it
         for found in (a.split for a in actions if isinstance(a, act.SplitFound)):
             logger.warning(
                 "outer step %d is split: %s; %d of %d active peers averaged alone%s",
@@ -538,6 +540,10 @@ class CoordinatorService:
             self._revoked_cache, self._revoked_cache_tokens = (now, ids), tokens
         return ids
 
+    def peers_taking_part(self) -> int:
+        """Live sessions that are not idle (:data:`lila_net.phases.IDLE`), rebuilt with the step hashes."""
+        return self._step_hashes()[2]
+
     def outer_step_sha256(self) -> str:
         """The majority hash of the run's outer step (per join token; :func:`coordinator.splits.step_majority`)."""
         return self._step_hashes()[0]
@@ -547,10 +553,10 @@ class CoordinatorService:
         the run moved on is still checked against its own step's)."""
         return [pb.StepHash(outer_step=step, sha256=sha256) for step, sha256 in self._step_hashes()[1]]
 
-    def _step_hashes(self) -> tuple[str, tuple[tuple[int, str], ...]]:
-        """Both, rebuilt at most every ``REVOKED_CACHE_S`` like the ban list (every heartbeat asks) and after
-        every ``ReportOuterStep``."""
-        built_at, current, recent = self._majority_cache
+    def _step_hashes(self) -> tuple[str, tuple[tuple[int, str], ...], int]:
+        """The three, rebuilt at most every ``REVOKED_CACHE_S`` like the ban list (every heartbeat asks) and
+        after every ``ReportOuterStep``."""
+        built_at, current, recent, taking_part = self._majority_cache
         now = self._monotonic()
         if now - built_at >= REVOKED_CACHE_S:
             state = self.engine.state
@@ -560,8 +566,9 @@ class CoordinatorService:
                 for step in sorted(state.splits.steps)
                 if step <= state.outer_step and (sha256 := splits.step_majority(state.splits, state.peers, step))
             )
-            self._majority_cache = (now, current, recent)
-        return current, recent
+            taking_part = sum(1 for p in state.peers.values() if p.state in LIVE_STATES and p.phase != phases.IDLE)
+            self._majority_cache = (now, current, recent, taking_part)
+        return current, recent, taking_part
 
     async def _issue_credential(
         self, request: pb.IssueCredentialRequest, claims: SessionClaims, _: Any

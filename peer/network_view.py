@@ -33,6 +33,7 @@ class NetworkView:
         self._step = -1
         self._sha256 = ""
         self._recent: dict[int, str] = {}  # outer step -> the majority's hash (the newest KEEP_STEPS)
+        self.taking_part = 0  # live sessions the coordinator counts taking part in rounds (0: not said)
         self.update(step=step, sha256=sha256)
 
     @property
@@ -75,11 +76,13 @@ class NetworkView:
 
     def on_reply(self, response: Any) -> None:
         """Feed a ``HeartbeatResponse`` or ``JoinResponse`` (``current_outer_step``, ``outer_step_sha256``,
-        ``recent_step_hashes``)."""
+        ``recent_step_hashes``, ``peers_taking_part``)."""
         if response is not None:
             recent = {item.outer_step: item.sha256 for item in getattr(response, "recent_step_hashes", ())}
             self.update(step=response.current_outer_step, sha256=getattr(response, "outer_step_sha256", ""),
                         recent=recent)
+            if hasattr(response, "peers_taking_part"):  # heartbeats say it; a Join answer does not
+                self.taking_part = max(0, int(response.peers_taking_part))
 
 
 def _is_hash(value: object) -> bool:

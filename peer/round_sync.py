@@ -17,6 +17,11 @@ list) are ignored, and so are donors claiming a step beyond ``max(coordinator's 
 one it waits for) — logged once per peer and claimed step. A claim that passes is still only a hint:
 :mod:`peer.sync` loads a state only when its bytes hash to the trusted hash of its step.
 
+In its first round after it started, a peer also waits until as many peers are ready as the coordinator
+counts taking part (``HeartbeatResponse.peers_taking_part``: live sessions not idle), so that peers
+starting together (a run's start, a NAT'd peer one dial-back timeout later) average the first round
+together instead of one averaging it alone and the others re-syncing.
+
 Tuning ``straggler_wait_s``: it should cover the spread of the peers' inner-period times plus one state
 download, so that a peer that re-synced still makes the next round. Too short and slow peers keep
 missing rounds (they re-sync every time and never contribute); too long and a peer that died silently
@@ -105,6 +110,7 @@ class RoundSync:
     enabled: bool = True  # False once the DHT refused a ready marker (then only the moved-on check runs)
     view: NetworkView = field(default_factory=NetworkView)  # the coordinator's step (unknown: no bound)
     _ignored: set[tuple[str, int]] = field(default_factory=set, repr=False)  # (peer, step) already logged
+    _waits: int = field(default=0, repr=False)  # barriers waited so far (the first also waits for starters)
 
     def __post_init__(self) -> None:
         if self.straggler_wait_s < 0 or self.idle_ttl_s <= 0:
@@ -205,6 +211,7 @@ class RoundSync:
                            "(peers that drift apart re-sync instead)", round_index)
         if not self.enabled:
             deadline = started
+        first, self._waits = self._waits == 0, self._waits + 1
         expected: set[str] = set()
         missing: set[str] = set()
         while True:
@@ -217,8 +224,10 @@ class RoundSync:
             expected = {donor.peer_id for donor in donors} - absent - {self.me}
             arrived = set(self._subkeys(ready_key(self.run_id, round_index)))
             missing = expected - arrived
+            # this peer's first round: also wait for peers the coordinator counts but the DHT does not show yet
+            starting = first and len(arrived - {self.me}) + 1 < self.view.taking_part
             now = time.monotonic()
-            if not missing or now >= deadline or (stop is not None and stop.is_set()):
+            if (not missing and not starting) or now >= deadline or (stop is not None and stop.is_set()):
                 break
             if stop is not None:
                 stop.wait(min(POLL_S, deadline - now))

@@ -141,7 +141,7 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, phase: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("lease_ids", "current_outer_step", "stage_index", "run_finished", "state", "revoked_libp2p_ids", "outer_step_sha256", "recent_step_hashes")
+    __slots__ = ("lease_ids", "current_outer_step", "stage_index", "run_finished", "state", "revoked_libp2p_ids", "outer_step_sha256", "recent_step_hashes", "peers_taking_part")
     LEASE_IDS_FIELD_NUMBER: _ClassVar[int]
     CURRENT_OUTER_STEP_FIELD_NUMBER: _ClassVar[int]
     STAGE_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +150,7 @@ class HeartbeatResponse(_message.Message):
     REVOKED_LIBP2P_IDS_FIELD_NUMBER: _ClassVar[int]
     OUTER_STEP_SHA256_FIELD_NUMBER: _ClassVar[int]
     RECENT_STEP_HASHES_FIELD_NUMBER: _ClassVar[int]
+    PEERS_TAKING_PART_FIELD_NUMBER: _ClassVar[int]
     lease_ids: _containers.RepeatedScalarFieldContainer[str]
     current_outer_step: int
     stage_index: int
@@ -158,7 +159,8 @@ class HeartbeatResponse(_message.Message):
     revoked_libp2p_ids: _containers.RepeatedScalarFieldContainer[str]
     outer_step_sha256: str
     recent_step_hashes: _containers.RepeatedCompositeFieldContainer[StepHash]
-    def __init__(self, lease_ids: _Optional[_Iterable[str]] = ..., current_outer_step: _Optional[int] = ..., stage_index: _Optional[int] = ..., run_finished: _Optional[bool] = ..., state: _Optional[_Union[PeerState, str]] = ..., revoked_libp2p_ids: _Optional[_Iterable[str]] = ..., outer_step_sha256: _Optional[str] = ..., recent_step_hashes: _Optional[_Iterable[_Union[StepHash, _Mapping]]] = ...) -> None: ...
+    peers_taking_part: int
+    def __init__(self, lease_ids: _Optional[_Iterable[str]] = ..., current_outer_step: _Optional[int] = ..., stage_index: _Optional[int] = ..., run_finished: _Optional[bool] = ..., state: _Optional[_Union[PeerState, str]] = ..., revoked_libp2p_ids: _Optional[_Iterable[str]] = ..., outer_step_sha256: _Optional[str] = ..., recent_step_hashes: _Optional[_Iterable[_Union[StepHash, _Mapping]]] = ..., peers_taking_part: _Optional[int] = ...) -> None: ...
 
 class LeaseShardRequest(_message.Message):
     __slots__ = ()

@@ -23,3 +23,10 @@ def test_the_view_vouches_for_recent_steps_never_goes_down_and_drops_bad_hashes(
             pb.StepHash(outer_step=step - 1, sha256=H[step - 1])]))
     assert view.hash_of(28) == H[28] and view.hash_of(29) == ""  # 29: current, no majority yet
     assert view.hash_of(28 - KEEP_STEPS) == "" and view.hash_of(29 - KEEP_STEPS) == H[29 - KEEP_STEPS]
+
+
+def test_the_view_keeps_how_many_peers_take_part_from_heartbeats_only() -> None:
+    view = NetworkView()
+    view.on_reply(pb.HeartbeatResponse(current_outer_step=0, peers_taking_part=3))
+    view.on_reply(pb.JoinResponse(current_outer_step=0))  # says nothing about it: kept
+    assert view.taking_part == 3
