@@ -34,7 +34,10 @@ banned, why):
   coordinator vouches for, the donor's own only for a step the coordinator counted without a majority,
   nothing beyond its step; and ``accept_download``). Succeeded: an honest peer loaded
   the attacker's parameters.
-  There is no ban for announcing a state (nothing reports it), so ``attacker_banned`` is false.
+  Each honest peer also forwards a claim that ``peer.round_sync.false_claims`` finds false (beyond the
+  coordinator's step + ``lila_net.claims.FALSE_CLAIM_MARGIN``) to the real core (``ClaimReported``: in the
+  network the record is signed by its writer, so one report bans it). ``state_hijack`` is banned that way;
+  ``state_hijack_next`` claims one step ahead, which honest peers may do too, so it is not.
 * ``group_squat``: the attacker publishes group records naming only itself for this round and the next
   ``SQUAT_AHEAD``, with a garbage hash for them. Each honest peer elects its round's leader with the real
   rule (``peer.averaging.matchmaking.elect_leader`` over the real ``parse_announcements`` of every
@@ -100,7 +103,7 @@ from peer.averaging.state_format import StateSnapshot
 from peer.averaging.state_sync import Donor, DownloadResult
 from peer.network_view import NetworkView
 from peer.outer import OuterOptimizer, flatten_parameters, load_flat_parameters, params_sha256
-from peer.round_sync import believed, moved_on
+from peer.round_sync import believed, false_claims, moved_on
 from peer.sync import accept_download, trusted_hash
 
 SOURCE = "bundled:fineweb-edu-sample"
@@ -193,8 +196,8 @@ def attack(delta: torch.Tensor, kind: str, generator: torch.Generator) -> torch.
 MAX_GROUP_SIZE = AveragingConfig().max_group_size
 GARBAGE_STD = 1.0  # the hijacker's parameters: Gaussian noise of this standard deviation
 NO_BAN_WHY = {
-    "state_hijack": "announcing a state is a DHT record nobody reports to the coordinator: a claim beyond its "
-                    "step + 1 is ignored by every peer, not punished",
+    "state_hijack": "a claim beyond the coordinator's step + 1 is ignored by every peer; only one beyond "
+                    "lila_net.claims.FALSE_CLAIM_MARGIN is forwarded and bans its writer",
     "state_hijack_next": "announcing a state and reporting a step are allowed to any admitted peer (one token "
                          "alone does not move the run's step nor vouch for a hash); nothing reports the garbage "
                          "state, so nothing bans for it",
@@ -291,7 +294,11 @@ def hijack_round(
     state, _ = core.apply(state, ev.OuterStepReported(attacker.peer_id, claimed, params_sha256=digest), now)
     dht.publish_group(solo_group(claimed, attacker.libp2p))
     dht.publish_hash(claimed, attacker.libp2p, digest)
-    view, banned = view_of(state), revoked(state)
+    view = view_of(state)
+    for me in honest:  # RoundSync.donors forwards a false claim's signed record; one report bans its writer
+        for donor in false_claims([Donor(attacker.libp2p, claimed)], view_step=view.step):
+            state, _ = core.apply(state, ev.ClaimReported(me.peer_id, donor.peer_id, donor.outer_step), now)
+    banned = revoked(state)
     peer = SimpleNamespace(network=SimpleNamespace(round_sync=SimpleNamespace(view=view)))
     mine = snapshot_of(outer)
     loads = []

@@ -201,6 +201,20 @@ class StrikeWithdrawn:
     by: str
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimJudged:
+    """A forwarded state record of ``libp2p_id`` (held by peer ``accused``; empty when no admitted peer
+    holds that id) announcing ``claimed_step`` while the run was at ``run_step``: ``banned`` says whether
+    its writer's join token is banned now; ``detail`` says why or why not."""
+
+    accused: str
+    libp2p_id: str
+    claimed_step: int
+    run_step: int
+    banned: bool
+    detail: str
+
+
 Action = (
     Rejected
     | PeerAdmitted
@@ -219,4 +233,5 @@ Action = (
     | CredentialGranted
     | StrikeRecorded
     | StrikeWithdrawn
+    | ClaimJudged
 )

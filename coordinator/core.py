@@ -75,6 +75,7 @@ from coordinator.state import (
     StrikeTally,
 )
 from lila_net import phases
+from lila_net.claims import FALSE_CLAIM_MARGIN, is_false_claim
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -831,6 +832,35 @@ def _on_strike_reported(tx: _Tx, event: ev.StrikeReported) -> None:
             del reports[key]
 
 
+def _on_claim_reported(tx: _Tx, event: ev.ClaimReported) -> None:
+    """A state record signed by its writer announces a step far beyond the run's: the writer's token is
+    banned on one report (the record is its own proof, ``lila_net.dht.evidence``). Smaller claims are
+    only ignored by the peers (an honest peer may be up to ``MAX_ANNOUNCE_AHEAD`` ahead)."""
+    reporter = _live_peer(tx, event.reporter_id)
+    run_step = tx.get("outer_step")
+    owners = {lid: p.peer_id for p in tx.peers.values() for lid in p.libp2p_ids}
+    accused_id = owners.get(event.libp2p_id, "")
+    accused = tx.peers.get(accused_id)
+
+    def judged(banned: bool, detail: str) -> act.ClaimJudged:
+        return act.ClaimJudged(accused_id, event.libp2p_id, event.claimed_step, run_step, banned, detail)
+
+    if accused is None:
+        tx.emit(judged(False, "no admitted peer holds the record's libp2p id"))
+    elif accused.state is PeerState.BANNED:
+        tx.emit(judged(True, f"already banned ({accused.ban_reason})"))
+    elif not is_false_claim(event.claimed_step, run_step):
+        tx.emit(judged(False, f"step {event.claimed_step} is within {FALSE_CLAIM_MARGIN} of the run's step "
+                              f"{run_step}: not a false claim"))
+    elif accused.token_key == reporter.token_key:
+        tx.emit(judged(False, "the record's writer shares the reporter's join token"))
+    else:
+        reason = (f"announced outer step {event.claimed_step} while the run was at {run_step} "
+                  f"(a state record it signed, forwarded by {reporter.peer_id})")
+        _ban(tx, accused, reason)
+        tx.emit(judged(True, reason))
+
+
 _HANDLERS: dict[type, Any] = {
     ev.PeerJoined: _on_joined,
     ev.Heartbeat: _on_heartbeat,
@@ -846,5 +876,6 @@ _HANDLERS: dict[type, Any] = {
     ev.PeerStruck: _on_struck,
     ev.PeerBanned: _on_banned,
     ev.CredentialIssued: _on_credential,
+    ev.ClaimReported: _on_claim_reported,
     ev.StrikeReported: _on_strike_reported,
 }

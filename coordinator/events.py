@@ -158,6 +158,16 @@ class StrikeReported:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimReported:
+    """Peer ``reporter_id`` forwarded a state record, signed by its writer ``libp2p_id``, announcing
+    ``claimed_step`` (the server checked the signature; ``lila_net.dht.evidence``)."""
+
+    reporter_id: str
+    libp2p_id: str
+    claimed_step: int
+
+
+@dataclass(frozen=True, slots=True)
 class PeerBanned:
     """Ban the peer now (its leases go back to the queue; its credit stays on the record)."""
 
@@ -181,4 +191,5 @@ Event = (
     | PeerBanned
     | CredentialIssued
     | StrikeReported
+    | ClaimReported
 )

@@ -44,7 +44,8 @@ from coordinator.settings import ServerSettings
 from coordinator.state import LIVE_STATES, Hardware, Lease, PeerState
 from coordinator.status import StatusBoard
 from lila_net import phases
-from lila_net.credentials import CredentialAuthority, CredentialError
+from lila_net.credentials import CredentialAuthority, CredentialError, CredentialVerifier
+from lila_net.dht.keys import run_dht_id
 from lila_net.proto import coordinator_pb2 as pb
 from lila_net.tls import ServerTls
 
@@ -153,6 +154,7 @@ class CoordinatorService:
             "GetStatus": (pb.GetStatusRequest, self._get_status, True),
             "IssueCredential": (pb.IssueCredentialRequest, self._issue_credential, True),
             "ReportStrike": (pb.ReportStrikeRequest, self._report_strike, True),
+            "ReportClaim": (pb.ReportClaimRequest, self._report_claim, True),
             "CheckReachability": (pb.CheckReachabilityRequest, self._check_reachability, True),
         }
 
@@ -641,6 +643,33 @@ class CoordinatorService:
                 for r in recorded
             ]
         )
+
+    async def _report_claim(self, request: pb.ReportClaimRequest, claims: SessionClaims, _: Any) -> Message:
+        """Check a forwarded state record's signature and credential (``lila_net.dht.evidence``), then let
+        the core judge its claim (``coordinator.core``: a false claim bans its writer's token)."""
+        # hivemind loads only when a record is checked (the coordinator may run without a DHT)
+        from lila_net.dht.evidence import MAX_ENVELOPE_BYTES, SignedRecord, verify_state_claim
+        from lila_net.dht.records import MAX_KEY_CHARS
+
+        if self.authority is None:
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION,
+                           "this coordinator issues no averaging credentials, so no record can be checked")
+        record = SignedRecord(
+            key=check.text("key", request.key, max_chars=MAX_KEY_CHARS, required=True),
+            writer=check.libp2p_id("writer", request.writer),
+            envelope=check.blob("envelope", request.envelope, max_bytes=MAX_ENVELOPE_BYTES),
+            expiration=check.number("expiration", request.expiration),
+        )
+        verifier = CredentialVerifier(self._authority_keys(), run=self.authority.run)
+        try:
+            claim = verify_state_claim(record, verifier, run_id=run_dht_id(self.authority.run))
+        except ValueError as exc:  # RecordError, CredentialError: not a record of this run signed by its writer
+            raise check.InvalidArgument(f"the forwarded record is not evidence: {exc}") from None
+        actions = await self._submit(ev.ClaimReported(claims.peer_id, record.writer, claim.outer_step))
+        judged = next(a for a in actions if isinstance(a, act.ClaimJudged))
+        if any(isinstance(a, act.PeerStateChanged) for a in actions):  # banned by this report
+            logger.warning("peer %s banned: %s", judged.accused, judged.detail)
+        return pb.ReportClaimResponse(banned=judged.banned, claimed_step=claim.outer_step, detail=judged.detail)
 
 
 def _serialize(message: Message) -> bytes:

@@ -18,6 +18,7 @@ import grpc
 
 from lila_data import evaluate_bpb
 from lila_data.evaluate import DEFAULT_EVAL_BATCH
+from lila_net.claims import MAX_ANNOUNCE_AHEAD
 from lila_model.telemetry import layer_telemetry
 
 from .averaging.averager import RoundResult
@@ -31,6 +32,11 @@ def publish(peer: Peer) -> None:
     """Serve the current state and announce its outer step (joiners download it; the others now expect
     this peer at the next round)."""
     outer, progress = peer.training.outer, peer.progress
+    run_step = peer.network.round_sync.view.step
+    if run_step >= 0 and progress.outer_step > run_step + MAX_ANNOUNCE_AHEAD:
+        logger.info("not announcing outer step %d: the coordinator's step is %d (an announcement more than %d "
+                    "ahead of it would read as a false claim)", progress.outer_step, run_step, MAX_ANNOUNCE_AHEAD)
+        return
     snapshot = StateSnapshot(
         tensors={"global_params": outer.global_params, "momentum_buffer": outer.momentum_buffer},
         metadata={"outer_step": progress.outer_step, "params_sha256": progress.params_hash})

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
@@ -25,6 +25,9 @@ from lila_net.proto import coordinator_pb2_grpc as pb_grpc
 from lila_net.tls import is_loopback
 
 from .data_feed import Lease, LeaseLost
+
+if TYPE_CHECKING:
+    from lila_net.dht.evidence import SignedRecord
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +190,15 @@ class CoordinatorClient:
     def report_strike(self, request: pb.ReportStrikeRequest) -> pb.ReportStrikeResponse:
         """Send one strike report. Not retried: a lost report only delays a ban."""
         return self._call("ReportStrike", self._stub.ReportStrike, request, retry=False)
+
+    def report_claim(self, record: SignedRecord) -> pb.ReportClaimResponse:
+        """Forward a DHT state record announcing a false outer step (signed by its writer). Not retried."""
+        request = pb.ReportClaimRequest(key=record.key, writer=record.writer, envelope=record.envelope,
+                                        expiration=record.expiration)
+        response = self._call("ReportClaim", self._stub.ReportClaim, request, retry=False)
+        logger.warning("reported %s's announcement of outer step %d: %s", record.writer, response.claimed_step,
+                       response.detail)
+        return response
 
     # ------------------------------------------------------------------ leases (peer.data_feed.LeaseClient)
     def lease(self, *, wait: bool = True) -> Lease | None:

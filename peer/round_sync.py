@@ -14,7 +14,9 @@ Who is believed: a donor announcement is one DHT record any admitted peer can wr
 the network's step alone. Donors that the coordinator banned (the averaging authorizer's revocation
 list) are ignored, and so are donors claiming a step beyond ``max(coordinator's step, floor) + 1``
 (:class:`peer.network_view.NetworkView`; ``floor``: the step this peer holds, or the round before the
-one it waits for) — logged once per peer and claimed step. A claim that passes is still only a hint:
+one it waits for) — logged once per peer and claimed step; a claim far beyond the coordinator's step
+(:mod:`lila_net.claims`) is also forwarded, signed by its writer, to the coordinator, which bans the
+writer (``report_claim``). A claim that passes is still only a hint:
 :mod:`peer.sync` loads a state only when its bytes hash to the trusted hash of its step.
 
 In its first round after it started, a peer also waits until as many peers are ready as the coordinator
@@ -39,9 +41,11 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
+from lila_net.claims import is_false_claim
+from lila_net.dht.evidence import SignedRecord
 from lila_net.dht.keys import absent_key, ready_key
 from lila_net.dht.records import MAX_MARKER_BYTES
 
@@ -68,6 +72,13 @@ def believed(donors: Iterable[Donor], *, view_step: int, floor: int = -1,
     bound = max(view_step, floor) + 1 if view_step >= 0 else None
     return [donor for donor in donors
             if donor.peer_id not in banned and (bound is None or donor.outer_step <= bound)]
+
+
+def false_claims(donors: Iterable[Donor], *, view_step: int) -> list[Donor]:
+    """The announced ``donors`` whose claim is false against the coordinator's step ``view_step`` (-1:
+    unknown, none is): what a peer forwards to the coordinator (:mod:`lila_net.claims`). Pure, like
+    :func:`believed`; ``bench.robust`` decides with it too."""
+    return [donor for donor in donors if view_step >= 0 and is_false_claim(donor.outer_step, view_step)]
 
 
 def moved_on(donors: Iterable[Donor], round_index: int) -> int | None:
@@ -109,6 +120,7 @@ class RoundSync:
     idle_ttl_s: float = 5.0
     enabled: bool = True  # False once the DHT refused a ready marker (then only the moved-on check runs)
     view: NetworkView = field(default_factory=NetworkView)  # the coordinator's step (unknown: no bound)
+    report_claim: Callable[[SignedRecord], None] | None = None  # forwards a false claim's signed record
     _ignored: set[tuple[str, int]] = field(default_factory=set, repr=False)  # (peer, step) already logged
     _waits: int = field(default=0, repr=False)  # barriers waited so far (the first also waits for starters)
 
@@ -128,6 +140,7 @@ class RoundSync:
         banned = revoked_ids(self.state_sync.endpoint.authorize)
         announced = self.state_sync.find_donors()
         out = believed(announced, view_step=self.view.step, floor=floor, banned=banned)
+        false = {donor.peer_id for donor in false_claims(announced, view_step=self.view.step)}
         for donor in announced:
             if donor in out or donor.peer_id in banned or (donor.peer_id, donor.outer_step) in self._ignored:
                 continue
@@ -135,7 +148,18 @@ class RoundSync:
             logger.warning("ignoring donor %s: it claims outer step %d, but the coordinator's step is "
                            "%d (at most one round ahead is believed)", donor.peer_id, donor.outer_step,
                            self.view.step)
+            if donor.peer_id in false and self.report_claim is not None and donor.record is not None:
+                self._forward(donor)
         return out
+
+    def _forward(self, donor: Donor) -> None:
+        """Send ``donor``'s signed announcement to the coordinator, which bans a false claim's writer
+        (:mod:`lila_net.claims`). Failures are logged: accountability must not stop training."""
+        try:
+            self.report_claim(donor.record)
+        except Exception as exc:
+            logger.warning("could not report the false claim of %s (outer step %d): %s", donor.peer_id,
+                           donor.outer_step, exc)
 
     def network_step(self, floor: int = -1) -> int:
         """The highest outer step another (believed) peer announces (-1 when nobody does)."""

@@ -27,6 +27,7 @@ from lila_model.config import get_preset
 from lila_model.model import LilaLM
 from lila_net.aggregation import aggregator_for
 from lila_net.config import loads_run_config
+from lila_net.dht.keys import run_dht_id
 from lila_net.proto import coordinator_pb2 as pb
 
 from .accountability import open_trusted_averaging
@@ -125,7 +126,7 @@ def connect_network(options: PeerOptions, joined: Joined, training: Training, *,
                     client: CoordinatorClient, metrics: PeerMetrics) -> Network:
     """Credential, admitted-only DHT, averager, state sync and the round barrier."""
     run = joined.run
-    run_id = run.run.name.replace(".", "-")
+    run_id = run_dht_id(run.run.name)
     reachability = check_reachability(client, host=options.host, port=options.port, announce=options.announce,
                                       client_mode=options.client_mode, observed_host=joined.response.observed_host)
     if reachability.mode == DIRECT:
@@ -143,7 +144,8 @@ def connect_network(options: PeerOptions, joined: Joined, training: Training, *,
     view.on_reply(joined.response)  # then every heartbeat answer (peer.node: on_heartbeat)
     round_sync = RoundSync(trust.transport, trust.state_sync, run_id=run_id,
                            straggler_wait_s=run.diloco.averaging_timeout_s if wait is None else wait,
-                           idle_ttl_s=DONOR_ANNOUNCE_PERIOD_S + IDLE_POLL_S * 2, view=view)
+                           idle_ttl_s=DONOR_ANNOUNCE_PERIOD_S + IDLE_POLL_S * 2, view=view,
+                           report_claim=client.report_claim)
     logger.info("averaging as libp2p peer %s", trust.transport.peer_id)
     metrics.reachability.labels(mode=reachability.mode).set(1)
     return Network(trust=trust, round_sync=round_sync, reachability=reachability)

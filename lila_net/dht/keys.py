@@ -27,6 +27,11 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
+def run_dht_id(run_name: str) -> str:
+    """The id a run's DHT keys and protocols use: its name with dots as dashes (checked)."""
+    return check_run_id(run_name.replace(".", "-"))
+
+
 def _check_round(round_index: int) -> int:
     if not isinstance(round_index, int) or isinstance(round_index, bool) or round_index < 0:
         raise ValueError(f"round index must be an int >= 0, got {round_index!r}")

@@ -223,6 +223,78 @@ def _msgpack_bin_payload(value: bytes) -> bytes | None:
     return value[1 + width :] if len(value) == 1 + width + length else None
 
 
+def signed_bytes(record: DHTRecord) -> bytes:
+    """What a record's writer signs: (key id, subkey, value, expiration), length-prefixed."""
+    digest = hashlib.sha256(SIGNATURE_MAGIC)
+    for part in (record.key, record.subkey, record.value):
+        digest.update(struct.pack(">Q", len(part)))
+        digest.update(part)
+    digest.update(struct.pack(">d", record.expiration_time))
+    return digest.digest()
+
+
+def split_envelope(value: bytes) -> tuple[bytes, bytes, bytes]:
+    """``(credential, signature, inner value)`` of a signed record value; RecordError when malformed."""
+    if len(value) < SIGNATURE_PREFIX.size:
+        raise RecordError("record is not signed")
+    magic, cred_len, sig_len = SIGNATURE_PREFIX.unpack_from(value)
+    if magic != SIGNATURE_MAGIC or cred_len > MAX_CREDENTIAL_BYTES or sig_len > MAX_SIGNATURE_BYTES:
+        raise RecordError("record signature envelope is malformed")
+    start = SIGNATURE_PREFIX.size
+    if len(value) < start + cred_len + sig_len:
+        raise RecordError("record signature envelope is truncated")
+    credential = value[start : start + cred_len]
+    signature = value[start + cred_len : start + cred_len + sig_len]
+    return credential, signature, value[start + cred_len + sig_len :]
+
+
+def open_envelope(value: bytes) -> tuple[bytes, bytes | None]:
+    """``(stored bytes, envelope)`` of a value a reader got from the DHT: with the record validator the
+    reader receives the signed envelope (``DhtRecordValidator.strip_value``), and ``envelope`` is it; on
+    a DHT without the validator (tests, private runs) the value is the stored bytes and ``envelope`` is
+    None. Raises RecordError when an envelope does not hold a serialized byte string."""
+    if not value.startswith(SIGNATURE_MAGIC):
+        return value, None
+    inner = _msgpack_bin_payload(split_envelope(value)[2])
+    if inner is None:
+        raise RecordError("record value is not a byte string")
+    return inner, value
+
+
+def check_signed_record(
+    record: DHTRecord,
+    verifier: CredentialVerifier,
+    *,
+    max_lifetime_s: float = MAX_RECORD_LIFETIME_S,
+    public_keys: dict[bytes, RSAPublicKey] | None = None,
+) -> tuple[Credential, str, bytes]:
+    """``(writer's credential, key name, value)`` of a signed record the run's authority admitted; raises
+    RecordError/CredentialError otherwise (the checks: :class:`DhtRecordValidator`). ``public_keys``: a
+    cache of parsed writer keys."""
+    credential, signature, inner = split_envelope(record.value)
+    claims = verifier.decode(credential)  # authority signature and run; expiry: see the module docstring
+    if record.subkey != MSGPackSerializer.dumps(claims.libp2p_id):
+        raise RecordError("record subkey is not its writer's peer id")
+    if record.expiration_time > get_dht_time() + max_lifetime_s:
+        raise RecordError(f"record lives longer than {max_lifetime_s:g} s")
+    if record.expiration_time > claims.expires_at:
+        raise RecordError("record outlives its writer's credential")
+    cache = {} if public_keys is None else public_keys
+    key = cache.get(claims.public_key)
+    if key is None:
+        key = cache[claims.public_key] = RSAPublicKey.from_bytes(claims.public_key)
+    if not key.verify(signed_bytes(dataclasses.replace(record, value=inner)), signature):
+        raise RecordError("record signature is invalid")
+    payload = _msgpack_bin_payload(inner)
+    if payload is None:
+        raise RecordError("record value is not a byte string")
+    name, value = unwrap(payload)
+    if DHTID.generate(source=name).to_bytes() != record.key:
+        raise RecordError("record key name does not hash to its key id")
+    check_record(name, value, writer=claims.libp2p_id)
+    return claims, name, value
+
+
 class DhtRecordValidator(RecordValidatorBase):
     """Signs our records and accepts only signed, schema-checked records of the run (module docstring)."""
 
@@ -240,64 +312,22 @@ class DhtRecordValidator(RecordValidatorBase):
         self.max_lifetime_s = max_lifetime_s
         self._public_keys: dict[bytes, RSAPublicKey] = {}
 
-    @staticmethod
-    def _signed_bytes(record: DHTRecord) -> bytes:
-        digest = hashlib.sha256(SIGNATURE_MAGIC)
-        for part in (record.key, record.subkey, record.value):
-            digest.update(struct.pack(">Q", len(part)))
-            digest.update(part)
-        digest.update(struct.pack(">d", record.expiration_time))
-        return digest.digest()
-
     def sign_value(self, record: DHTRecord) -> bytes:
         credential, _ = self._credentials.load()
-        signature = self._private_key.sign(self._signed_bytes(record))
+        signature = self._private_key.sign(signed_bytes(record))
         raw = credential.encode()
         return SIGNATURE_PREFIX.pack(SIGNATURE_MAGIC, len(raw), len(signature)) + raw + signature + record.value
 
-    @staticmethod
-    def _split(value: bytes) -> tuple[bytes, bytes, bytes]:
-        if len(value) < SIGNATURE_PREFIX.size:
-            raise RecordError("record is not signed")
-        magic, cred_len, sig_len = SIGNATURE_PREFIX.unpack_from(value)
-        if magic != SIGNATURE_MAGIC or cred_len > MAX_CREDENTIAL_BYTES or sig_len > MAX_SIGNATURE_BYTES:
-            raise RecordError("record signature envelope is malformed")
-        start = SIGNATURE_PREFIX.size
-        if len(value) < start + cred_len + sig_len:
-            raise RecordError("record signature envelope is truncated")
-        credential = value[start : start + cred_len]
-        signature = value[start + cred_len : start + cred_len + sig_len]
-        return credential, signature, value[start + cred_len + sig_len :]
-
     def strip_value(self, record: DHTRecord) -> bytes:
-        try:
-            return self._split(record.value)[2]
-        except RecordError:
-            return record.value
+        """Hand readers the WHOLE signed envelope (as a serialized byte string) instead of the bare value:
+        a reader can then forward a record as evidence of what its writer claimed
+        (:mod:`lila_net.dht.evidence`); :func:`open_envelope` takes the value out."""
+        return MSGPackSerializer.dumps(bytes(record.value))
 
     def check(self, record: DHTRecord) -> Credential:
         """The writer's credential if ``record`` is acceptable; raises RecordError/CredentialError otherwise."""
-        credential, signature, inner = self._split(record.value)
-        claims = self._verifier.decode(credential)  # authority signature and run; expiry: see the docstring
-        if record.subkey != MSGPackSerializer.dumps(claims.libp2p_id):
-            raise RecordError("record subkey is not its writer's peer id")
-        if record.expiration_time > get_dht_time() + self.max_lifetime_s:
-            raise RecordError(f"record lives longer than {self.max_lifetime_s:g} s")
-        if record.expiration_time > claims.expires_at:
-            raise RecordError("record outlives its writer's credential")
-        key = self._public_keys.get(claims.public_key)
-        if key is None:
-            key = self._public_keys[claims.public_key] = RSAPublicKey.from_bytes(claims.public_key)
-        if not key.verify(self._signed_bytes(dataclasses.replace(record, value=inner)), signature):
-            raise RecordError("record signature is invalid")
-        payload = _msgpack_bin_payload(inner)
-        if payload is None:
-            raise RecordError("record value is not a byte string")
-        name, value = unwrap(payload)
-        if DHTID.generate(source=name).to_bytes() != record.key:
-            raise RecordError("record key name does not hash to its key id")
-        check_record(name, value, writer=claims.libp2p_id)
-        return claims
+        return check_signed_record(record, self._verifier, max_lifetime_s=self.max_lifetime_s,
+                                   public_keys=self._public_keys)[0]
 
     def validate(self, record: DHTRecord) -> bool:
         try:

@@ -416,3 +416,25 @@ class ReportStrikeResponse(_message.Message):
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     outcomes: _containers.RepeatedCompositeFieldContainer[StrikeOutcome]
     def __init__(self, outcomes: _Optional[_Iterable[_Union[StrikeOutcome, _Mapping]]] = ...) -> None: ...
+
+class ReportClaimRequest(_message.Message):
+    __slots__ = ("key", "writer", "envelope", "expiration")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    WRITER_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRATION_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    writer: str
+    envelope: bytes
+    expiration: float
+    def __init__(self, key: _Optional[str] = ..., writer: _Optional[str] = ..., envelope: _Optional[bytes] = ..., expiration: _Optional[float] = ...) -> None: ...
+
+class ReportClaimResponse(_message.Message):
+    __slots__ = ("banned", "claimed_step", "detail")
+    BANNED_FIELD_NUMBER: _ClassVar[int]
+    CLAIMED_STEP_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    banned: bool
+    claimed_step: int
+    detail: str
+    def __init__(self, banned: _Optional[bool] = ..., claimed_step: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...

@@ -97,6 +97,11 @@ class CoordinatorStub:
                 request_serializer=lila_dot_v1_dot_coordinator__pb2.ReportStrikeRequest.SerializeToString,
                 response_deserializer=lila_dot_v1_dot_coordinator__pb2.ReportStrikeResponse.FromString,
                 _registered_method=True)
+        self.ReportClaim = channel.unary_unary(
+                '/lila.v1.Coordinator/ReportClaim',
+                request_serializer=lila_dot_v1_dot_coordinator__pb2.ReportClaimRequest.SerializeToString,
+                response_deserializer=lila_dot_v1_dot_coordinator__pb2.ReportClaimResponse.FromString,
+                _registered_method=True)
         self.CheckReachability = channel.unary_unary(
                 '/lila.v1.Coordinator/CheckReachability',
                 request_serializer=lila_dot_v1_dot_coordinator__pb2.CheckReachabilityRequest.SerializeToString,
@@ -194,6 +199,14 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportClaim(self, request, context):
+        """Forward a DHT state record whose writer announced an outer step far beyond the run's. The record
+        is signed by its writer, so one report is proof: the writer's join token is banned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CheckReachability(self, request, context):
         """Ask the coordinator to dial the peer back at host:port (a reachability check, as Petals does): the
         peer listens there and answers the dial with the probe secret of its request.
@@ -264,6 +277,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ReportStrike,
                     request_deserializer=lila_dot_v1_dot_coordinator__pb2.ReportStrikeRequest.FromString,
                     response_serializer=lila_dot_v1_dot_coordinator__pb2.ReportStrikeResponse.SerializeToString,
+            ),
+            'ReportClaim': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportClaim,
+                    request_deserializer=lila_dot_v1_dot_coordinator__pb2.ReportClaimRequest.FromString,
+                    response_serializer=lila_dot_v1_dot_coordinator__pb2.ReportClaimResponse.SerializeToString,
             ),
             'CheckReachability': grpc.unary_unary_rpc_method_handler(
                     servicer.CheckReachability,
@@ -596,6 +614,33 @@ class Coordinator:
             '/lila.v1.Coordinator/ReportStrike',
             lila_dot_v1_dot_coordinator__pb2.ReportStrikeRequest.SerializeToString,
             lila_dot_v1_dot_coordinator__pb2.ReportStrikeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportClaim(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lila.v1.Coordinator/ReportClaim',
+            lila_dot_v1_dot_coordinator__pb2.ReportClaimRequest.SerializeToString,
+            lila_dot_v1_dot_coordinator__pb2.ReportClaimResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lila_net.dht.evidence import SignedRecord
 from lila_net.dht.keys import check_run_id, protocol, state_key
 from lila_net.dht.records import MAX_STATE_RECORD_BYTES
 from peer.averaging.auth import Authorize
@@ -58,6 +59,7 @@ class StateSyncError(RuntimeError):
 class Donor:
     peer_id: str
     outer_step: int
+    record: SignedRecord | None = field(default=None, compare=False, repr=False)  # its signed announcement
 
 
 @dataclass
@@ -155,9 +157,9 @@ class StateSync:
         return self.transport.run(self.find_donors_async(), timeout=self.config.request_timeout * 2)
 
     async def find_donors_async(self) -> list[Donor]:
-        records = await self.transport.dht_get_subkeys(state_key(self.run_id))
+        records = await self.transport.dht_get_signed(state_key(self.run_id))
         donors = []
-        for peer, value in records.items():
+        for peer, (value, signed) in records.items():
             if peer == self.transport.peer_id or not is_peer_id(peer) or len(value) > MAX_STATE_RECORD_BYTES:
                 continue
             try:
@@ -165,7 +167,7 @@ class StateSync:
             except (ValueError, AttributeError):
                 continue
             if isinstance(step, int) and not isinstance(step, bool) and step >= 0:
-                donors.append(Donor(peer, step))
+                donors.append(Donor(peer, step, signed))
         return sorted(donors, key=lambda donor: (-donor.outer_step, donor.peer_id))
 
     def download(

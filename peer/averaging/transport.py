@@ -23,7 +23,9 @@ import hivemind
 from hivemind.p2p import P2P, PeerID
 from hivemind.utils import get_dht_time
 
+from lila_net.dht.evidence import SignedRecord
 from lila_net.dht.records import RecordError, unwrap, wrap
+from lila_net.dht.security import open_envelope
 
 logger = logging.getLogger(__name__)
 
@@ -242,19 +244,26 @@ class Transport:
     async def dht_get_subkeys(self, key: str) -> dict[str, bytes]:
         """Return the live ``subkey -> value`` entries under ``key`` (latest versions); entries that are not
         ``str -> bytes`` (written by something else) are dropped."""
+        return {subkey: value for subkey, (value, _) in (await self.dht_get_signed(key)).items()}
+
+    async def dht_get_signed(self, key: str) -> dict[str, tuple[bytes, SignedRecord | None]]:
+        """Like :meth:`dht_get_subkeys`, with each value's signed record (None on a DHT without the record
+        validator): what a reader forwards as evidence of its writer's claim (:mod:`lila_net.dht.evidence`)."""
         result = await self._dht.get(key, latest=True, return_future=True)
         if result is None or not isinstance(result.value, dict):
             return {}
-        entries: dict[str, bytes] = {}
+        entries: dict[str, tuple[bytes, SignedRecord | None]] = {}
         for subkey, item in result.value.items():
             value = getattr(item, "value", None)
             if isinstance(subkey, str) and isinstance(value, bytes):
                 try:
-                    name, inner = unwrap(value)
+                    stored, envelope = open_envelope(value)
+                    name, inner = unwrap(stored)
                 except RecordError:
                     continue
                 if name == key:
-                    entries[subkey] = inner
+                    signed = None if envelope is None else SignedRecord(key, subkey, envelope, item.expiration_time)
+                    entries[subkey] = (inner, signed)
         return entries
 
     # ----------------------------------------------------------------- shutdown

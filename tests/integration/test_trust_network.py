@@ -13,6 +13,7 @@ applied a poisoned average (their parameters stay finite and the validation bpb 
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 import subprocess
@@ -30,6 +31,8 @@ from tests.helpers.runs import robust_run
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
 
 ATTACKER = "tests.helpers.poisoned_peer"  # run with python -m
+HIJACKER = "tests.helpers.hijacking_peer"
+CLAIM_STEP = 10**15
 HONEST_OUTER_STEPS = 5
 STRIKES_TO_BAN = 2
 NORM_BOUND = 5.0
@@ -99,5 +102,52 @@ def test_a_peer_sending_scaled_pseudo_gradients_is_banned_and_the_honest_peers_t
         steps[index] = {e["outer_step"]: e["params_sha256"] for e in outer}
         bpbs = [e["val_bpb"] for e in events if e.get("val_bpb") is not None]
         assert len(bpbs) >= 2 and all(math.isfinite(b) for b in bpbs) and bpbs[-1] < bpbs[0], bpbs
+    shared = set(steps[0]) & set(steps[1])
+    assert shared and all(steps[0][k] == steps[1][k] for k in shared), steps
+
+
+def test_a_peer_announcing_a_far_future_step_is_banned_by_its_own_signed_record(tmp_path: Path, procs) -> None:
+    """The state hijack across real processes and the real, validating DHT: the attacker announces every
+    state it serves as outer step 10**15. Before, every peer dropped its work to download the attacker's
+    state; now the honest peers ignore the claim and forward the signed record, and the coordinator bans
+    the attacker on it (exit 5), with no strike needed."""
+    network = LocalNetwork(NetworkOptions(config=_write_run(tmp_path), workdir=tmp_path / "net", peers=3,
+                                          threads_per_peer=1, extra_peer_args=("--no-progress",)))
+    try:
+        network.start_coordinator()
+        procs.track(network.coordinator)
+        honest = [procs.track(network.start_peer(i, extra_args=["--max-outer-steps", str(HONEST_OUTER_STEPS)]))
+                  for i in range(2)]
+        argv = network.peer_command(2)
+        env = network._env() | {"LILA_JOIN_TOKEN": network.token, "LILA_TEST_CLAIM_STEP": str(CLAIM_STEP)}
+        with open(network.options.workdir / "peer-2.log", "ab") as log:
+            attacker = procs.spawn([argv[0], "-m", HIJACKER, *argv[3:]], stdout=log, stderr=subprocess.STDOUT,
+                                   env=env)
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while time.monotonic() < deadline and any(p.poll() is None for p in (*honest, attacker)):
+            time.sleep(0.5)
+        logs = "\n".join(f"==> {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+                         for p in sorted(network.options.workdir.glob("*.log")))
+        assert attacker.poll() == EXIT_BANNED, logs
+        assert [p.poll() for p in honest] == [0, 0], logs
+    finally:
+        network.stop()
+
+    db = sqlite3.connect(f"file:{network.options.workdir / 'coordinator.db'}?mode=ro", uri=True)
+    peers = {name: (state, json.loads(record)) for name, state, record in db.execute(
+        "SELECT name, state, record FROM peers")}
+    strikes = db.execute("SELECT COUNT(*) FROM strikes").fetchone()[0]
+    db.close()
+    assert peers["peer-2"][0] == "banned" and peers["peer-0"][0] != "banned" and peers["peer-1"][0] != "banned"
+    assert f"announced outer step {CLAIM_STEP}" in peers["peer-2"][1]["ban_reason"], peers["peer-2"][1]
+    assert strikes == 0  # one signed record was proof enough
+
+    # the honest peers never loaded the attacker's state: their steps run 1..N with the same hashes
+    steps = {}
+    for index in range(2):
+        events = read_events(network.peer_workdir(index) / EVENTS_FILE)
+        outer = [e["outer_step"] for e in events if e["event"] == "outer_step"]
+        assert max(outer) == HONEST_OUTER_STEPS and CLAIM_STEP not in outer, outer
+        steps[index] = {e["outer_step"]: e["params_sha256"] for e in events if e["event"] == "outer_step"}
     shared = set(steps[0]) & set(steps[1])
     assert shared and all(steps[0][k] == steps[1][k] for k in shared), steps

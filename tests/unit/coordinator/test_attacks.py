@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -20,7 +21,11 @@ import pytest
 from coordinator.auth import SessionSigner, create_join_token
 from coordinator.settings import ServerSettings
 from coordinator.storage import Storage
-from lila_net.dht.security import PeerIdentity
+from lila_net.claims import FALSE_CLAIM_MARGIN
+from lila_net.credentials import CredentialVerifier
+from lila_net.dht.keys import run_dht_id, state_key
+from lila_net.dht.records import wrap
+from lila_net.dht.security import CredentialFile, DhtRecordValidator, PeerIdentity
 from lila_net.proto import coordinator_pb2 as pb
 from lila_net.proto import coordinator_pb2_grpc as pb_grpc
 from tests.helpers.coordinator_service import SESSION_TTL_S, in_process_service
@@ -40,6 +45,7 @@ class Peer:
         self.stub, self.token = stub, token
         self.peer_id, self.session, self.seq = "", "", 0
         self.identity: PeerIdentity | None = None
+        self.issued: pb.IssueCredentialResponse | None = None
 
     async def join(self, name: str, **fields: Any) -> pb.JoinResponse:
         joined = await self.stub.Join(pb.JoinRequest(join_token=self.token, peer_name=name, **fields), timeout=10)
@@ -55,8 +61,8 @@ class Peer:
 
     async def credential(self, identity: PeerIdentity) -> None:
         self.identity = identity
-        await self.call("IssueCredential", pb.IssueCredentialRequest(libp2p_peer_id=identity.peer_id,
-                                                                     public_key=identity.public_key))
+        self.issued = await self.call("IssueCredential", pb.IssueCredentialRequest(libp2p_peer_id=identity.peer_id,
+                                                                                   public_key=identity.public_key))
 
     async def progress(self, method: str, lease_id: str, docs: int, tokens: int) -> Any:
         self.seq += 1
@@ -342,3 +348,65 @@ def test_the_metrics_ledger_keeps_only_the_last_rows_per_peer(tmp_path) -> None:
     rows = db.execute("SELECT peer_id, outer_step FROM metrics ORDER BY id").fetchall()
     db.close()
     assert rows == [(peer_ids[0], s) for s in (7, 8, 9)] + [(peer_ids[1], s) for s in (7, 8, 9)]
+
+
+# ---------------------------------------------------------------------------------------------- finding 1
+
+
+def _signed_state(peer: Peer, step: int, directory, *, key: str | None = None) -> pb.ReportClaimRequest:
+    """The state record ``peer`` would store in the DHT announcing ``step``, signed as the DHT signs it."""
+    from hivemind.dht.routing import DHTID
+    from hivemind.dht.validation import DHTRecord
+    from hivemind.utils import MSGPackSerializer, get_dht_time
+
+    assert peer.identity is not None and peer.issued is not None
+    credentials = CredentialFile(directory / f"{peer.identity.peer_id[-8:]}.json")
+    credentials.write(peer.issued.credential)
+    verifier = CredentialVerifier(list(peer.issued.authority_public_keys), run=RUN)
+    validator = DhtRecordValidator(identity=peer.identity, credentials=credentials, verifier=verifier)
+    key = key or state_key(run_dht_id(RUN))
+    expiration = get_dht_time() + 60
+    value = MSGPackSerializer.dumps(wrap(key, json.dumps({"outer_step": step}).encode()))
+    record = DHTRecord(DHTID.generate(source=key).to_bytes(), MSGPackSerializer.dumps(peer.identity.peer_id),
+                       value, expiration)
+    return pb.ReportClaimRequest(key=key, writer=peer.identity.peer_id, envelope=validator.sign_value(record),
+                                 expiration=expiration)
+
+
+def test_a_signed_claim_of_a_far_future_step_bans_its_writer_on_one_report(tmp_path) -> None:
+    ids = {name: PeerIdentity.generate() for name in ("mallory", "alice", "bob")}
+
+    async def scenario(stub, new_token, built):
+        mallory, alice, bob = Peer(stub, new_token()), Peer(stub, built.token), Peer(stub, new_token())
+        for name, peer in (("mallory", mallory), ("alice", alice), ("bob", bob)):
+            await peer.join(name)
+            await peer.credential(ids[name])
+        near = await alice.call("ReportClaim", _signed_state(bob, FALSE_CLAIM_MARGIN, tmp_path))
+        hijack = _signed_state(mallory, 10**15, tmp_path)
+        tampered = pb.ReportClaimRequest()
+        tampered.CopyFrom(hijack)
+        tampered.envelope = hijack.envelope.replace(b"1000000000000000", b"9000000000000000")
+        forged = await _refused(alice.call("ReportClaim", tampered))
+        not_state = await _refused(alice.call("ReportClaim", _signed_state(
+            mallory, 10**15, tmp_path, key=f"lila/{run_dht_id(RUN)}/absent")))
+        mallory_alone = await mallory.call("ReportClaim", _signed_state(mallory, 10**15, tmp_path))
+        banned = await alice.call("ReportClaim", hijack)
+        again = await bob.call("ReportClaim", hijack)
+        refused = await _refused(mallory.call("Heartbeat", pb.HeartbeatRequest(phase="training")))
+        revoked = list((await alice.call("Heartbeat", pb.HeartbeatRequest(phase="training"))).revoked_libp2p_ids)
+        return near, forged, not_state, mallory_alone, banned, again, refused, revoked
+
+
+    near, forged, not_state, mallory_alone, banned, again, refused, revoked = _attack(tmp_path, scenario)
+    db = sqlite3.connect(tmp_path / "run.db")
+    states = dict(db.execute("SELECT name, state FROM peers"))
+    db.close()
+    assert (near.banned, near.claimed_step) == (False, FALSE_CLAIM_MARGIN) and "not a false claim" in near.detail
+    assert forged[0] is grpc.StatusCode.INVALID_ARGUMENT and "signature is invalid" in forged[1]
+    assert not_state[0] is grpc.StatusCode.INVALID_ARGUMENT and "not this run's state key" in not_state[1]
+    assert not mallory_alone.banned and "shares the reporter's join token" in mallory_alone.detail
+    assert (banned.banned, banned.claimed_step) == (True, 10**15) and "announced outer step" in banned.detail
+    assert again.banned and again.detail.startswith("already banned")
+    assert refused[0] is grpc.StatusCode.PERMISSION_DENIED and "banned" in refused[1]
+    assert revoked == [ids["mallory"].peer_id]
+    assert states["mallory"] == "banned" and "banned" not in (states["alice"], states["bob"])

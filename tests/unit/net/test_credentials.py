@@ -22,7 +22,7 @@ from lila_net.credentials import (
     libp2p_peer_id,
 )
 from lila_net.dht.records import RecordError, check_record, unwrap, wrap
-from lila_net.dht.security import CredentialFile, DhtRecordValidator, PeerIdentity
+from lila_net.dht.security import CredentialFile, DhtRecordValidator, PeerIdentity, open_envelope
 from peer.averaging.auth import CredentialAuthorizer
 
 RUN = "trust-test"
@@ -181,7 +181,11 @@ def test_record_validator_accepts_only_signed_records_of_their_writer(
 
     record = _record("lila/run/state", me.peer_id, b'{"outer_step": 2}', now + 30)
     signed = DHTRecord(record.key, record.subkey, mine.sign_value(record), record.expiration_time)
-    assert theirs.validate(signed) and mine.strip_value(signed) == record.value
+    assert theirs.validate(signed)
+    # readers get the whole signed envelope (to forward as evidence) and open it to the stored bytes
+    received = MSGPackSerializer.loads(mine.strip_value(signed))
+    assert received == signed.value and open_envelope(received) == (MSGPackSerializer.loads(record.value), received)
+    assert open_envelope(b"LKEY-plain") == (b"LKEY-plain", None)  # a DHT without the validator
     assert not theirs.validate(record)  # unsigned
     for field, value in (("expiration_time", now + 31), ("subkey", MSGPackSerializer.dumps(other.peer_id))):
         tampered = DHTRecord(**{**signed.__dict__, field: value})
