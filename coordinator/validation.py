@@ -7,7 +7,7 @@ import math
 from collections.abc import Collection
 
 from coordinator.state import Position
-from lila_net import credentials
+from lila_net import aggregation, credentials
 
 MAX_NAME_CHARS = 64
 MAX_SHORT_TEXT_CHARS = 128
@@ -19,7 +19,7 @@ MAX_COUNT = 2**62
 MAX_LIBP2P_ID_CHARS = 128
 MAX_GROUP_ID_CHARS = 64
 MAX_EVIDENCE = 64
-STRIKE_REASONS = ("misaligned", "non_finite", "norm_ratio", "shape_mismatch", "undecodable")
+STRIKE_REASONS = aggregation.REASONS
 MAX_PUBLIC_KEY_BYTES = credentials.MAX_PUBLIC_KEY_BYTES
 SHA256_BYTES = 32
 MAX_GROUP_SIZE = 65536  # far above any averaging group; a larger value is a broken client

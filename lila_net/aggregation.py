@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
 """Aggregation rules run by a part owner on the decoded contributions to its part.
 
-Every rule first screens the contributions: wrong shape or dtype → rejected ("shape_mismatch"); any NaN
+Every rule first screens the contributions: wrong shape or dtype → rejected ("shape_mismatch"); a weight
+that is not a finite number > 0 → rejected ("bad_weight"); any NaN
 or infinity → rejected ("non_finite"); then each finite contribution's L2 norm is divided by the group's
 median norm (the lower median, so with two contributors a ×100 scale-up is caught but a scale-down is
 not) and, when ``max_norm_ratio`` is set, a contribution above it is rejected ("norm_ratio"). The ratios of
@@ -26,6 +27,14 @@ order (all in float32: float64 is slower on CPU and buys nothing for float32 pse
 - ``trimmed_mean``: coordinate-wise, drop the ``trim`` smallest and largest values, average the rest.
 - ``centered_clip``: CenteredClip (Karimireddy et al. 2021, used by BTARD): start at the mean of the
   survivors and move towards every contribution with its step clipped to radius ``tau``.
+
+Weights: a contribution may carry a weight (the tokens its peer trained in the round: a peer twice as fast
+counts twice). Weights are divided by the lower median of the survivors' weights and capped at
+``max_weight_ratio`` (a peer cannot buy influence by claiming tokens it did not train); then every rule
+averages with them — the mean and CenteredClip's center and steps weight each survivor, the trimmed mean
+drops ``trim`` *contributions* at each end of every coordinate and weights the rest. Equal weights give
+exactly (bitwise) the unweighted result. All of it is deterministic, so every part owner and every peer
+checking the round's hash agree.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ DEFAULT_TRIM = 1
 DEFAULT_CLIP_ITERATIONS = 10
 DEFAULT_CLIP_TOLERANCE = 1e-6
 DEFAULT_ALIGNMENT_Z = 3.0
+DEFAULT_MAX_WEIGHT_RATIO = 8.0
 ALIGNMENT_GAP_FACTOR = 2.0
 MIN_ALIGNMENT_SURVIVORS = 3
 
@@ -54,6 +64,9 @@ REASON_NON_FINITE = "non_finite"
 REASON_NORM = "norm_ratio"
 REASON_UNDECODABLE = "undecodable"
 REASON_MISALIGNED = "misaligned"
+REASON_WEIGHT = "bad_weight"
+REASONS = (REASON_MISALIGNED, REASON_NON_FINITE, REASON_NORM, REASON_SHAPE, REASON_UNDECODABLE, REASON_WEIGHT)
+"""Every reason a contribution can be rejected for: what strike reports may name."""
 
 
 class AggregationError(ValueError):
@@ -64,6 +77,7 @@ class AggregationError(ValueError):
 class Contribution:
     peer_id: str
     tensor: torch.Tensor  # [numel] float32, decoded from the contributor's bytes
+    weight: float = 1.0  # e.g. the tokens the contributor trained this round; finite and > 0
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,7 @@ class AggregateResult:
     included: tuple[str, ...]
     rejections: tuple[Rejection, ...]
     norm_ratios: dict[str, float] = field(default_factory=dict)
+    weights: tuple[float, ...] = ()  # the weights used for ``included``, in that order (median 1)
 
 
 class Aggregator(ABC):
@@ -99,6 +114,9 @@ class Aggregator(ABC):
     peers with unlucky data get rejected, too high and a scaled-up update slips through; None disables the
     bound. ``python -m bench.robust`` reports both failure modes (attacker banned or not, honest
     contributions rejected).
+    ``max_weight_ratio``: the most a contribution may weigh, in lower medians of the survivors' weights.
+    It should exceed the speed spread of honest peers (a 4x faster peer needs 4); too high and a peer
+    claiming tokens it did not train outweighs the others; 1 caps every weight at the median.
     ``alignment_z``: reject survivors whose cosine with the sum of the others is below
     ``alignment_z / sqrt(numel)`` (see the module docstring). 3 makes a random direction pass about once
     in 700 parts; much higher values (> ~50 on million-value parts) start rejecting honest peers late in
@@ -108,13 +126,17 @@ class Aggregator(ABC):
 
     name = "abstract"
 
-    def __init__(self, *, max_norm_ratio: float | None, alignment_z: float | None = None) -> None:
+    def __init__(self, *, max_norm_ratio: float | None, alignment_z: float | None = None,
+                 max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO) -> None:
         if max_norm_ratio is not None and not (math.isfinite(max_norm_ratio) and max_norm_ratio > 1.0):
             raise ValueError(f"max_norm_ratio must be > 1 or None, got {max_norm_ratio!r}")
         if alignment_z is not None and not (math.isfinite(alignment_z) and alignment_z > 0):
             raise ValueError(f"alignment_z must be > 0 or None, got {alignment_z!r}")
+        if not (math.isfinite(max_weight_ratio) and max_weight_ratio >= 1.0):
+            raise ValueError(f"max_weight_ratio must be >= 1, got {max_weight_ratio!r}")
         self.max_norm_ratio = max_norm_ratio
         self.alignment_z = alignment_z
+        self.max_weight_ratio = max_weight_ratio
 
     def aggregate(
         self,
@@ -137,6 +159,9 @@ class Aggregator(ABC):
                 and tensor.dtype.is_floating_point
             ):
                 rejections.append(Rejection(item.peer_id, REASON_SHAPE))
+                continue
+            if not (isinstance(item.weight, (int, float)) and math.isfinite(item.weight) and item.weight > 0):
+                rejections.append(Rejection(item.peer_id, REASON_WEIGHT))
                 continue
             # a NaN or infinity anywhere makes the norm non-finite, so the (fast, float32) norm doubles as the
             # finiteness check; a finite tensor whose norm overflows float32 is an absurd scale: norm_ratio
@@ -165,7 +190,8 @@ class Aggregator(ABC):
                 + ", ".join(f"{r.peer_id}:{r.reason}" for r in rejections)
             )
         tensors = [item.tensor.to(torch.float32) for item in survivors]  # each [numel]
-        combined = self.combine(tensors).to(torch.float32)  # [numel]
+        weights = self._weights([item.weight for item in survivors])
+        combined = self.combine(tensors, weights).to(torch.float32)  # [numel]
         for rejection in rejections:
             logger.info(
                 "rejected contribution of %s: %s (norm ratio %s)",
@@ -178,7 +204,13 @@ class Aggregator(ABC):
             included=tuple(item.peer_id for item in survivors),
             rejections=tuple(rejections),
             norm_ratios=ratios,
+            weights=tuple(weights),
         )
+
+    def _weights(self, raw: Sequence[float]) -> list[float]:
+        """``raw`` over their lower median, capped at ``max_weight_ratio`` (equal weights: all exactly 1)."""
+        median = sorted(raw)[(len(raw) - 1) // 2]
+        return [min(weight / median, self.max_weight_ratio) for weight in raw]
 
     def _screen_alignment(
         self,
@@ -215,8 +247,9 @@ class Aggregator(ABC):
         return [item for item, _ in remaining]
 
     @abstractmethod
-    def combine(self, tensors: list[torch.Tensor]) -> torch.Tensor:
-        """Combine the survivors (each [numel] float32, in peer-id order) into one [numel] tensor."""
+    def combine(self, tensors: list[torch.Tensor], weights: Sequence[float] | None = None) -> torch.Tensor:
+        """Combine the survivors (each [numel] float32, in peer-id order) into one [numel] tensor;
+        ``weights`` (one per tensor, > 0; None or all equal: unweighted) weight them."""
 
 
 def _norm_ratios(peers: Sequence[str], norms: Sequence[float]) -> dict[str, float]:
@@ -236,11 +269,12 @@ def _norm_ratios(peers: Sequence[str], norms: Sequence[float]) -> dict[str, floa
 class MeanAggregator(Aggregator):
     name = "mean"
 
-    def __init__(self, *, max_norm_ratio: float | None = None, alignment_z: float | None = None) -> None:
-        super().__init__(max_norm_ratio=max_norm_ratio, alignment_z=alignment_z)
+    def __init__(self, *, max_norm_ratio: float | None = None, alignment_z: float | None = None,
+                 max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO) -> None:
+        super().__init__(max_norm_ratio=max_norm_ratio, alignment_z=alignment_z, max_weight_ratio=max_weight_ratio)
 
-    def combine(self, tensors: list[torch.Tensor]) -> torch.Tensor:
-        return exact_mean(tensors)
+    def combine(self, tensors: list[torch.Tensor], weights: Sequence[float] | None = None) -> torch.Tensor:
+        return exact_mean(tensors, weights)
 
 
 class TrimmedMeanAggregator(Aggregator):
@@ -259,21 +293,26 @@ class TrimmedMeanAggregator(Aggregator):
         trim: int = DEFAULT_TRIM,
         max_norm_ratio: float | None = DEFAULT_MAX_NORM_RATIO,
         alignment_z: float | None = DEFAULT_ALIGNMENT_Z,
+        max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO,
     ) -> None:
-        super().__init__(max_norm_ratio=max_norm_ratio, alignment_z=alignment_z)
+        super().__init__(max_norm_ratio=max_norm_ratio, alignment_z=alignment_z, max_weight_ratio=max_weight_ratio)
         if not isinstance(trim, int) or trim < 0:
             raise ValueError(f"trim must be an int >= 0, got {trim!r}")
         self.trim = trim
 
-    def combine(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+    def combine(self, tensors: list[torch.Tensor], weights: Sequence[float] | None = None) -> torch.Tensor:
         count = len(tensors)
         if count <= 2 * self.trim:
             logger.info(
                 "trimmed_mean: %d contributions cannot lose %d at each end; using the mean", count, self.trim
             )
-            return exact_mean(tensors)
-        ordered, _ = torch.sort(torch.stack(tensors), dim=0)  # [n, numel], each column sorted
-        return ordered[self.trim : count - self.trim].mean(dim=0)  # [numel]
+            return exact_mean(tensors, weights)
+        ordered, order = torch.sort(torch.stack(tensors), dim=0, stable=True)  # [n, numel] each column sorted
+        kept = slice(self.trim, count - self.trim)
+        if _unweighted(weights):
+            return ordered[kept].mean(dim=0)  # [numel]
+        per_value = torch.tensor(weights, dtype=torch.float32)[order][kept]  # [n - 2 trim, numel]
+        return (ordered[kept] * per_value).sum(dim=0) / per_value.sum(dim=0)  # [numel]
 
 
 class CenteredClipAggregator(Aggregator):
@@ -298,8 +337,9 @@ class CenteredClipAggregator(Aggregator):
         tolerance: float = DEFAULT_CLIP_TOLERANCE,
         max_norm_ratio: float | None = DEFAULT_MAX_NORM_RATIO,
         alignment_z: float | None = DEFAULT_ALIGNMENT_Z,
+        max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO,
     ) -> None:
-        super().__init__(max_norm_ratio=max_norm_ratio, alignment_z=alignment_z)
+        super().__init__(max_norm_ratio=max_norm_ratio, alignment_z=alignment_z, max_weight_ratio=max_weight_ratio)
         if tau is not None and not (math.isfinite(tau) and tau > 0):
             raise ValueError(f"tau must be positive or None, got {tau!r}")
         if not isinstance(iterations, int) or iterations < 1:
@@ -308,20 +348,19 @@ class CenteredClipAggregator(Aggregator):
         self.iterations = iterations
         self.tolerance = tolerance
 
-    def combine(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+    def combine(self, tensors: list[torch.Tensor], weights: Sequence[float] | None = None) -> torch.Tensor:
         stacked = torch.stack(tensors)  # [n, numel]
         count = stacked.shape[0]
-        center = exact_mean(tensors)  # [numel]
+        center = exact_mean(tensors, weights)  # [numel]
+        shares = None if _unweighted(weights) else torch.tensor(weights, dtype=torch.float32) / sum(weights)  # [n]
         for iteration in range(self.iterations):
             diffs = stacked - center  # [n, numel]
             norms = torch.linalg.vector_norm(diffs, dim=1)  # [n]
             tau = self.tau if self.tau is not None else float(norms.median())
             if tau == 0.0:
                 return center
-            weights = (
-                torch.clamp(tau / norms.clamp_min(torch.finfo(torch.float32).tiny), max=1.0) / count
-            )  # [n]
-            step = weights @ diffs  # [numel]
+            clipped = torch.clamp(tau / norms.clamp_min(torch.finfo(torch.float32).tiny), max=1.0)  # [n]
+            step = (clipped / count if shares is None else clipped * shares) @ diffs  # [numel]
             center = center + step
             moved = float(torch.linalg.vector_norm(step))
             if moved <= self.tolerance * max(float(torch.linalg.vector_norm(center)), 1.0):
@@ -341,16 +380,27 @@ def _cosines_with_the_others(tensors: list[torch.Tensor]) -> list[float]:
     return cosines
 
 
-def exact_mean(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """float32 mean summed in the given order (deterministic; no [n, numel] stack, one extra vector).
+def exact_mean(tensors: list[torch.Tensor], weights: Sequence[float] | None = None) -> torch.Tensor:
+    """float32 (weighted) mean summed in the given order (deterministic; no [n, numel] stack, one extra
+    vector). ``weights`` None or all equal: the plain mean, bitwise.
 
     float32 rather than float64: float64 arithmetic is slower on CPU and the pseudo-gradients
     are float32 anyway (the error is a few ulp for groups of tens of peers).
     """
-    total = tensors[0].clone()  # [numel]
-    for tensor in tensors[1:]:
-        total.add_(tensor)
-    return total.div_(len(tensors))
+    if _unweighted(weights):
+        total = tensors[0].clone()  # [numel]
+        for tensor in tensors[1:]:
+            total.add_(tensor)
+        return total.div_(len(tensors))
+    assert weights is not None and len(weights) == len(tensors)
+    total = tensors[0] * weights[0]  # [numel]
+    for tensor, weight in zip(tensors[1:], weights[1:], strict=True):
+        total.add_(tensor, alpha=weight)
+    return total.div_(math.fsum(weights))
+
+
+def _unweighted(weights: Sequence[float] | None) -> bool:
+    return weights is None or all(weight == weights[0] for weight in weights)
 
 
 AGGREGATORS: dict[str, type[Aggregator]] = {

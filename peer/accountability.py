@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lila_net.aggregation import Rejection
+from lila_net.aggregation import REASONS, Rejection
 from lila_net.proto import coordinator_pb2 as pb
 from peer.averaging.averager import Averager, RoundResult
 from peer.averaging.config import AveragingConfig, StateSyncConfig
@@ -32,7 +32,7 @@ from peer.reachability import CLIENT, Reachability
 logger = logging.getLogger(__name__)
 
 MAX_EVIDENCE_PER_REPORT = 64
-KNOWN_REASONS = frozenset({"misaligned", "non_finite", "norm_ratio", "shape_mismatch", "undecodable"})
+KNOWN_REASONS = frozenset(REASONS)
 
 
 def credential_fetcher(client: Any) -> Callable[[str, bytes], IssuedCredential]:

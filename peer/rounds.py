@@ -105,15 +105,16 @@ def _group_logger(events: EventLog):
 
 
 def average(peer: Peer, round_index: int, vector: torch.Tensor, *,
-            expected: frozenset[str] | None = None) -> RoundResult:
-    """One averaging round; ``expected``: the peers the round barrier saw arrive (None: unknown)."""
+            expected: frozenset[str] | None = None, weight: float = 1.0) -> RoundResult:
+    """One averaging round; ``expected``: the peers the round barrier saw arrive (None: unknown);
+    ``weight``: the tokens this peer trained in the period (its contribution counts that much)."""
     averager = peer.network.averager
     base = AveragingConfig.for_run(peer.run.diloco)
     exchange_s = exchange_timeout(base.part_timeout, peer.network.link)  # follows the measured link
     averager.config = dataclasses.replace(base, part_timeout=exchange_s, result_timeout=exchange_s)
     future = peer.network.transport.submit(averager.average_async(
         round_index, vector, codec=peer.training.codec, aggregator=peer.training.aggregator,
-        on_group=_group_logger(peer.events), want_reconstruction=True, expected_peers=expected))
+        on_group=_group_logger(peer.events), want_reconstruction=True, expected_peers=expected, weight=weight))
     try:
         return wait_future(future, averager.round_timeout + CALL_SLACK_S, stop=peer.stop)
     except concurrent.futures.TimeoutError:
@@ -145,7 +146,7 @@ def outer_round(peer: Peer, round_index: int, period: Period, *,
     delta = training.outer.pseudo_gradient(flatten_parameters(training.model))
     vector = delta + progress.residual  # error feedback: what earlier rounds' codec dropped
     started = time.perf_counter()
-    result = average(peer, round_index, vector, expected=expected)
+    result = average(peer, round_index, vector, expected=expected, weight=max(period.tokens, 1))
     seconds = time.perf_counter() - started
     peer.network.trust.report_round(result)  # rejections in this peer's part -> ReportStrike
     _record_round(peer, result, seconds)

@@ -97,6 +97,7 @@ class AllReduceOutcome:
 class _OwnerPart:
     numel: int
     contributions: dict[str, torch.Tensor] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)  # the contributors' declared weights
     rejections: list[Rejection] = field(default_factory=list)
     received: set[str] = field(default_factory=set)  # arrived (duplicates are refused)
     settled: set[str] = field(default_factory=set)  # decoded or rejected
@@ -144,8 +145,12 @@ class AllReduceSession:
         aggregator: Aggregator,
         counter: ByteCounter,
         want_reconstruction: bool = False,
+        weight: float = 1.0,
     ) -> None:
+        if not (math.isfinite(weight) and weight > 0):
+            raise ValueError(f"weight={weight!r}: a contribution's weight must be a finite number > 0")
         self.endpoint = endpoint
+        self.weight = float(weight)
         self.run_id = run_id
         self.config = config
         self.group = group
@@ -190,7 +195,7 @@ class AllReduceSession:
                 own_decoded = await self._in_executor(decode_part, self.codec, own, stop - start)
                 if reconstruction is not None:
                     reconstruction[start:stop] = own_decoded
-            self._add_contribution(self.me, own_decoded)
+            self._add_contribution(self.me, own_decoded, self.weight)
         senders = [
             asyncio.ensure_future(self._send_part(index, average, reconstruction, failed, evidence))
             for index in range(len(self.group.owners))
@@ -293,6 +298,7 @@ class AllReduceSession:
             "round": self.group.round_index,
             "group_id": self.group.group_id,
             "part": index,
+            "weight": self.weight,
         }
 
     async def _reduce_own_part(
@@ -313,7 +319,7 @@ class AllReduceSession:
             missing = sorted(set(self.group.members) - part.received)
             logger.warning("round %d: part %d aggregated without %s", self.group.round_index, index, missing)
         part.closed = True
-        contributions = [Contribution(peer, tensor) for peer, tensor in part.contributions.items()]
+        contributions = [Contribution(peer, tensor, part.weights[peer]) for peer, tensor in part.contributions.items()]
         try:
             aggregate = await self._in_executor(
                 lambda: self.aggregator.aggregate(
@@ -339,13 +345,14 @@ class AllReduceSession:
         average[start:stop] = decoded
 
     # ------------------------------------------------------------------ serving contributions
-    def _add_contribution(self, peer_id: str, tensor: torch.Tensor | None) -> None:
-        """Record a decoded contribution (None: abstained or rejected before aggregation) and wake the
-        owner once every member's contribution is settled."""
+    def _add_contribution(self, peer_id: str, tensor: torch.Tensor | None, weight: float = 1.0) -> None:
+        """Record a decoded contribution (None: abstained or rejected before aggregation) with its weight
+        and wake the owner once every member's contribution is settled."""
         part = self._part
         assert part is not None
         if tensor is not None:
             part.contributions[peer_id] = tensor
+            part.weights[peer_id] = weight
         part.received.add(peer_id)
         part.settled.add(peer_id)
         if len(part.settled) == len(self.group.members):
@@ -382,7 +389,7 @@ class AllReduceSession:
             if part.closed:
                 logger.info("round %d: contribution of %s decoded too late", self.group.round_index, peer_id)
             else:
-                self._add_contribution(peer_id, tensor)
+                self._add_contribution(peer_id, tensor, _declared_weight(frame.header))
         timeout = max(self._final_deadline - asyncio.get_running_loop().time(), 0.0)
         self._pending_replies += 1
         self._replies_idle.clear()
@@ -398,6 +405,15 @@ class AllReduceSession:
         self._pending_replies -= 1
         if self._pending_replies == 0:
             self._replies_idle.set()
+
+
+def _declared_weight(header: dict[str, Any]) -> float:
+    """The weight a contributor declared (absent: 1, as from peers before weights); anything but a number
+    reads as NaN, which the aggregator rejects as ``bad_weight`` (evidence, like any bad contribution)."""
+    value = header.get("weight", 1.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
 
 
 def _parse_rejections(header: dict[str, Any], group: Group) -> list[Rejection]:

@@ -141,6 +141,7 @@ class Averager:
         on_group: Callable[[Group], None] | None = None,
         want_reconstruction: bool = False,
         expected_peers: Iterable[str] | None = None,
+        weight: float = 1.0,
     ) -> RoundResult:
         """Average ``vector`` ([numel] float32, CPU) with the peers of round ``round_index`` (blocking).
 
@@ -148,7 +149,8 @@ class Averager:
         ``want_reconstruction`` also returns what the owners decode from this peer's contributions, for
         error feedback: ``residual = vector - result.reconstruction``. ``expected_peers``: the other
         peers known to be coming to this round (e.g. from a round barrier): matchmaking ends as soon as
-        they all announced, instead of after the whole ``matchmaking_time``.
+        they all announced, instead of after the whole ``matchmaking_time``. ``weight``: how much this
+        peer's contribution counts (the tokens it trained this round; see :mod:`lila_net.aggregation`).
         """
         self._check_vector(vector)
         coro = self.average_async(
@@ -159,6 +161,7 @@ class Averager:
             on_group=on_group,
             want_reconstruction=want_reconstruction,
             expected_peers=expected_peers,
+            weight=weight,
         )
         return self.transport.run(coro, timeout=self.round_timeout + ROUND_SLACK_S)
 
@@ -182,6 +185,7 @@ class Averager:
         on_group: Callable[[Group], None] | None = None,
         want_reconstruction: bool = False,
         expected_peers: Iterable[str] | None = None,
+        weight: float = 1.0,
     ) -> RoundResult:
         """Coroutine form of :meth:`average`, to be awaited on the transport loop."""
         self._check_vector(vector)
@@ -230,6 +234,7 @@ class Averager:
             aggregator=aggregator,
             counter=counter,
             want_reconstruction=want_reconstruction,
+            weight=weight,
         )
         slot = self._session_slot(round_index)
         if slot.done():  # a stale session of a previous attempt at this round

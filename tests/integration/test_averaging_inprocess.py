@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from lila_net.aggregation import Contribution
 from lila_run.harness import RawCodec
 from peer.averaging import (
     Averager,
@@ -200,3 +201,37 @@ def test_a_retried_round_whose_first_leader_died_still_forms_one_group(transport
     for name, result in retry.items():
         assert (result.status, result.group_size) == ("ok", 2), (name, result.status, result.reason)
         assert torch.equal(result.average, torch.full((NUMEL,), 4.0))
+
+
+@pytest.mark.parametrize("rule", ["mean", "centered_clip"])
+def test_contributions_count_by_the_tokens_their_peers_trained(transports: list[Transport], rule: str) -> None:
+    """Three real peers (1 024, 1 024 and 4 096 tokens trained): every owner weights the contributions to
+    its part by the declared tokens, so every peer ends with the same weighted mean, bit for bit."""
+    authorize = StaticTokenAuthorizer([GOOD])
+    averagers = [Averager(t, run_id=f"{RUN_ID}-weighted-{rule}", credential=GOOD, authorize=authorize,
+                          max_numel=NUMEL, config=CONFIG) for t in transports]
+    codec, aggregator = RawCodec(torch.float32), get_aggregator(rule)
+    values, tokens = (1.0, 2.0, 4.0), (1024, 1024, 4096)
+    vectors = [torch.full((NUMEL,), value) for value in values]
+    results = run_together({
+        str(index): (lambda averager=averager, vector=vector, weight=weight: averager.average(
+            0, vector, codec=codec, aggregator=aggregator, weight=weight,
+            expected_peers=[t.peer_id for t in transports if t is not averager.transport]))
+        for index, (averager, vector, weight) in enumerate(zip(averagers, vectors, tokens, strict=True))
+    })
+    # weights over their lower median (1 024): 1, 1, 4. The mean by hand: (1 + 2 + 16) / 6. CenteredClip's
+    # iterations (checked by hand in tests/unit/net/test_weighted_aggregation.py) run here in-process; the
+    # weights must change its result, or they did not travel
+    if rule == "mean":
+        expected = torch.full((NUMEL,), 19.0 / 6.0)
+    else:
+        def local(weights: tuple[int, ...]) -> torch.Tensor:
+            return aggregator.aggregate([Contribution(str(i), vector, float(weight)) for i, (vector, weight)
+                                         in enumerate(zip(vectors, weights, strict=True))], numel=NUMEL).tensor
+        expected = local(tokens)
+        assert not torch.allclose(expected, local((1, 1, 1)), atol=1e-3)
+    averages = [results[str(index)].average for index in range(3)]
+    for result in results.values():
+        assert result.status == "ok" and result.group_size == 3, result.reason
+    assert all(torch.equal(average, averages[0]) for average in averages)
+    assert torch.allclose(averages[0], expected, rtol=0, atol=1e-6), averages[0][:4]
