@@ -104,6 +104,7 @@ def _add_join(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-checkpoints", type=int, default=PeerOptions.keep_checkpoints, metavar="N",
                    help="checkpoints kept in the workdir, newest first (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal)")
+    p.add_argument("--throttle", type=float, default=PeerOptions.throttle, help=argparse.SUPPRESS)  # tests, benches
     p.set_defaults(func=_run_join)
 
 
@@ -119,7 +120,7 @@ def _run_join(args: argparse.Namespace) -> int:
                               tls_ca=args.tls_ca,
                               threads=args.threads, straggler_wait_s=args.straggler_wait,
                               eval_every=args.eval_every, keep_checkpoints=args.keep_checkpoints,
-                              progress=False if args.no_progress else None)
+                              progress=False if args.no_progress else None, throttle=args.throttle)
     except ConfigError as exc:
         print(f"lila-peer join: {exc}", file=sys.stderr)
         return 2

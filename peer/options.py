@@ -24,7 +24,9 @@ class PeerOptions(Section):
     ``client_mode``: only outgoing connections (the peer then never owns a part nor relays).
     ``straggler_wait_s``: how long this peer waits at each round for the peers it expects (None: the
     run's ``averaging_timeout_s``); see :mod:`peer.round_sync` for how to tune it. ``progress``: the
-    progress bar (None: only when stderr is a terminal).
+    progress bar (None: only when stderr is a terminal). ``throttle``: run at this fraction of the
+    machine's speed (tests and benchmarks of peers of different speeds; a hidden flag, never a volunteer's
+    setting: ``peer.rounds.throttle``).
 
     ``eval_every``: evaluate the validation texts every this many outer steps (0: never). Every peer of a
     round holds the same parameters, and rounds are synchronous, so an evaluation delays the whole network
@@ -55,6 +57,7 @@ class PeerOptions(Section):
     threads: int | None = setting(None, ge=1, label="--threads")
     straggler_wait_s: float | None = setting(None, ge=0, hint="seconds", label="--straggler-wait")
     progress: bool | None = setting(None)
+    throttle: float = setting(1.0, gt=0, le=1, label="--throttle")
 
     def check(self) -> None:
         if self.announce is not None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import itertools
 import logging
+import threading
 import time
 
 import psutil
@@ -50,18 +52,36 @@ def global_progress(peer: Peer) -> tuple[int, int]:
     return progress.global_tokens, progress.active_peers
 
 
+def period_deadline(period_s: float, round_ended: float | None, now: float) -> float | None:
+    """When (``time.monotonic``) a time-boxed inner period ends: ``period_s`` after the last round ended,
+    which every member of that round's group saw at about the same moment, so the group trains for the
+    same wall time and meets again on time (no clock is shared: each peer counts from its own view of the
+    round's end). Without a round yet (a start, a re-sync) the period counts from ``now``. A deadline
+    already past (the peer missed rounds) still allows the one step a period always has; the peer then
+    arrives early and joins the next round. None when ``period_s`` is 0 (fixed ``inner_steps``)."""
+    if period_s <= 0:
+        return None
+    return (now if round_ended is None else round_ended) + period_s
+
+
 def train_period(peer: Peer) -> Period:
-    """Up to H inner steps; fewer when the data runs out or the peer is stopping."""
+    """H inner steps, or with ``diloco.period_s`` every step that fits before :func:`period_deadline` (at
+    least one); fewer when the data runs out or the peer is stopping."""
     run, training, progress, metrics = peer.run, peer.training, peer.progress, peer.metrics
     peer.heartbeat.phase = phases.TRAINING
+    deadline = period_deadline(run.diloco.period_s, progress.round_ended, time.monotonic())
+    progress.round_ended = None  # a period that ends without a round (idle, re-sync) counts from its start
     peer.bar.start_period(outer_step=progress.outer_step + 1, inner_steps=run.diloco.inner_steps)
     global_tokens, peers = global_progress(peer)
     tokens = 0
     losses = []
     step_seconds = 0.0
     started = time.perf_counter()
-    for _ in range(run.diloco.inner_steps):
-        if peer.stop.is_set():
+    on_time = deadline is not None and deadline > time.monotonic()  # False: rounds were missed, catch up
+    for index in itertools.count():
+        if peer.stop.is_set() or (deadline is None and index >= run.diloco.inner_steps):
+            break
+        if deadline is not None and index > 0 and time.monotonic() >= deadline:
             break
         batch = training.feed.next_batch(wait=False)  # no shard free now: end the period, never block
         if batch is None:
@@ -69,6 +89,9 @@ def train_period(peer: Peer) -> Period:
         point = curriculum_at(run.curriculum, schedule_position(global_tokens, tokens, peers))
         training.trainer.set_lr(point.lr)
         stats = training.trainer.step(batch.inputs, batch.targets)
+        throttle(stats.seconds, peer.options.throttle, peer.stop)
+        if index == 0 and on_time and time.monotonic() > deadline:
+            _tell_slow(peer, time.perf_counter() - started, run.diloco.period_s)
         training.feed.commit(batch)
         tokens += stats.tokens
         progress.tokens_trained += stats.tokens
@@ -87,6 +110,24 @@ def train_period(peer: Peer) -> Period:
     training.feed.flush()  # the run's token count is current before the round (and the next period's schedule)
     loss = sum(losses) / len(losses) if losses else 0.0
     return Period(tokens=tokens, seconds=time.perf_counter() - started, loss=loss, step_seconds=step_seconds)
+
+
+def throttle(step_seconds: float, fraction: float, stop: threading.Event) -> None:
+    """Run at ``fraction`` of this machine's speed (``lila-peer join --throttle``, for tests and
+    benchmarks of peers of different speeds): sleep ``(1 / fraction - 1)`` times the step just taken."""
+    if fraction < 1.0:
+        stop.wait(step_seconds * (1.0 / fraction - 1.0))
+
+
+def _tell_slow(peer: Peer, seconds: float, period_s: float) -> None:
+    """Say once that one inner step does not fit the run's period, and what to do about it."""
+    if peer.progress.told_slow:
+        return
+    peer.progress.told_slow = True
+    logger.warning("one inner step took %.1f s, longer than the run's period of %.1f s (diloco.period_s): "
+                   "this peer arrives late at every round and the others wait for it. Run it on a faster "
+                   "device (--device) or with fewer threads busy elsewhere; the run's organizer can raise "
+                   "diloco.period_s or lower diloco.batch_size", seconds, period_s)
 
 
 def _first_step(peer: Peer) -> None:
@@ -148,6 +189,7 @@ def outer_round(peer: Peer, round_index: int, period: Period, *,
     started = time.perf_counter()
     result = average(peer, round_index, vector, expected=expected, weight=max(period.tokens, 1))
     seconds = time.perf_counter() - started
+    progress.round_ended = time.monotonic()  # time-boxed periods count from here
     peer.network.trust.report_round(result)  # rejections in this peer's part -> ReportStrike
     _record_round(peer, result, seconds)
     progress.round_seconds = seconds

@@ -97,6 +97,14 @@ class DilocoSection(Section):
     clipping off. ``matchmaking_time_s``: how long peers gather for a round (see
     ``peer.averaging.config.AveragingConfig``); ``averaging_timeout_s`` bounds how long a round may wait
     for a slow or dead peer. A round applies only with at least ``min_group_size`` peers.
+
+    ``period_s`` > 0 time-boxes the inner periods for peers of different speeds: every peer trains until
+    ``period_s`` seconds after its last round ended (at least one step; ``inner_steps`` no longer counts)
+    and every contribution is weighted by the tokens its peer trained (``lila_net.aggregation``), so a fast
+    peer never idles at the barrier and a slow one is never left out (``peer.rounds.train_period``). Set it
+    to what ``inner_steps`` steps take on a typical volunteer's machine; a period shorter than one step of
+    the slowest peer makes that peer late at every round (it is told so). 0 (the default): every peer runs
+    exactly ``inner_steps`` steps.
     """
 
     section = "diloco"
@@ -110,6 +118,7 @@ class DilocoSection(Section):
     matchmaking_time_s: float = setting(3.0, gt=0)
     averaging_timeout_s: float = setting(30.0, gt=0)
     min_group_size: int = setting(1, ge=1)
+    period_s: float = setting(0.0, ge=0, hint="0: every peer runs inner_steps steps")
 
     def check(self) -> None:
         if self.averaging_timeout_s <= self.matchmaking_time_s:

@@ -33,22 +33,25 @@ def test_believed_drops_banned_donors_and_claims_beyond_the_coordinators_step_pl
     assert moved_on(donors[2:], 6) is None
 
 
-def test_a_state_claimed_far_ahead_is_never_believed(data: tuple[Any, ...]) -> None:
+def test_a_state_claimed_far_ahead_is_never_believed_and_its_signed_record_bans_the_attacker(
+    data: tuple[Any, ...],
+) -> None:
     clean = attacked(None, data)  # type: ignore[arg-type]
     result = attacked("state_hijack", data)
-    assert (result["attack_succeeded"], result["hijack_loads"], result["attacker_banned"]) == (False, 0, False)
-    assert result["val_bpb"] == clean["val_bpb"]  # the honest network trained exactly as without it
-    assert result["why"] == robust.NO_BAN_WHY["state_hijack"]
+    assert (result["attack_succeeded"], result["hijack_loads"], result["attacker_banned"]) == (False, 0, True)
+    assert result["banned_at_round"] == 1  # the first forwarded record is proof enough
+    assert result["val_bpb"] <= clean["val_bpb"] * robust.TARGET_RATIO  # three honest peers train on
 
 
 def test_a_state_claimed_one_step_ahead_is_not_loaded_either(data: tuple[Any, ...]) -> None:
     """The attacker also reports the round's step with its garbage hash and publishes a group record of
     one: its report alone does not move the coordinator's step (two tokens are needed while two take
     part), and group records vouch for nothing, so no honest peer has a trusted hash that matches."""
-    far = attacked("state_hijack", data)
+    clean = attacked(None, data)  # type: ignore[arg-type]
     result = attacked("state_hijack_next", data)
     assert (result["attack_succeeded"], result["hijack_loads"], result["attacker_banned"]) == (False, 0, False)
-    assert result["val_bpb"] == far["val_bpb"]
+    assert result["val_bpb"] == clean["val_bpb"]  # the honest network trained exactly as without it
+    assert result["why"] == robust.NO_BAN_WHY["state_hijack_next"]
 
 
 def test_squatted_group_records_make_nobody_sit_out(data: tuple[Any, ...]) -> None:
