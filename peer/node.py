@@ -43,6 +43,7 @@ from .heartbeat import Heartbeat
 from .logs import PeerContext, adopt_library_loggers
 from .metrics import PeerMetrics
 from .options import PeerOptions
+from .overlap import Overlap
 from .parts import Network, Peer, Progress, Training
 from .progress import ProgressBar
 from .round_sync import BarrierResult
@@ -131,20 +132,35 @@ class PeerNode:
         return code
 
     def _loop(self, peer: Peer) -> None:
-        """Rounds until the run ends, this peer holds outer step ``max_outer_steps``, or it is stopped."""
+        """Rounds until the run ends, this peer holds outer step ``max_outer_steps``, or it is stopped.
+        With ``diloco.overlap`` each round averages while the next period trains (:mod:`peer.overlap`)."""
+        overlap = Overlap() if peer.run.diloco.overlap else None
+        try:
+            self._rounds(peer, overlap)
+        finally:
+            if overlap is not None:
+                overlap.close()
+
+    def _rounds(self, peer: Peer, overlap: Overlap | None) -> None:
         last_step = self.options.max_outer_steps
         while not self.stop.is_set():
-            if last_step is not None and peer.progress.outer_step >= last_step:
+            in_flight = overlap is not None and overlap.inflight is not None
+            if last_step is not None and peer.progress.outer_step >= last_step and not in_flight:
                 logger.info("holding outer step %d (--max-outer-steps): leaving", peer.progress.outer_step)
                 self._finish(peer, last_step=last_step)
                 break
             if peer.network.trust.session.banned or peer.heartbeat.refused:  # credential or heartbeat refused
                 raise Banned("the coordinator banned this peer from the run (its contributions were rejected "
                              "by the other peers too often; see the coordinator's status page): leaving")
-            follow_majority(peer)  # the coordinator said most peers hold other parameters: take theirs
+            if not in_flight:
+                follow_majority(peer)  # the coordinator said most peers hold other parameters: take theirs
             period = train_period(peer)
             if self.stop.is_set():
                 break
+            if overlap is not None and in_flight:
+                overlap.land(peer)  # the round that averaged while this period trained
+                if last_step is not None and peer.progress.outer_step >= last_step:
+                    continue
             if period.tokens == 0:
                 if self.client.run_finished:
                     logger.info("the curriculum has no data left: the run is finished")
@@ -157,6 +173,9 @@ class PeerNode:
                                     "from its checkpoint)")
             round_index = peer.progress.outer_step + 1
             if catch_up(peer, round_index, period.tokens):
+                continue
+            if overlap is not None:
+                overlap.launch(peer, period)
                 continue
             try:
                 barrier = peer.network.round_sync.wait_for_peers(round_index, stop=self.stop)

@@ -119,9 +119,9 @@ class Progress:
     it. ``residual``: the error-feedback residual (what earlier rounds' codec dropped). ``global_tokens`` / ``active_peers``: the run's
     progress as last read from the coordinator (the learning-rate schedule). ``tokens_trained``: committed
     batches since the process started (credited at the coordinator). ``phases``: timings of the work after
-    the current round; ``round_seconds``: how long the last averaging round took. ``round_ended``: when
-    (``time.monotonic``) the last averaging round ended, which time-boxed periods count from (None: no round
-    yet); ``told_slow``: this peer was told it cannot finish a step within the run's period."""
+    the current round; ``round_seconds``: how long the last averaging round took. ``group_formed``: when
+    (``time.monotonic``) the last round's group formed, which time-boxed periods count from (None: no round
+    since the period began, :func:`peer.rounds.period_deadline`); ``told_slow``: this peer was told it cannot finish a step within the run's period."""
 
     residual: torch.Tensor
     outer_step: int = 0
@@ -133,7 +133,8 @@ class Progress:
     tokens_trained: int = 0
     first_step_done: bool = False
     round_seconds: float = 0.0
-    round_ended: float | None = None
+    group_formed: float | None = None
+    overlap_wait_s: float = 0.0  # overlapped rounds: how long the last one was waited for after its period
     told_slow: bool = False
     phases: PhaseTimer = field(default_factory=PhaseTimer)
     started: float = field(default_factory=time.monotonic)

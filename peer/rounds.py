@@ -27,7 +27,7 @@ from lila_net import phases
 from .averaging.averager import STATUS_FAILED, RoundResult
 from .averaging.config import AveragingConfig
 from .averaging.matchmaking import Group
-from .events import EventLog, PhaseTimer
+from .events import PhaseTimer
 from .inner import schedule_position
 from .link import exchange_timeout
 from .outer import flatten_parameters, load_flat_parameters
@@ -52,16 +52,16 @@ def global_progress(peer: Peer) -> tuple[int, int]:
     return progress.global_tokens, progress.active_peers
 
 
-def period_deadline(period_s: float, round_ended: float | None, now: float) -> float | None:
-    """When (``time.monotonic``) a time-boxed inner period ends: ``period_s`` after the last round ended,
-    which every member of that round's group saw at about the same moment, so the group trains for the
-    same wall time and meets again on time (no clock is shared: each peer counts from its own view of the
-    round's end). Without a round yet (a start, a re-sync) the period counts from ``now``. A deadline
-    already past (the peer missed rounds) still allows the one step a period always has; the peer then
-    arrives early and joins the next round. None when ``period_s`` is 0 (fixed ``inner_steps``)."""
+def period_deadline(period_s: float, anchor: float | None, now: float) -> float | None:
+    """When (``time.monotonic``) a time-boxed inner period ends: ``period_s`` after ``anchor``, the moment
+    the last round's group formed, which every member saw at about the same instant, so the group trains
+    for the same wall time and meets again on time (no clock is shared: each peer counts from its own view
+    of the group forming). Without an anchor (a start, a re-sync, an idle spell) the period counts from
+    ``now``. A deadline already past (the round took longer than a period) still allows the one step a
+    period always has. None when ``period_s`` is 0 (fixed ``inner_steps``)."""
     if period_s <= 0:
         return None
-    return (now if round_ended is None else round_ended) + period_s
+    return (now if anchor is None else anchor) + period_s
 
 
 def train_period(peer: Peer) -> Period:
@@ -69,8 +69,8 @@ def train_period(peer: Peer) -> Period:
     least one); fewer when the data runs out or the peer is stopping."""
     run, training, progress, metrics = peer.run, peer.training, peer.progress, peer.metrics
     peer.heartbeat.phase = phases.TRAINING
-    deadline = period_deadline(run.diloco.period_s, progress.round_ended, time.monotonic())
-    progress.round_ended = None  # a period that ends without a round (idle, re-sync) counts from its start
+    deadline = period_deadline(run.diloco.period_s, progress.group_formed, time.monotonic())
+    progress.group_formed = None  # consumed: a period after no round (idle, re-sync) counts from its start
     peer.bar.start_period(outer_step=progress.outer_step + 1, inner_steps=run.diloco.inner_steps)
     global_tokens, peers = global_progress(peer)
     tokens = 0
@@ -81,10 +81,13 @@ def train_period(peer: Peer) -> Period:
     for index in itertools.count():
         if peer.stop.is_set() or (deadline is None and index >= run.diloco.inner_steps):
             break
+        if deadline is not None and progress.group_formed is not None:  # overlapped: the round in flight
+            deadline = period_deadline(run.diloco.period_s, progress.group_formed, 0.0)  # formed meanwhile
         if deadline is not None and index > 0 and time.monotonic() >= deadline:
             break
         batch = training.feed.next_batch(wait=False)  # no shard free now: end the period, never block
         if batch is None:
+            logger.info("inner period ends after %d steps: no data available now", index)
             break
         point = curriculum_at(run.curriculum, schedule_position(global_tokens, tokens, peers))
         training.trainer.set_lr(point.lr)
@@ -138,9 +141,10 @@ def _first_step(peer: Peer) -> None:
                 seconds, process_seconds)
 
 
-def _group_logger(events: EventLog):
+def _on_group(peer: Peer):
     def on_group(group: Group) -> None:  # runs on the transport loop: keep it short
-        events.write("group", round=group.round_index, members=list(group.members), leader=group.leader)
+        peer.progress.group_formed = time.monotonic()  # time-boxed periods count from here
+        peer.events.write("group", round=group.round_index, members=list(group.members), leader=group.leader)
 
     return on_group
 
@@ -155,7 +159,7 @@ def average(peer: Peer, round_index: int, vector: torch.Tensor, *,
     averager.config = dataclasses.replace(base, part_timeout=exchange_s, result_timeout=exchange_s)
     future = peer.network.transport.submit(averager.average_async(
         round_index, vector, codec=peer.training.codec, aggregator=peer.training.aggregator,
-        on_group=_group_logger(peer.events), want_reconstruction=True, expected_peers=expected, weight=weight))
+        on_group=_on_group(peer), want_reconstruction=True, expected_peers=expected, weight=weight))
     try:
         return wait_future(future, averager.round_timeout + CALL_SLACK_S, stop=peer.stop)
     except concurrent.futures.TimeoutError:
@@ -179,17 +183,38 @@ def _record_round(peer: Peer, result: RoundResult, seconds: float) -> None:
 
 def outer_round(peer: Peer, round_index: int, period: Period, *,
                 expected: frozenset[str] | None = None) -> RoundResult | None:
-    """Average and apply outer step ``round_index``; the result when it was applied, else None."""
-    training, progress, min_group = peer.training, peer.progress, peer.run.diloco.min_group_size
+    """Average and apply outer step ``round_index`` (blocking); the result when it was applied, else None."""
     peer.heartbeat.phase = phases.AVERAGING
-    peer.events.write("round_start", round=round_index)
-    progress.phases = PhaseTimer()  # what follows the averaging itself, written with the outer step
-    delta = training.outer.pseudo_gradient(flatten_parameters(training.model))
-    vector = delta + progress.residual  # error feedback: what earlier rounds' codec dropped
+    vector, result, seconds = exchange(peer, round_index, period, expected=expected)
+    return apply_round(peer, round_index, vector, result, seconds, expected=expected)
+
+
+def exchange(peer: Peer, round_index: int, period: Period, *,
+             expected: frozenset[str] | None = None) -> tuple[torch.Tensor, RoundResult, float]:
+    """The averaging of round ``round_index``: this peer's pseudo-gradient (θ_global − θ_local, plus what
+    earlier rounds' codec dropped), the round's result and how long it took."""
+    vector = round_vector(peer, round_index)
     started = time.perf_counter()
     result = average(peer, round_index, vector, expected=expected, weight=max(period.tokens, 1))
-    seconds = time.perf_counter() - started
-    progress.round_ended = time.monotonic()  # time-boxed periods count from here
+    return vector, result, time.perf_counter() - started
+
+
+def round_vector(peer: Peer, round_index: int) -> torch.Tensor:
+    """What this peer sends in round ``round_index``: θ_global − θ_local, plus what earlier rounds' codec
+    dropped (error feedback). [numel] float32, a new tensor."""
+    peer.events.write("round_start", round=round_index)
+    delta = peer.training.outer.pseudo_gradient(flatten_parameters(peer.training.model))  # [numel]
+    return delta + peer.progress.residual
+
+
+def apply_round(peer: Peer, round_index: int, vector: torch.Tensor, result: RoundResult, seconds: float, *,
+                expected: frozenset[str] | None = None, keep: torch.Tensor | None = None) -> RoundResult | None:
+    """Apply the averaged round: the outer step, the model's new parameters, the hash check. ``keep``
+    ([numel], overlapped rounds): this peer's progress since the pseudo-gradient was taken, kept on top of
+    the new global parameters (``θ_local = θ_global − keep``). The result when applied, else None (the
+    local parameters are then left as they are)."""
+    training, progress, min_group = peer.training, peer.progress, peer.run.diloco.min_group_size
+    progress.phases = PhaseTimer()  # what follows the averaging itself, written with the outer step
     peer.network.trust.report_round(result)  # rejections in this peer's part -> ReportStrike
     _record_round(peer, result, seconds)
     progress.round_seconds = seconds
@@ -221,7 +246,8 @@ def outer_round(peer: Peer, round_index: int, period: Period, *,
                                            / result.group_size / max(result.bytes_sent, 1))
     training.outer.step(result.average)
     progress.outer_step, progress.group_size = round_index, result.group_size
-    load_flat_parameters(training.model, training.outer.global_params)
+    global_params = training.outer.global_params
+    load_flat_parameters(training.model, global_params if keep is None else global_params - keep)
     progress.params_hash = training.outer.params_hash()
     with progress.phases.phase("verify"):
         verify(peer, round_index, result)

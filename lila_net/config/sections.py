@@ -105,6 +105,11 @@ class DilocoSection(Section):
     to what ``inner_steps`` steps take on a typical volunteer's machine; a period shorter than one step of
     the slowest peer makes that peer late at every round (it is told so). 0 (the default): every peer runs
     exactly ``inner_steps`` steps.
+
+    ``overlap``: start the next inner period while the round's averaging runs, and apply the averaged
+    update when it arrives, one period late (``peer.overlap``): compute never waits for the network, at
+    the price of an outer step one period stale. Worth it when a round's communication is a sizeable part
+    of a period (slow uplinks); best with ``period_s`` so that every peer trains until the group meets.
     """
 
     section = "diloco"
@@ -119,6 +124,7 @@ class DilocoSection(Section):
     averaging_timeout_s: float = setting(30.0, gt=0)
     min_group_size: int = setting(1, ge=1)
     period_s: float = setting(0.0, ge=0, hint="0: every peer runs inner_steps steps")
+    overlap: bool = setting(False)
 
     def check(self) -> None:
         if self.averaging_timeout_s <= self.matchmaking_time_s:
