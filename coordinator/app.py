@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import time
 from dataclasses import dataclass, field
@@ -134,7 +135,14 @@ class CoordinatorApp:
             authority=self.authority,
         )
         self.service.revoked_token_ids = self.storage.revoked_token_ids()
-        self._grpc, port = await start_grpc_server(self.service, host=grpc_host, port=grpc_port, tls=tls)
+        try:
+            self._grpc, port = await start_grpc_server(self.service, host=grpc_host, port=grpc_port, tls=tls)
+        except RuntimeError as exc:  # gRPC says only "Failed to bind to address ..."
+            if "bind" not in str(exc).lower():
+                raise
+            raise OSError(errno.EADDRINUSE, f"cannot serve gRPC on {grpc_host}:{grpc_port}: the port is in use or "
+                          "the address is not this machine's; choose another --grpc (port 0 picks a free "
+                          "one)") from exc
         addresses.grpc = f"{grpc_host}:{port}"
         http = await self._web.start(host=http_host, port=http_port)
         addresses.http = f"{http_host}:{http}"

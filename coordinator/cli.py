@@ -24,6 +24,9 @@ import sys
 import time
 from pathlib import Path
 
+from lila_net.address import parse_host_port as split_host_port
+from lila_net.exits import CommandError, ExitStatus, run_command
+
 logger = logging.getLogger("coordinator")
 
 HOURS_TO_S = 3600.0
@@ -32,12 +35,8 @@ DEFAULT_HTTP_PORT = 8080  # status page, /api/status, /metrics
 
 
 def parse_host_port(text: str, *, flag: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) into its parts; raises ``SystemExit`` with a clear message."""
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise SystemExit(f"{flag} {text!r}: use HOST:PORT, e.g. 127.0.0.1:0 (port 0 picks a free port)")
-    return host, int(port)
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) into its parts; raises ``ValueError`` with a clear message."""
+    return split_host_port(text, what=flag, example="127.0.0.1:0 (port 0 picks a free port)", allow_port_zero=True)
 
 
 def _write_ready(path: Path, info: dict) -> None:
@@ -131,11 +130,8 @@ def _token(args: argparse.Namespace) -> int:
             print(f"join token {token_id} created; it is shown only once, store it now", file=sys.stderr)
         elif args.token_command == "revoke":
             if not storage.revoke_join_token(args.token_id, at=time.time()):
-                print(
-                    f"no active join token with id {args.token_id!r}; see `lila-coordinator token list`",
-                    file=sys.stderr,
-                )
-                return 1
+                raise CommandError(f"no active join token with id {args.token_id!r}; see `lila-coordinator token list`",
+                                   ExitStatus.NO)
             print(f"join token {args.token_id} revoked; its sessions end within seconds")
         else:
             for row in storage.join_tokens():
@@ -155,7 +151,9 @@ def _token(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lila-coordinator``."""
     parser = argparse.ArgumentParser(prog="lila-coordinator", description="LILA Network coordinator")
-    parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and a traceback above an error's one-line message")
+    parser.add_argument("--log-level", help="logging level (DEBUG, INFO, WARNING; default INFO, DEBUG with -v)")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the coordinator")
     serve.add_argument("--config", required=True, help="run config TOML (see runs/)")
@@ -206,18 +204,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``lila-coordinator``."""
+    """Entry point of ``lila-coordinator``; an expected failure (bad config or address, a port in use, a full
+    disk) ends with one line on stderr and its :class:`~lila_net.exits.ExitStatus`, a traceback only with
+    ``-v``."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
+    level = "DEBUG" if args.verbose and args.log_level is None else (args.log_level or "INFO")
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def body() -> int:
         if args.command == "serve":
             return asyncio.run(_serve(args))
         return _token(args)
-    except (ValueError, OSError, RuntimeError) as exc:  # ConfigError, DataError, StorageError, bind errors
-        print(f"lila-coordinator: error: {exc}", file=sys.stderr)
-        return 2
+
+    # ConfigError, DataError, TlsError and bad addresses are ValueErrors, StorageError a RuntimeError:
+    # their messages say what to fix
+    return run_command("lila-coordinator", body, verbose=args.verbose,
+                       expected={ValueError: ExitStatus.BAD_INPUT, RuntimeError: ExitStatus.BAD_INPUT})
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ def render_page(snapshot: dict[str, Any], *, refresh_s: int = PAGE_REFRESH_S) ->
         run_name=_esc(run["name"]),
         finished_badge='<span class="badge">finished</span>' if snapshot["finished"] else "",
         model=_esc(model),
-        stage_name=_esc(snapshot["stage_name"] or "–"),
+        stage_name=_esc(_stage_heading(snapshot)),
         updated=updated.strftime("%Y-%m-%d %H:%M:%S UTC"),
         outer_step=snapshot["outer_step"],
         global_tokens=_tokens(snapshot["global_tokens"]),
@@ -149,6 +149,16 @@ def render_page(snapshot: dict[str, Any], *, refresh_s: int = PAGE_REFRESH_S) ->
         leader_rows=_rows(leader_rows, 3, "no contributions yet"),
         banned_rows=_rows(banned_rows, 3, "nobody is banned"),
     )
+
+
+def _stage_heading(snapshot: dict[str, Any]) -> str:
+    """The header's stage: the current one's name; once the run finished, the last one's and "finished"."""
+    if snapshot["stage_name"]:
+        return snapshot["stage_name"]
+    if snapshot["finished"]:
+        stages = snapshot["stages"]
+        return f"{stages[-1]['name']} (finished)" if stages else "finished"
+    return "–"
 
 
 class StatusWeb:

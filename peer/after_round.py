@@ -18,8 +18,8 @@ import grpc
 
 from lila_data import evaluate_bpb
 from lila_data.evaluate import DEFAULT_EVAL_BATCH
-from lila_net.claims import MAX_ANNOUNCE_AHEAD
 from lila_model.telemetry import layer_telemetry
+from lila_net.claims import MAX_ANNOUNCE_AHEAD
 
 from .averaging.averager import RoundResult
 from .averaging.state_format import StateSnapshot
@@ -66,7 +66,10 @@ def checkpoint(peer: Peer, val_bpb: float | None = None) -> None:
         training.store.save(step=step, model=training.model, outer_state=training.outer.state_dict(),
                             inner_state=training.trainer.state_dict(),
                             meta={"outer_step": step, "run": run.run.name, "tokenizer": run.data.tokenizer,
-                                  "val_bpb": val_bpb, "params_sha256": peer.progress.params_hash})
+                                  "val_bpb": val_bpb, "params_sha256": peer.progress.params_hash,
+                                  # `lila eval` scores the run's own data on its validation split only
+                                  "data_sources": sorted(set(run.data.sources.values())),
+                                  "validation_fraction": run.data.validation_fraction})
     except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
         logger.warning("could not write the checkpoint of outer step %d (%s: %s); the older ones are kept "
                        "and training goes on: free space in %s", step, type(exc).__name__, exc,

@@ -25,6 +25,7 @@ from lila_net.proto import coordinator_pb2_grpc as pb_grpc
 from lila_net.tls import is_loopback
 
 from .data_feed import Lease, LeaseLost
+from .errors import Stopped
 
 if TYPE_CHECKING:
     from lila_net.dht.evidence import SignedRecord
@@ -49,6 +50,12 @@ class CoordinatorError(RuntimeError):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(f"coordinator refused: {code.name}: {message}")
         self.code = code
+        self.details = message
+
+
+class StoppedWaiting(CoordinatorError, Stopped):
+    """The stop flag was set while a call waited to retry an unreachable coordinator: a clean stop (a
+    :class:`~peer.errors.Stopped`) that callers catching :class:`CoordinatorError` still see as a failed call."""
 
 
 def _position(p: pb.ResumePosition) -> ResumePosition:
@@ -111,7 +118,7 @@ class CoordinatorClient:
                 if not retry or code not in RETRYABLE or time.monotonic() - started > self._retry_for_s:
                     raise CoordinatorError(code, exc.details() or name) from None
                 if self._stop.wait(backoff):
-                    raise CoordinatorError(code, f"{name}: stopping while the coordinator was unreachable") from None
+                    raise StoppedWaiting(code, f"{name}: stopping while the coordinator was unreachable") from None
                 logger.warning("%s: %s (%s); retrying in %.1f s", name, code.name, exc.details(), backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
 
@@ -163,6 +170,9 @@ class CoordinatorClient:
                           pb.CheckReachabilityRequest(host=host, port=port, probe_secret=probe_secret))
 
     def leave(self, reason: str) -> None:
+        """Tell the coordinator this peer leaves; nothing to say when it never joined (no session)."""
+        if not self._session_token:
+            return
         self._call("Leave", self._stub.Leave, pb.LeaveRequest(reason=reason), retry=False)
 
     def status(self, *, retry: bool = True) -> pb.GetStatusResponse:

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
-EXIT_OK = 0
-EXIT_DOES_NOT_FIT = 3  # the run's model does not fit this device (the memory planner's message says why)
-EXIT_TRANSPORT_DIED = 4  # the DHT or p2p daemon died; restarting resumes from the checkpoint
-EXIT_BANNED = 5  # the coordinator banned this peer (its contributions were rejected too often)
+from lila_net.exits import ExitStatus
+
+# The statuses are the three commands' shared table (lila_net.exits.ExitStatus, README "Exit statuses").
+EXIT_OK = ExitStatus.OK
+EXIT_DOES_NOT_FIT = ExitStatus.DOES_NOT_FIT  # the run's model does not fit this device (the planner says why)
+EXIT_TRANSPORT_DIED = ExitStatus.TRANSPORT_DIED  # the DHT or p2p daemon died; restarting resumes from the checkpoint
+EXIT_BANNED = ExitStatus.BANNED  # the coordinator banned this peer (its contributions were rejected too often)
 
 
 class PlanRefused(RuntimeError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from lila_net.address import parse_host_port
 from lila_net.config import ConfigError, Section, setting
 
 from .hardware import DEVICE_CHOICES
@@ -60,6 +61,11 @@ class PeerOptions(Section):
     throttle: float = setting(1.0, gt=0, le=1, label="--throttle")
 
     def check(self) -> None:
+        try:
+            parse_host_port(self.coordinator, what="coordinator address",
+                            example="coordinator.example.org:7600 (the address the run's organizer gave you)")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.announce is not None:
             try:
                 parse_announce(self.announce)

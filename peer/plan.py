@@ -24,7 +24,7 @@ costs about a third more compute). ``grad_accum = batch_size / micro_batch``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -106,7 +106,7 @@ class MemoryPlan:
             f"  weights (fp32 master)     {gb(self.weights_bytes)}",
             f"  gradients                 {gb(self.grads_bytes)}",
             f"  AdamW state               {gb(self.optimizer_bytes)}",
-            f"  outer state ({outer_where:8s})  {gb(self.outer_state_bytes)}",
+            f"  {f'outer state ({outer_where})':26s}{gb(self.outer_state_bytes)}",
             f"  activations               {gb(self.activation_bytes)}",
             f"  reserve                   {gb(self.reserve_bytes)}",
             f"  total on device           {gb(self.device_total_bytes)}",
@@ -186,19 +186,22 @@ def make_plan(preset: str, hardware: Hardware, *, batch_size: int, seq_len: int,
                      f"the outer state lives in {where}."),
         )
     smallest = activation_bytes(config, seq_len=seq_len, micro_batch=1, dtype=dtype, checkpointing=True)
-    needed = fixed + smallest + (outer if hardware.device == "cpu" else 0)
-    needed_gib = math.ceil(needed / USABLE_FRACTION / GIB)
-    return MemoryPlan(
+    refused = MemoryPlan(
         preset=preset, device=hardware.device, memory_bytes=hardware.memory_bytes, fits=False,
         dtype=dtype, micro_batch=1, grad_accum=batch_size, activation_checkpointing=True,
         outer_state_on_host=outer_on_host, weights_bytes=weights, grads_bytes=grads,
         optimizer_bytes=optimizer, outer_state_bytes=outer, activation_bytes=smallest,
-        reserve_bytes=reserve,
-        message=(f"{preset} does NOT fit in {hardware.memory_bytes / GIB:.1f} GiB: even with activation "
-                 f"checkpointing, micro-batch 1 and the outer state in host RAM it needs about "
-                 f"{needed_gib} GiB. Join a run with a smaller preset, or use a device with at least "
-                 f"{needed_gib} GiB."),
+        reserve_bytes=reserve, message="",
     )
+    # one figure: the table's "total on device" is the need; the device must hold it in its usable share
+    needed = refused.device_total_bytes
+    device_gib = math.ceil(needed / USABLE_FRACTION / GIB)
+    outer_where = "host RAM" if outer_on_host else "device memory"
+    return replace(refused, message=(
+        f"{preset} does NOT fit in {hardware.memory_bytes / GIB:.1f} GiB: even with activation checkpointing, "
+        f"micro-batch 1 and the outer state in {outer_where} it needs about {needed / GIB:.2f} GiB on the "
+        f"device (the total above), so a device of at least {device_gib} GiB (plans use "
+        f"{USABLE_FRACTION:.0%} of a device's memory). Join a run with a smaller preset, or use such a device."))
 
 
 def _throughput_score(tokens_per_micro_step: int, checkpointing: bool) -> float:

@@ -35,6 +35,7 @@ import socket
 import threading
 from dataclasses import dataclass
 
+from lila_net.address import parse_host_port
 from lila_net.dht.node import tcp_maddr
 
 logger = logging.getLogger(__name__)
@@ -65,12 +66,8 @@ class Reachability:
 
 def parse_announce(text: str) -> tuple[str, int]:
     """``HOST:PORT`` of ``--announce`` (``[v6]:PORT`` for IPv6); raises ValueError naming the fix."""
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-        raise ValueError(f"--announce {text!r}: use HOST:PORT with the address and TCP port your router forwards "
-                         "to this machine, e.g. --announce 203.0.113.7:31337")
-    return host, int(port)
+    return parse_host_port(text, what="--announce", example="203.0.113.7:31337 (the address and TCP port your "
+                           "router forwards to this machine)")
 
 
 class ProbeListener:

@@ -9,9 +9,11 @@ import signal
 import threading
 from types import FrameType
 
+from lila_net.exits import ExitStatus
+
 logger = logging.getLogger(__name__)
 
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = int(ExitStatus.INTERRUPTED)  # a second signal: quit at once, without leaving cleanly
 
 
 class GracefulStop:

@@ -16,9 +16,10 @@ import argparse
 import logging
 from pathlib import Path
 
+from lila_net.exits import CommandError
+
 logger = logging.getLogger(__name__)
 
-EXIT_BAD_INPUT = 2
 BYTES_PER_MB = 2**20
 
 
@@ -49,18 +50,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    """Export and print the size; returns the exit code (2 on a bad checkpoint)."""
+    """Export and print the size; a bad checkpoint raises (``lila``'s main: one line, exit 2)."""
     from lila_codec.export import export_model
-    from lila_model.checkpoint import CheckpointError
 
     if not Path(args.checkpoint).is_dir():
-        logger.error("checkpoint %s is not a directory; pass one written by save_checkpoint", args.checkpoint)
-        return EXIT_BAD_INPUT
-    try:
-        report = export_model(args.checkpoint, args.out, quant=args.quant, bits=args.bits)
-    except CheckpointError as exc:
-        logger.error("%s", exc)
-        return EXIT_BAD_INPUT
+        raise CommandError(f"checkpoint {args.checkpoint} is not a directory; pass one written by save_checkpoint")
+    report = export_model(args.checkpoint, args.out, quant=args.quant, bits=args.bits)  # CheckpointError: exit 2
     print(
         f"wrote {report.path}: {report.file_bytes} bytes ({report.file_bytes / BYTES_PER_MB:.2f} MiB), "
         f"{report.compression:.2f}x smaller than fp32 ({report.fp32_bytes} bytes); "

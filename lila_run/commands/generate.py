@@ -13,6 +13,8 @@ import logging
 
 import torch
 
+from lila_net.exits import CommandError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_NEW_TOKENS = 100
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     name = args.tokenizer or extra.get("tokenizer")
     tokenizer = load_tokenizer(name) if name else load_tokenizer()
     if tokenizer.vocab_size > model.config.vocab_size:
-        raise SystemExit(
+        raise CommandError(
             f"tokenizer {name or 'default'} has {tokenizer.vocab_size} tokens but the model only "
             f"{model.config.vocab_size}; pass the checkpoint's tokenizer with --tokenizer"
         )

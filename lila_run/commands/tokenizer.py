@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 
-from lila_data.errors import DataError
 from lila_data.tokenizer import DEFAULT_MIN_FREQUENCY, train_tokenizer
 from lila_model.config import DEFAULT_VOCAB_SIZE
 
@@ -38,14 +37,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train and write the tokenizer; print its vocabulary size and sha256. Returns the exit code."""
-    try:
-        texts = selected_texts(args, empty="check the filter, or train on --split all")
-        tokenizer = train_tokenizer(texts, vocab_size=args.vocab, min_frequency=args.min_frequency)
-        digest = tokenizer.save(args.out)
-    except DataError as exc:
-        logger.error("%s", exc)
-        return 2
+    """Train and write the tokenizer; print its vocabulary size and sha256. A bad source raises
+    :class:`DataError` (``lila``'s main: one line, exit 2)."""
+    texts = selected_texts(args, empty="check the filter, or train on --split all")
+    tokenizer = train_tokenizer(texts, vocab_size=args.vocab, min_frequency=args.min_frequency)
+    digest = tokenizer.save(args.out)
     print(f"trained on {len(texts)} documents of {args.data} ({args.split} split)")
     print(f"vocab_size {tokenizer.vocab_size}  eos_id {tokenizer.eos_id}")
     print(f"wrote {args.out}  sha256 {digest}")

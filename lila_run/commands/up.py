@@ -9,6 +9,7 @@ import signal
 import threading
 from pathlib import Path
 
+from lila_net.exits import CommandError, ExitStatus
 from lila_run.local_network import LocalNetwork, NetworkOptions
 
 logger = logging.getLogger(__name__)
@@ -53,14 +54,11 @@ def _effective_config(args: argparse.Namespace) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     if args.peers < 1:
-        print("lila up: --peers must be at least 1")
-        return 2
+        raise CommandError("--peers must be at least 1")
     if not 0 <= args.nat_peers <= args.peers:
-        print(f"lila up: --nat-peers {args.nat_peers} must be between 0 and --peers ({args.peers})")
-        return 2
+        raise CommandError(f"--nat-peers {args.nat_peers} must be between 0 and --peers ({args.peers})")
     if not args.testbed and (args.nat_peers or args.uplink or args.downlink):
-        print("lila up: --nat-peers, --uplink and --downlink need --testbed")
-        return 2
+        raise CommandError("--nat-peers, --uplink and --downlink need --testbed")
     config = _effective_config(args)
     options = NetworkOptions(config=config, workdir=args.workdir, peers=args.peers,
                              max_outer_steps=args.max_outer_steps, dht=not args.no_dht)
@@ -71,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     reason = available()
     if reason is not None:
-        print(f"lila up --testbed: network namespaces cannot be made here: {reason}")
-        return 2
+        raise CommandError(f"--testbed: network namespaces cannot be made here: {reason}")
     with Testbed() as bed:
         network = InternetNetwork(options, bed=bed)
         kinds = [HOME] * args.nat_peers + [PUBLIC] * (args.peers - args.nat_peers)
@@ -115,7 +112,7 @@ def _run(args: argparse.Namespace, network: LocalNetwork, start_peer=None) -> in
     failed = [i for i, code in enumerate(codes) if code not in (0, None)]
     if failed and not stop.is_set():
         print(f"peers {failed} exited with an error; see {args.workdir}/peer-N.log")
-        return 1
+        return ExitStatus.NO
     return 0
 
 

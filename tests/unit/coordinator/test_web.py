@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 
 from aiohttp.test_utils import TestClient, TestServer
@@ -164,3 +165,14 @@ def test_tokens_per_second_from_successive_refreshes():
     )
     assert board.refresh()["tokens_per_s"] == 0.0
     assert board.refresh()["tokens_per_s"] == 30.0  # 300 tokens in 10 s
+
+
+def test_header_names_the_stage_and_says_finished_once_the_run_is():
+    running = render_page(build_snapshot(_state(), HISTORY, run=RUN, now=6.0, tokens_per_s=0.0))
+    assert '<b id="stage-name">stage0</b>' in running
+    state = _state()
+    done = dataclasses.replace(state, stage_index=len(state.plan.stages), leases={})
+    snap = build_snapshot(done, HISTORY, run=RUN, now=6.0, tokens_per_s=0.0)
+    assert snap["finished"] and snap["stage_name"] == ""
+    page = render_page(snap)
+    assert '<b id="stage-name">stage1 (finished)</b>' in page and "stage <b id=\"stage-name\">–" not in page

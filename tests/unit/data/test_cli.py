@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lila_data import iter_validation_texts, load_tokenizer
+from lila_data import iter_texts, iter_validation_texts, load_tokenizer
+from lila_run.cli import main
 from lila_run.commands import eval as eval_command
 from lila_run.commands import tokenizer as tokenizer_command
 
@@ -47,13 +48,10 @@ def test_tokenizer_train_writes_a_loadable_tokenizer(tmp_path: Path, capsys: pyt
     assert tok.vocab_size == 400 and tok.decode(tok.encode("Learning is fun 🎓")) == "Learning is fun 🎓"
 
 
-def test_tokenizer_train_reports_bad_sources(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    code = _run(
-        tokenizer_command,
-        ["tokenizer", "train", "--data", "parquet:/no/such/dir", "--out", str(tmp_path / "t.json")],
-    )
+def test_tokenizer_train_reports_bad_sources(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["tokenizer", "train", "--data", "parquet:/no/such/dir", "--out", str(tmp_path / "t.json")])
     assert code == 2
-    assert "does not exist" in caplog.text
+    assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "t.json").exists()
 
 
@@ -89,19 +87,52 @@ def test_eval_scores_the_validation_split(
     assert f"bpb {report['bpb']:.4f}" in capsys.readouterr().out
 
 
-def test_eval_bad_inputs(checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    assert _run(eval_command, ["eval", "--checkpoint", str(tmp_path / "none")]) == 2
-    assert "does not exist" in caplog.text
-    assert _run(eval_command, ["eval", "--checkpoint", str(checkpoint), "--seq-len", "65"]) == 2
-    assert "exceeds the model's block_size 64" in caplog.text
-    assert (
-        _run(
-            eval_command,
-            ["eval", "--checkpoint", str(checkpoint), "--data", "hf:HuggingFaceFW/fineweb-edu?config=x"],
-        )
-        == 2
-    )
-    assert "unknown config 'x'" in caplog.text
+def test_eval_bad_inputs(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["eval", "--checkpoint", str(tmp_path / "none")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(checkpoint), "--seq-len", "65"]) == 2
+    assert "exceeds the model's block_size 64" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(checkpoint), "--data", "hf:HuggingFaceFW/fineweb-edu?config=x"]) == 2
+    assert "unknown config 'x'" in capsys.readouterr().err
+
+
+def _own_file(tmp_path: Path, docs: int) -> str:
+    """A parquet file of ``docs`` documents (the sample's texts under new ids): data that is not the run's."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = list(iter_texts("bundled:fineweb-edu-sample", max_docs=docs))
+    pq.write_table(pa.table({"id": [f"mine-{i}" for i in range(docs)], "text": texts}), tmp_path / "docs.parquet")
+    return f"parquet:{tmp_path / 'docs.parquet'}"
+
+
+def test_eval_scores_every_document_of_other_data_and_says_which(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = _own_file(tmp_path, 30)
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(checkpoint), "--data", data, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert (report["split"], report["docs"], report["docs_read"], report["docs_read_all"]) == ("all", 30, 30, True)
+    printed = capsys.readouterr().out
+    assert f"scored 30 of 30 documents of {data}: every document, as this is not the data the run trained on" in printed
+    # asked for the validation split of the same file: the line says how many of how many, and why
+    validation = sum(1 for _ in iter_texts(data, split="validation"))
+    assert 0 < validation < 30
+    assert main(["eval", "--checkpoint", str(checkpoint), "--data", data, "--split", "validation"]) == 0
+    assert f"scored {validation} of 30 documents of {data}: the validation split" in capsys.readouterr().out
+
+
+def test_eval_of_the_runs_own_data_says_it_scored_the_validation_split(
+    checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
+    total = sum(1 for _ in iter_texts("bundled:fineweb-edu-sample"))
+    held_out = sum(1 for _ in iter_texts("bundled:fineweb-edu-sample", split="validation"))
+    assert main(["eval", "--checkpoint", str(checkpoint)]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith(f"scored {held_out} of {total} documents of bundled:fineweb-edu-sample: the run's "
+                           "validation split")
+    assert "pass --split all to score every document" in line
 
 
 def test_pick_tokenizer_order() -> None:

@@ -14,6 +14,7 @@ from lila_model.checkpoint import save_checkpoint
 from lila_model.config import get_preset
 from lila_model.generate import generate
 from lila_model.model import LilaLM
+from lila_net.exits import CommandError, ExitStatus
 from lila_run.commands import generate as generate_command
 
 TOKENIZER = "fineweb-edu-2048"
@@ -82,5 +83,6 @@ def test_generate_resonance_monitor_prints_one_line_per_token(
 def test_generate_rejects_a_tokenizer_larger_than_the_model(checkpoint) -> None:
     path, _ = checkpoint
     args = generate_args(path, "--tokenizer", "fineweb-edu-8192")
-    with pytest.raises(SystemExit, match="has 8192 tokens but the model only 2048"):
+    with pytest.raises(CommandError, match="has 8192 tokens but the model only 2048") as refused:
         generate_command.run(args)
+    assert refused.value.status is ExitStatus.BAD_INPUT

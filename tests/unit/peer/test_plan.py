@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from peer.plan import (
     FP32_BYTES,
     GIB,
     OUTER_STATE_COPIES,
+    USABLE_FRACTION,
     ModelSize,
     activation_bytes,
     make_plan,
@@ -66,6 +68,23 @@ def test_lila_1b_shipped_run_fits_24gb_but_not_12gb() -> None:
     plan12 = make_plan("lila-1b", gpu(12), batch_size=run.diloco.batch_size, seq_len=seq_len)
     assert not plan12.fits
     assert "does NOT fit" in plan12.message and "GiB" in plan12.message
+
+
+@pytest.mark.parametrize(("host_gib", "gib"), [(64, 12), (64, 4), (1, 12)])
+def test_refused_plan_states_the_total_its_table_prints(host_gib: int, gib: float) -> None:
+    """One figure: the table's "total on device" is the need the message states (whether the outer state
+    could move to host RAM or not), and the device size it asks for holds that need in its usable share."""
+    hardware = Hardware(device="cuda", name="test GPU", memory_bytes=int(gib * GIB), host_memory_bytes=host_gib * GIB,
+                        bf16=True, fp16=True, cpu_threads=8)
+    plan = make_plan("lila-1b", hardware, batch_size=8, seq_len=2048)
+    assert not plan.fits
+    rendered = plan.render()
+    table_total = re.search(r"total on device\s+([\d.]+) GiB", rendered).group(1)
+    stated_need = re.search(r"needs about ([\d.]+) GiB", rendered).group(1)
+    assert table_total == stated_need == f"{plan.device_total_bytes / GIB:.2f}"
+    device_gib = int(re.search(r"a device of at least (\d+) GiB", rendered).group(1))
+    assert (device_gib - 1) * GIB * USABLE_FRACTION < plan.device_total_bytes <= device_gib * GIB * USABLE_FRACTION
+    assert ("outer state in host RAM" in plan.message) == plan.outer_state_on_host
 
 
 def test_old_gpu_gets_fp16_and_cpu_gets_fp32() -> None:
