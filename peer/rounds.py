@@ -92,15 +92,15 @@ def train_period(peer: Peer) -> Period:
         point = curriculum_at(run.curriculum, schedule_position(global_tokens, tokens, peers))
         training.trainer.set_lr(point.lr)
         stats = training.trainer.step(batch.inputs, batch.targets)
-        throttle(stats.seconds, peer.options.throttle, peer.stop)
+        seconds = stats.seconds + throttle(stats.seconds, peer.options.throttle, peer.stop)  # the emulated step
         if index == 0 and on_time and time.monotonic() > deadline:
             _tell_slow(peer, time.perf_counter() - started, run.diloco.period_s)
         training.feed.commit(batch)
         tokens += stats.tokens
         progress.tokens_trained += stats.tokens
         losses.append(stats.ce_loss)
-        step_seconds += stats.seconds
-        tokens_per_s = stats.tokens / max(stats.seconds, 1e-9)
+        step_seconds += seconds
+        tokens_per_s = stats.tokens / max(seconds, 1e-9)
         metrics.tokens_total.inc(stats.tokens)
         metrics.loss.set(stats.ce_loss)
         metrics.geo_loss.set(stats.geo_loss)
@@ -115,11 +115,15 @@ def train_period(peer: Peer) -> Period:
     return Period(tokens=tokens, seconds=time.perf_counter() - started, loss=loss, step_seconds=step_seconds)
 
 
-def throttle(step_seconds: float, fraction: float, stop: threading.Event) -> None:
+def throttle(step_seconds: float, fraction: float, stop: threading.Event) -> float:
     """Run at ``fraction`` of this machine's speed (``lila-peer join --throttle``, for tests and
-    benchmarks of peers of different speeds): sleep ``(1 / fraction - 1)`` times the step just taken."""
-    if fraction < 1.0:
-        stop.wait(step_seconds * (1.0 / fraction - 1.0))
+    benchmarks of peers of different speeds): sleep ``(1 / fraction - 1)`` times the step just taken, and
+    return the seconds slept (they count as the emulated device's step time)."""
+    if fraction >= 1.0:
+        return 0.0
+    pause = step_seconds * (1.0 / fraction - 1.0)
+    stop.wait(pause)
+    return pause
 
 
 def _tell_slow(peer: Peer, seconds: float, period_s: float) -> None:
