@@ -33,6 +33,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -122,7 +123,8 @@ def run_config(cfg: Config, *, workdir: Path, corpus: str) -> tuple[list[list[di
         codec=CODEC, trust={"aggregator": "centered_clip"},
         coordinator={"heartbeat_interval_s": 0.5, "lease_timeout_s": 30.0},
     )
-    (workdir / "net").mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(workdir, ignore_errors=True)  # a fresh run: peers would resume from an older run's checkpoints
+    (workdir / "net").mkdir(parents=True)
     options = NetworkOptions(config=write_run_config(run, workdir), workdir=workdir / "net", peers=0,
                              max_outer_steps=cfg.outer_steps, threads_per_peer=1,
                              extra_peer_args=("--no-progress", "--eval-every", str(cfg.outer_steps)))
@@ -165,8 +167,11 @@ def summarize(cfg: Config, diaries: Sequence[Sequence[dict[str, Any]]]) -> dict[
         "group_sizes": sorted({int(e.get("group_size", 0)) for peer in steps for e in peer}),
         "same_hashes": same_hashes(diaries),
         "round_s": statistics.median(round_s) if round_s else None,
-        "inner_s": statistics.median(inner) if inner else None,
-        "round_share": (statistics.median(round_s) / statistics.median(inner)) if round_s and inner else None,
+        "inner_s": statistics.median(inner) if inner and not cfg.diloco.get("overlap") else None,
+        # overlapped rounds run during the next period: no blocking share (and round_start follows the last
+        # outer step at once, so inner_s measures nothing there)
+        "round_share": (statistics.median(round_s) / statistics.median(inner))
+        if round_s and inner and not cfg.diloco.get("overlap") else None,
         "bytes_per_round": statistics.median([b for p in stats for b in p.bytes_sent]) if stats[0].bytes_sent else None,
     }
 

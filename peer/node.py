@@ -154,7 +154,7 @@ class PeerNode:
                              "by the other peers too often; see the coordinator's status page): leaving")
             if not in_flight:
                 follow_majority(peer)  # the coordinator said most peers hold other parameters: take theirs
-            period = train_period(peer)
+            period = train_period(peer, waiting=overlap.busy if overlap is not None else None)
             if self.stop.is_set():
                 break
             if overlap is not None and in_flight:

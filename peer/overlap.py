@@ -4,8 +4,8 @@
 With ``diloco.overlap`` the outer update is applied one period late (the one-step-delayed outer step of
 overlapping DiLoCo variants, with "eager" local parameters). After period p the peer takes its
 pseudo-gradient Δ = θ_global − θ_local, starts round r (round barrier, then averaging) on a background
-thread, and at once trains period p+1 from where it is. When period p+1 ends it waits for round r
-(usually finished long before), applies the outer step to θ_global — the same averaged bytes on every
+thread, and at once trains period p+1 from where it is — until round r has ended, if that takes longer
+than the period (``peer.rounds.train_period``'s ``waiting``). Then it applies the outer step to θ_global — the same averaged bytes on every
 member, so the parameter hash check holds — and keeps its progress of period p+1 on top:
 ``θ_local ← θ_global − (θ_local at the start of p+1 − θ_local now)``. The next round then sends
 Δ = θ_global − θ_local, exactly that progress. A round that was not applied (sat out, failed) rebases
@@ -67,6 +67,11 @@ class Overlap:
         start = flatten_parameters(peer.training.model).clone()  # [numel]
         job = self._pool.submit(_barrier_and_average, peer, round_index, vector, period)
         self.inflight = InFlight(round_index, period, vector, start, job)
+
+    def busy(self) -> bool:
+        """True while a round is in flight and has not ended (the period trains on meanwhile)."""
+        inflight = self.inflight
+        return inflight is not None and not inflight.job.done()
 
     def land(self, peer: Peer) -> RoundResult | None:
         """Wait for the round in flight and apply it, keeping the progress made since it started; the

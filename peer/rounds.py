@@ -17,6 +17,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import psutil
 import torch
@@ -64,9 +65,11 @@ def period_deadline(period_s: float, anchor: float | None, now: float) -> float 
     return (now if anchor is None else anchor) + period_s
 
 
-def train_period(peer: Peer) -> Period:
+def train_period(peer: Peer, *, waiting: Callable[[], bool] | None = None) -> Period:
     """H inner steps, or with ``diloco.period_s`` every step that fits before :func:`period_deadline` (at
-    least one); fewer when the data runs out or the peer is stopping."""
+    least one); fewer when the data runs out or the peer is stopping. ``waiting`` (overlapped rounds):
+    while it returns True — the round in flight has not ended — training goes on past the deadline or H,
+    rather than idling until the round lands."""
     run, training, progress, metrics = peer.run, peer.training, peer.progress, peer.metrics
     peer.heartbeat.phase = phases.TRAINING
     deadline = period_deadline(run.diloco.period_s, progress.group_formed, time.monotonic())
@@ -79,11 +82,13 @@ def train_period(peer: Peer) -> Period:
     started = time.perf_counter()
     on_time = deadline is not None and deadline > time.monotonic()  # False: rounds were missed, catch up
     for index in itertools.count():
-        if peer.stop.is_set() or (deadline is None and index >= run.diloco.inner_steps):
+        if peer.stop.is_set():
+            break
+        if deadline is None and index >= run.diloco.inner_steps and not (waiting is not None and waiting()):
             break
         if deadline is not None and progress.group_formed is not None:  # overlapped: the round in flight
             deadline = period_deadline(run.diloco.period_s, progress.group_formed, 0.0)  # formed meanwhile
-        if deadline is not None and index > 0 and time.monotonic() >= deadline:
+        if deadline is not None and index > 0 and time.monotonic() >= deadline and not (waiting and waiting()):
             break
         batch = training.feed.next_batch(wait=False)  # no shard free now: end the period, never block
         if batch is None:
