@@ -52,9 +52,11 @@ def _write_run(directory: Path) -> Path:
     return write_run_config(run, directory)
 
 
-def test_a_peer_sending_scaled_pseudo_gradients_is_banned_and_the_honest_peers_train_on(
-    tmp_path: Path, procs
-) -> None:
+def _run_with_attacker(tmp_path: Path, procs, module: str, env: dict[str, str] | None = None
+                       ) -> tuple[LocalNetwork, dict | None]:
+    """Two honest ``lila-peer join`` processes and one attacker (``python -m module`` with the same flags)
+    until all three exit; asserts the attacker was banned (exit 5) and the honest peers finished (0).
+    Returns the stopped network and the coordinator's last status."""
     network = LocalNetwork(NetworkOptions(config=_write_run(tmp_path), workdir=tmp_path / "net", peers=3,
                                           threads_per_peer=1, extra_peer_args=("--no-progress",)))
     try:
@@ -64,10 +66,10 @@ def test_a_peer_sending_scaled_pseudo_gradients_is_banned_and_the_honest_peers_t
                   for i in range(2)]
         argv = network.peer_command(2)
         assert argv[1:3] == ["-m", "peer.cli"], argv
-        env = network._env() | {"LILA_JOIN_TOKEN": network.token}
+        full_env = network._env() | {"LILA_JOIN_TOKEN": network.token, **(env or {})}
         with open(network.options.workdir / "peer-2.log", "ab") as log:
-            attacker = procs.spawn([argv[0], "-m", ATTACKER, *argv[3:]], stdout=log, stderr=subprocess.STDOUT,
-                                   env=env)
+            attacker = procs.spawn([argv[0], "-m", module, *argv[3:]], stdout=log, stderr=subprocess.STDOUT,
+                                   env=full_env)
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while time.monotonic() < deadline and any(p.poll() is None for p in (*honest, attacker)):
             time.sleep(0.5)
@@ -78,6 +80,13 @@ def test_a_peer_sending_scaled_pseudo_gradients_is_banned_and_the_honest_peers_t
         status = network.status()
     finally:
         network.stop()
+    return network, status
+
+
+def test_a_peer_sending_scaled_pseudo_gradients_is_banned_and_the_honest_peers_train_on(
+    tmp_path: Path, procs
+) -> None:
+    network, status = _run_with_attacker(tmp_path, procs, ATTACKER)
 
     # the ledger: the attacker (the only peer named "peer-2") is banned, with its strikes and their evidence
     db = sqlite3.connect(f"file:{network.options.workdir / 'coordinator.db'}?mode=ro", uri=True)
@@ -111,27 +120,7 @@ def test_a_peer_announcing_a_far_future_step_is_banned_by_its_own_signed_record(
     state it serves as outer step 10**15. Before, every peer dropped its work to download the attacker's
     state; now the honest peers ignore the claim and forward the signed record, and the coordinator bans
     the attacker on it (exit 5), with no strike needed."""
-    network = LocalNetwork(NetworkOptions(config=_write_run(tmp_path), workdir=tmp_path / "net", peers=3,
-                                          threads_per_peer=1, extra_peer_args=("--no-progress",)))
-    try:
-        network.start_coordinator()
-        procs.track(network.coordinator)
-        honest = [procs.track(network.start_peer(i, extra_args=["--max-outer-steps", str(HONEST_OUTER_STEPS)]))
-                  for i in range(2)]
-        argv = network.peer_command(2)
-        env = network._env() | {"LILA_JOIN_TOKEN": network.token, "LILA_TEST_CLAIM_STEP": str(CLAIM_STEP)}
-        with open(network.options.workdir / "peer-2.log", "ab") as log:
-            attacker = procs.spawn([argv[0], "-m", HIJACKER, *argv[3:]], stdout=log, stderr=subprocess.STDOUT,
-                                   env=env)
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        while time.monotonic() < deadline and any(p.poll() is None for p in (*honest, attacker)):
-            time.sleep(0.5)
-        logs = "\n".join(f"==> {p.name}\n{p.read_text(errors='replace')[-3000:]}"
-                         for p in sorted(network.options.workdir.glob("*.log")))
-        assert attacker.poll() == EXIT_BANNED, logs
-        assert [p.poll() for p in honest] == [0, 0], logs
-    finally:
-        network.stop()
+    network, _ = _run_with_attacker(tmp_path, procs, HIJACKER, {"LILA_TEST_CLAIM_STEP": str(CLAIM_STEP)})
 
     db = sqlite3.connect(f"file:{network.options.workdir / 'coordinator.db'}?mode=ro", uri=True)
     peers = {name: (state, json.loads(record)) for name, state, record in db.execute(
