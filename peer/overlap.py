@@ -79,7 +79,6 @@ class Overlap:
         inflight, self.inflight = self.inflight, None
         if inflight is None:
             return None
-        waited = time.perf_counter()
         try:
             barrier, result, seconds = wait_future(inflight.job, peer.network.averager.round_timeout
                                                    + peer.network.round_sync.straggler_wait_s + CALL_SLACK_S,
@@ -88,7 +87,6 @@ class Overlap:
             barrier, result, seconds = (BarrierResult(inflight.round_index, 0.0, known=False),
                                         RoundResult(inflight.round_index, STATUS_FAILED,
                                                     "the round did not end in time", None, None), 0.0)
-        peer.progress.overlap_wait_s = time.perf_counter() - waited
         if result is None:
             assert barrier.moved_on is not None
             resync(peer, barrier.moved_on, f"round {inflight.round_index} finished while waiting",

@@ -134,7 +134,6 @@ class Progress:
     first_step_done: bool = False
     round_seconds: float = 0.0
     group_formed: float | None = None
-    overlap_wait_s: float = 0.0  # overlapped rounds: how long the last one was waited for after its period
     told_slow: bool = False
     phases: PhaseTimer = field(default_factory=PhaseTimer)
     started: float = field(default_factory=time.monotonic)

@@ -84,11 +84,10 @@ def train_period(peer: Peer, *, waiting: Callable[[], bool] | None = None) -> Pe
     for index in itertools.count():
         if peer.stop.is_set():
             break
-        if deadline is None and index >= run.diloco.inner_steps and not (waiting is not None and waiting()):
-            break
         if deadline is not None and progress.group_formed is not None:  # overlapped: the round in flight
             deadline = period_deadline(run.diloco.period_s, progress.group_formed, 0.0)  # formed meanwhile
-        if deadline is not None and index > 0 and time.monotonic() >= deadline and not (waiting and waiting()):
+        due = index >= run.diloco.inner_steps if deadline is None else index > 0 and time.monotonic() >= deadline
+        if due and not (waiting is not None and waiting()):
             break
         batch = training.feed.next_batch(wait=False)  # no shard free now: end the period, never block
         if batch is None:
