@@ -24,6 +24,11 @@ counts taking part (``HeartbeatResponse.peers_taking_part``: live sessions not i
 starting together (a run's start, a NAT'd peer one dial-back timeout later) average the first round
 together instead of one averaging it alone and the others re-syncing.
 
+The first peer to stop waiting releases everyone: it re-posts its marker with ``go`` and a peer still
+waiting at that round leaves as soon as it sees one. Without this, peers whose conditions differ (one read
+the coordinator's count before the NAT'd peers joined, another after) leave seconds apart; the first then
+meets nobody within ``matchmaking_time`` and forks the run's parameters by averaging alone.
+
 Tuning ``straggler_wait_s``: it should cover the spread of the peers' inner-period times plus one state
 download, so that a peer that re-synced still makes the next round. Too short and slow peers keep
 missing rounds (they re-sync every time and never contribute); too long and a peer that died silently
@@ -167,10 +172,24 @@ class RoundSync:
         return donors[0].outer_step if donors else -1
 
     # ------------------------------------------------------------------ markers
-    def post_ready(self, round_index: int) -> bool:
-        """Say this peer reached round ``round_index``; False when the DHT refused the record."""
+    def post_ready(self, round_index: int, *, go: bool = False) -> bool:
+        """Say this peer reached round ``round_index`` (with ``go``: and stopped waiting, so the others
+        waiting at that round follow); False when the DHT refused the record."""
         expiration = self.transport.now() + READY_TTL_ROUNDS * max(self.straggler_wait_s, self.idle_ttl_s)
-        return self._store(ready_key(self.run_id, round_index), {"v": 1}, expiration)
+        value = {"v": 1, "go": True} if go else {"v": 1}
+        return self._store(ready_key(self.run_id, round_index), value, expiration)
+
+    def ready(self, round_index: int) -> dict[str, bool]:
+        """Peers that reached ``round_index``: peer id -> whether it stopped waiting (``go``)."""
+        out: dict[str, bool] = {}
+        for peer, value in self._subkeys(ready_key(self.run_id, round_index)).items():
+            try:
+                record = json.loads(value.decode())
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                out[peer] = record.get("go") is True
+        return out
 
     def post_absent(self, why: str, *, timeout: float = DHT_CALL_TIMEOUT_S) -> bool:
         """Tell the others not to wait for this peer: ``idle`` (re-post while idle) or ``left``."""
@@ -246,18 +265,22 @@ class RoundSync:
                                      moved_on=ahead)
             absent = self.absent()
             expected = {donor.peer_id for donor in donors} - absent - {self.me}
-            arrived = set(self._subkeys(ready_key(self.run_id, round_index)))
+            ready = self.ready(round_index)
+            arrived = set(ready)
             missing = expected - arrived
             # this peer's first round: also wait for peers the coordinator counts but the DHT does not show yet
             starting = first and len(arrived - {self.me}) + 1 < self.view.taking_part
+            going = any(go for peer, go in ready.items() if peer != self.me)  # another one went: follow it
             now = time.monotonic()
-            if (not missing and not starting) or now >= deadline or (stop is not None and stop.is_set()):
+            if (not missing and not starting) or going or now >= deadline or (stop is not None and stop.is_set()):
                 break
             if stop is not None:
                 stop.wait(min(POLL_S, deadline - now))
             else:
                 time.sleep(min(POLL_S, deadline - now))
         waited = time.monotonic() - started
+        if self.enabled and not (stop is not None and stop.is_set()):
+            self.post_ready(round_index, go=True)
         if missing and self.enabled:
             logger.info("round %d: %d expected peers did not arrive within %.1f s: %s", round_index,
                         len(missing), self.straggler_wait_s, sorted(missing))

@@ -7,7 +7,8 @@ Keys (``{run}`` is checked by :func:`check_run_id`):
 - ``lila/{run}/avg/{round}/peers``: subkey = peer id, value = JSON announcement of a peer in round ``round``.
 - ``lila/{run}/verify/{round}``: subkey = peer id, value = hex sha256 of its global parameters after the round.
 - ``lila/{run}/state``: subkey = peer id, value = JSON ``{"outer_step": int}`` of a state donor.
-- ``lila/{run}/ready/{round}``: subkey = peer id, value ``{"v": 1}``: "I reached round ``round``".
+- ``lila/{run}/ready/{round}``: subkey = peer id, value ``{"v": 1}``: "I reached round ``round``"
+  (``{"v": 1, "go": true}``: "and I stopped waiting").
 - ``lila/{run}/absent``: subkey = peer id, value ``{"why": "idle" | "left"}``: "do not wait for me".
 """
 

@@ -12,7 +12,8 @@ schema of that key (pydantic v1 models with strict types: hivemind's DHT needs `
 ``lila/{run}/avg/{n}/peers``    ``{"v": 1, "client": bool}`` (at most 256 bytes)
 ``lila/{run}/verify/{n}``       64 lowercase hex digits (a sha256)
 ``lila/{run}/state``            ``{"outer_step": int >= 0, "params_sha256"?: hex}`` (at most 1 KiB)
-``lila/{run}/ready/{n}``        ``{"v": 1}`` (peer/round_sync.py: "I reached round n")
+``lila/{run}/ready/{n}``        ``{"v": 1}`` (peer/round_sync.py: "I reached round n"; ``"go": true``: "and I
+                                stopped waiting")
 ``lila/{run}/absent``           ``{"why": "idle" | "left"}`` (peer/round_sync.py)
 ==============================  ===========================================================
 
@@ -79,6 +80,7 @@ class ReadyRecord(_Strict):
     """A peer saying it reached a round (round barrier)."""
 
     v: pydantic.conint(strict=True, ge=1, le=1)  # type: ignore[valid-type]
+    go: pydantic.StrictBool = False  # it stopped waiting and went to average: the others follow
 
 
 class AbsentRecord(_Strict):

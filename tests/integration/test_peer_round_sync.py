@@ -72,6 +72,13 @@ def test_barrier_waits_for_expected_peers_skips_absent_ones_and_sees_the_network
     b.post_ready(2)
     result = a.wait_for_peers(2)
     assert result.missing == (c.me,) and STRAGGLER_WAIT_S <= result.waited_s < STRAGGLER_WAIT_S + FAST_S
+    # a stopped waiting and said so: b, reaching round 2 now (its first round, and the coordinator counts
+    # three peers taking part, so b alone would wait the whole straggler time), follows it at once
+    assert b.ready(2) == {a.me: True, b.me: False}
+    b.view.taking_part = 3
+    result = b.wait_for_peers(2)
+    assert result.missing == (c.me,) and result.waited_s < FAST_S
+    assert a.ready(2) == {a.me: True, b.me: True}
 
     # Round 3: c said it is idle (no data for now): nobody waits for it.
     c.post_absent("idle")

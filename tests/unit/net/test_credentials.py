@@ -128,6 +128,7 @@ def test_record_schemas() -> None:
     check_record("lila/run/state", b'{"outer_step": 7}', writer=writer)
     check_record("lila/run/state", b'{"outer_step": 7, "params_sha256": "' + b"0" * 64 + b'"}', writer=writer)
     check_record("lila/run/ready/3", b'{"v":1}', writer=writer)
+    check_record("lila/run/ready/3", b'{"v":1,"go":true}', writer=writer)
     check_record("lila/run/absent", b'{"why":"left"}', writer=writer)
     group = {"round": 3, "group_id": "0" * 16, "leader": writer, "members": [writer], "owners": [writer]}
     bad = [
@@ -141,6 +142,7 @@ def test_record_schemas() -> None:
         ("lila/run/state", b"\xff", "not UTF-8 JSON"),
         ("lila/run/verify/3", b"XY" * 32, "not a hex sha256"),
         ("lila/run/ready/3", b'{"v":2}', "schema"),
+        ("lila/run/ready/3", b'{"v":1,"go":1}', "schema"),  # strict bool
         ("lila/run/absent", b'{"why":"bored"}', "schema"),
         ("lila/run/state", b'{"outer_step": 1, "params_sha256": "zz"}', "schema"),
         ("lila/run/avg/3/group", json.dumps(group).encode(), "not a LILA run key"),  # groups are not published
