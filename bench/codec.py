@@ -2,6 +2,7 @@
 """Codec benchmark: bits per coordinate, SNR, relative error, cosine and throughput of every scheme.
 
     python -m bench.codec --quick --out codec.json [--threads 2] [--compile] [--no-leech]
+                          [--no-sparse | --sparse-only]
 
 Data: (1) i.i.d. Gaussian; (2) real pseudo-gradients θ_start − θ_end of the ``debug`` LILA model
 after a few dozen AdamW steps on the bundled FineWeb-Edu sample (random tokens if the data
@@ -14,8 +15,18 @@ encoder through torch.compile. Throughput is wall-clock M coordinates/s, best of
 ``--repeats`` runs with ``--threads`` torch threads; on a shared machine also compare the
 CPU-time figures (``*_cpu_mcoords_s``: coordinates per CPU-second of this process).
 
+Sparse schemes (``sparse`` table and JSON key; ``--no-sparse`` skips them, ``--sparse-only`` runs only
+them): ``sparse-e8`` and ``sparse-int`` (SparseLoCo-style uniform values) at densities 0.01/0.02/0.05 and
+1, 2, 4 bits per kept value, chunk 4096, without and with a 256-point Hadamard rotation, plus
+``sparse-int`` with folded values (sign + offset + scalar magnitude, the layout ``sparse-e8`` uses) at 2
+and 4 bits. Each row adds the real payload bytes, ``round_reduction`` = fp32 payload bytes ÷ payload bytes, the
+position coding chosen and its bytes, and ``value_snr_db``: the SNR of the kept values alone (the
+quantization error, with the error of what top-k dropped taken out).
+
 JSON: ``{"schemes": [{"name", "data", "bits_per_coord", "snr_db", "rel_error", "cosine",
-"encode_mcoords_s", "decode_mcoords_s", ...}], "meta": {...}}``. Targets: E8 at 4.25 bits
+"encode_mcoords_s", "decode_mcoords_s", ...}], "sparse": [{... the same keys, "density", "kept_bits",
+"rotation", "payload_bytes", "fp32_bytes", "round_reduction", "positions", "positions_bytes",
+"value_snr_db"}], "meta": {...}}``. Targets: E8 at 4.25 bits
 ≥ 1.0 dB above tuned int4 and ≥ 2.0 dB above int4 absmax on Gaussian data; E8 encode ≥ 20 M
 coords/s on a 2-core CPU (the table marks each target met or missed).
 """
@@ -35,7 +46,9 @@ from pathlib import Path
 import torch
 
 from lila_codec import get_codec
-from lila_codec.base import Codec
+from lila_codec.base import Codec, padded_length
+from lila_codec.hadamard import rotate
+from lila_codec.positions import payload_layout
 
 logger = logging.getLogger("bench.codec")
 
@@ -47,6 +60,12 @@ SEED = 0
 TARGET_OVER_TUNED_INT4_DB = 1.0
 TARGET_OVER_ABSMAX_INT4_DB = 2.0
 TARGET_E8_ENCODE_MCOORDS = 20.0
+SPARSE_DENSITIES = (0.01, 0.02, 0.05)
+SPARSE_BITS = (1, 2, 4)
+SPARSE_CHUNK = 4096
+FOLDED_INT_BITS = (2, 4)  # sparse-int with sparse-e8's folded layout: isolates the gain of E8 itself
+SPARSE_ROTATION = 256  # Hadamard size of the rotated sparse rows (0: the unrotated rows)
+TARGET_ROUND_REDUCTION = 250.0  # the issue's goal: ≥ 250× less per round than fp32
 
 
 @dataclass
@@ -62,6 +81,74 @@ class Result:
     decode_mcoords_s: float
     encode_cpu_mcoords_s: float
     decode_cpu_mcoords_s: float
+
+
+@dataclass
+class SparseResult(Result):
+    density: float
+    kept_bits: int
+    rotation: int
+    payload_bytes: int
+    fp32_bytes: int
+    round_reduction: float
+    positions: str
+    positions_bytes: int
+    value_snr_db: float
+
+
+def sparse_schemes() -> list[tuple[str, Codec]]:
+    """(name, codec) of every sparse row: both codecs at each density, bits and rotation."""
+    out: list[tuple[str, Codec]] = []
+    for density in SPARSE_DENSITIES:
+        for rotation in (0, SPARSE_ROTATION):
+            for bits in SPARSE_BITS:
+                for name in ("sparse-e8", "sparse-int"):
+                    codec = get_codec(name, density=density, chunk=SPARSE_CHUNK, bits=bits, rotation=rotation)
+                    out.append((f"{name} d={density} b={bits}{' rot' if rotation else ''}", codec))
+            for bits in FOLDED_INT_BITS:
+                codec = get_codec(
+                    "sparse-int", density=density, chunk=SPARSE_CHUNK, bits=bits, rotation=rotation, values="folded"
+                )
+                out.append((f"sparse-int-folded d={density} b={bits}{' rot' if rotation else ''}", codec))
+    return out
+
+
+def kept_energy(x: torch.Tensor, codec: Codec) -> float:
+    """Energy of the exact chunked top-k of ``x`` (rotated as the codec rotates it): what a lossless value
+    coder would send."""
+    chunk = codec.chunk  # type: ignore[attr-defined]
+    length = padded_length(x.numel(), chunk)
+    y = torch.nn.functional.pad(x, (0, length - x.numel()))
+    if codec.rotation:  # type: ignore[attr-defined]
+        y = rotate(y, seed=SEED, size=codec.rotation)  # type: ignore[attr-defined]
+    k = codec.k  # type: ignore[attr-defined]
+    top = y.view(-1, chunk).abs().topk(k, dim=1).values  # [chunks, k]
+    return float(top.double().square().sum())
+
+
+def measure_sparse(name: str, codec: Codec, data_name: str, x: torch.Tensor, repeats: int) -> SparseResult:
+    """:func:`measure` plus the payload's real size, its round reduction over fp32 and the kept values' SNR."""
+    base = measure(name, codec, data_name, x, repeats)
+    payload = codec.encode(x, seed=SEED)
+    y = codec.decode(payload).double()
+    layout = payload_layout(payload)
+    fp32 = get_codec("fp32").encoded_nbytes(tuple(x.shape))
+    x64 = x.double()
+    kept = kept_energy(x, codec)
+    quant = float((x64 - y).square().sum()) - (float(x64.square().sum()) - kept)
+    fields = {**asdict(base), "bits_per_coord": 8.0 * len(payload) / x.numel()}
+    return SparseResult(
+        **fields,
+        density=codec.density,  # type: ignore[attr-defined]
+        kept_bits=codec.bits,  # type: ignore[attr-defined]
+        rotation=codec.rotation,  # type: ignore[attr-defined]
+        payload_bytes=len(payload),
+        fp32_bytes=fp32,
+        round_reduction=fp32 / len(payload),
+        positions=str(layout["positions"]),
+        positions_bytes=int(layout["positions_nbytes"]),
+        value_snr_db=10 * math.log10(kept / quant) if quant > 0 else math.inf,
+    )
 
 
 def schemes(*, compile_e8: bool, leech: bool) -> list[tuple[str, Codec, bool]]:
@@ -191,6 +278,39 @@ def check_targets(results: list[Result]) -> dict[str, dict[str, float | bool]]:
     return out
 
 
+def run_sparse(datasets: dict[str, torch.Tensor], repeats: int) -> list[SparseResult]:
+    """Measure and print every sparse scheme on every data set."""
+    print(
+        f"{'sparse scheme':33s} {'data':16s} {'bytes':>8s} {'bits/c':>7s} {'reduct.':>8s} {'pos':>6s} "
+        f"{'rel err':>8s} {'cosine':>8s} {'val SNR':>8s} {'enc M/s':>8s} {'dec M/s':>8s}"
+    )
+    out: list[SparseResult] = []
+    for data_name, x in datasets.items():
+        for name, codec in sparse_schemes():
+            r = measure_sparse(name, codec, data_name, x, repeats)
+            out.append(r)
+            print(
+                f"{r.name:33s} {r.data:16s} {r.payload_bytes:8d} {r.bits_per_coord:7.4f} {r.round_reduction:8.1f} "
+                f"{r.positions:>6s} {r.rel_error:8.4f} {r.cosine:8.4f} {r.value_snr_db:8.2f} "
+                f"{r.encode_mcoords_s:8.2f} {r.decode_mcoords_s:8.2f}",
+                flush=True,
+            )
+    return out
+
+
+def check_sparse_targets(results: list[SparseResult]) -> dict[str, dict[str, float | bool]]:
+    """The round-reduction goal for sparse-e8 at 1 % density and 2 bits (no rotation), per data set."""
+    out: dict[str, dict[str, float | bool]] = {}
+    for r in results:
+        if r.name == "sparse-e8 d=0.01 b=2":
+            out[f"sparse-e8 d=0.01 b=2 round_reduction ({r.data})"] = {
+                "value": r.round_reduction,
+                "target": TARGET_ROUND_REDUCTION,
+                "met": r.round_reduction >= TARGET_ROUND_REDUCTION,
+            }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.codec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -201,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd E8 encoder")
     parser.add_argument("--no-leech", action="store_true", help="skip the (slow) Leech codec")
     parser.add_argument("--no-train", action="store_true", help="skip the pseudo-gradient data")
+    parser.add_argument("--no-sparse", action="store_true", help="skip the sparse (top-k) schemes")
+    parser.add_argument("--sparse-only", action="store_true", help="run only the sparse (top-k) schemes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
@@ -214,9 +336,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{'scheme':22s} {'data':16s} {'coords':>9s} {'bits/c':>7s} {'SNR dB':>7s} {'rel err':>8s} "
         f"{'cosine':>8s} {'enc M/s':>8s} {'dec M/s':>8s} {'enc M/cpu-s':>11s}"
     )
-    print(header)
+    dense = [] if args.sparse_only else schemes(compile_e8=args.compile, leech=not args.no_leech)
+    if dense:
+        print(header)
     for data_name, x in datasets.items():
-        for name, codec, small in schemes(compile_e8=args.compile, leech=not args.no_leech):
+        for name, codec, small in dense:
             data = x[: size["leech_coords"]] if small else x
             r = measure(name, codec, data_name, data, size["repeats"])
             results.append(r)
@@ -226,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r.encode_cpu_mcoords_s:11.2f}",
                 flush=True,
             )
+    sparse = [] if args.no_sparse else run_sparse(datasets, size["repeats"])
     targets = check_targets(results)
+    targets.update(check_sparse_targets(sparse))
     for key, value in targets.items():
         print(
             f"target {key}: {value['value']:.2f} (target {value['target']}) {'MET' if value['met'] else 'NOT MET'}"
@@ -239,9 +365,10 @@ def main(argv: list[str] | None = None) -> int:
             "machine": platform.processor() or platform.machine(),
             "targets": targets,
         }
-        Path(args.out).write_text(
-            json.dumps({"schemes": [asdict(r) for r in results], "meta": meta}, indent=2)
-        )
+        out = {"schemes": [asdict(r) for r in results], "meta": meta}
+        if sparse:
+            out["sparse"] = [asdict(r) for r in sparse]
+        Path(args.out).write_text(json.dumps(out, indent=2))
         print(f"wrote {args.out}")
     return 0
 

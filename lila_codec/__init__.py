@@ -32,6 +32,7 @@ from lila_codec.errors import CodecError
 from lila_codec.leech import LeechCodec
 from lila_codec.registry import CODEC_NAMES, decode, get_codec
 from lila_codec.scalar import Fp16Codec, Fp32Codec, IntCodec
+from lila_codec.sparse import SparseE8Codec, SparseIntCodec
 from lila_codec.wire import WIRE_VERSION, Header, peek_header
 
 __all__ = [
@@ -46,6 +47,8 @@ __all__ = [
     "Header",
     "IntCodec",
     "LeechCodec",
+    "SparseE8Codec",
+    "SparseIntCodec",
     "decode",
     "get_codec",
     "peek_header",

@@ -13,6 +13,7 @@ from lila_codec.e8 import E8Codec
 from lila_codec.errors import CodecError
 from lila_codec.leech import LeechCodec
 from lila_codec.scalar import Fp16Codec, Fp32Codec, IntCodec
+from lila_codec.sparse import SparseE8Codec, SparseIntCodec
 
 
 def _int_codec(bits: int) -> Callable[..., Codec]:
@@ -33,16 +34,20 @@ def _factories() -> dict[str, Callable[..., Codec]]:
         "int": IntCodec,
         "e8": E8Codec,
         "leech": LeechCodec,
+        "sparse-e8": SparseE8Codec,
+        "sparse-int": SparseIntCodec,
     }
 
 
-CODEC_NAMES = ("fp32", "fp16", "int8", "int4", "int", "e8", "leech")
+CODEC_NAMES = ("fp32", "fp16", "int8", "int4", "int", "e8", "leech", "sparse-e8", "sparse-int")
 _CLASSES: dict[int, type[Codec]] = {
     wire.CODEC_IDS["fp32"]: Fp32Codec,
     wire.CODEC_IDS["fp16"]: Fp16Codec,
     wire.CODEC_IDS["int"]: IntCodec,
     wire.CODEC_IDS["e8"]: E8Codec,
     wire.CODEC_IDS["leech"]: LeechCodec,
+    wire.CODEC_IDS["sparse-e8"]: SparseE8Codec,
+    wire.CODEC_IDS["sparse-int"]: SparseIntCodec,
 }
 
 
@@ -51,7 +56,9 @@ def get_codec(name: str, **options: object) -> Codec:
 
     Names: ``fp32``, ``fp16``, ``int8``, ``int4`` (options ``block``, ``scale_candidates``,
     ``rotation``, ``dither``), ``int`` (plus ``bits``), ``e8`` (``bits`` in 2..8, ``block``,
-    ``rotation``, ``dither``, ``scale_candidates``, ``compile``), ``leech`` (likewise).
+    ``rotation``, ``dither``, ``scale_candidates``, ``compile``), ``leech`` (likewise),
+    ``sparse-e8`` and ``sparse-int`` (chunked top-k: ``density``, ``chunk``, ``bits`` per kept value,
+    ``rotation``, ``positions``, ``scale_candidates``; ``sparse-int`` also ``values``).
     Unknown names or options raise ValueError naming the valid ones.
     """
     factories = _factories()

@@ -49,7 +49,15 @@ FLAG_ROTATE = 1
 FLAG_DITHER = 2
 KNOWN_FLAGS = FLAG_ROTATE | FLAG_DITHER
 
-CODEC_IDS: dict[str, int] = {"fp32": 1, "fp16": 2, "int": 3, "e8": 4, "leech": 5}
+CODEC_IDS: dict[str, int] = {
+    "fp32": 1,
+    "fp16": 2,
+    "int": 3,
+    "e8": 4,
+    "leech": 5,
+    "sparse-int": 6,
+    "sparse-e8": 7,
+}
 CODEC_BY_ID: dict[int, str] = {v: k for k, v in CODEC_IDS.items()}  # wire id -> codec family name
 
 DTYPE_CODES: dict[torch.dtype, int] = {
