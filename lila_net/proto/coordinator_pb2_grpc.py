@@ -7,7 +7,7 @@ import warnings
 
 from lila_net.proto import coordinator_pb2 as lila_dot_v1_dot_coordinator__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
