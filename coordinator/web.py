@@ -5,6 +5,8 @@ Every route serves bytes prepared when the status snapshot was last rebuilt (see
 :class:`~coordinator.status.StatusBoard`); no request touches the scheduler or the database.
 
 * ``/`` — the status page (server-rendered HTML; the chart is drawn by ``/static/chart.js``).
+* ``/snapshot.html`` — the same page on its own: style and chart inlined, no refresh, so a saved copy
+  still shows the run after the coordinator is gone (``lila up`` saves one when it ends).
 * ``/api/status`` — the snapshot as JSON.
 * ``/metrics`` — Prometheus text format.
 * ``/api/prometheus-targets`` — Prometheus ``file_sd``/``http_sd`` JSON listing the metrics endpoints
@@ -93,8 +95,26 @@ def _rows(rows: list[str], columns: int, empty: str) -> str:
     return "\n".join(rows) if rows else f'<tr><td colspan="{columns}">{_esc(empty)}</td></tr>'
 
 
-def render_page(snapshot: dict[str, Any], *, refresh_s: int = PAGE_REFRESH_S) -> str:
-    """The status page HTML for ``snapshot`` (every value escaped)."""
+def _static_files() -> dict[str, tuple[bytes, str]]:
+    """``/static/`` files: name -> (bytes, content type)."""
+    return {p.name: (p.read_bytes(), STATIC_TYPES[p.suffix]) for p in STATIC_DIR.iterdir() if p.suffix in STATIC_TYPES}
+
+
+def _assets(static: dict[str, tuple[bytes, str]] | None) -> dict[str, str]:
+    """The template's refresh, style and script tags: links to ``/static/`` (``static`` None), or inlined."""
+    if static is None:
+        return dict(style='<link rel="stylesheet" href="/static/style.css">',
+                    script='<script src="/static/chart.js"></script>')
+    css, js = (static[name][0].decode("utf-8") for name in ("style.css", "chart.js"))
+    if "</" in css or "</script" in js:
+        raise ValueError("a static file holds '</' and cannot be inlined into the page")
+    return dict(style=f"<style>\n{css}</style>", script=f"<script>\n{js}</script>")
+
+
+def render_page(snapshot: dict[str, Any], *, refresh_s: int = PAGE_REFRESH_S,
+                inline: dict[str, tuple[bytes, str]] | None = None) -> str:
+    """The status page HTML for ``snapshot`` (every value escaped). With ``inline`` (the static files,
+    :func:`_static_files`) the page stands alone: style and chart inlined, and no refresh."""
     stage_rows = []
     for s in snapshot["stages"]:
         pct = 100.0 * s["progress"]
@@ -127,7 +147,8 @@ def render_page(snapshot: dict[str, Any], *, refresh_s: int = PAGE_REFRESH_S) ->
     history = json.dumps(snapshot["history"], separators=(",", ":")).replace("<", "\\u003c")
     updated = datetime.datetime.fromtimestamp(snapshot["generated_at"], tz=datetime.timezone.utc)
     return Template(TEMPLATE_PATH.read_text(encoding="utf-8")).substitute(
-        refresh_s=refresh_s,
+        refresh_meta="" if inline is not None else f'<meta http-equiv="refresh" content="{int(refresh_s)}">',
+        **_assets(inline),
         run_name=_esc(run["name"]),
         finished_badge='<span class="badge">finished</span>' if snapshot["finished"] else "",
         model=_esc(model),
@@ -171,23 +192,22 @@ class StatusWeb:
         self.metrics = metrics
         self.page_refresh_s = page_refresh_s
         self._page = b"<!DOCTYPE html><title>starting</title><p>The coordinator is starting.</p>"
+        self._standalone = self._page
         self._targets = b"[]"
-        self._static = {
-            p.name: (p.read_bytes(), STATIC_TYPES[p.suffix])
-            for p in STATIC_DIR.iterdir()
-            if p.suffix in STATIC_TYPES
-        }
+        self._static = _static_files()
         self._runner: web.AppRunner | None = None
         board.listeners.append(self._on_snapshot)
 
     def _on_snapshot(self, snapshot: dict[str, Any]) -> None:
         self._page = render_page(snapshot, refresh_s=self.page_refresh_s).encode()
+        self._standalone = render_page(snapshot, inline=self._static).encode()
         self._targets = json.dumps(self.board.targets).encode()
 
     def app(self) -> web.Application:
         """The routes (for tests with aiohttp's test client, or :meth:`start`)."""
         app = web.Application()
         app.router.add_get("/", self._index)
+        app.router.add_get("/snapshot.html", self._snapshot_page)
         app.router.add_get("/api/status", self._status)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/api/prometheus-targets", self._prom_targets)
@@ -197,6 +217,9 @@ class StatusWeb:
 
     async def _index(self, request: web.Request) -> web.Response:
         return web.Response(body=self._page, content_type="text/html", charset="utf-8")
+
+    async def _snapshot_page(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._standalone, content_type="text/html", charset="utf-8")
 
     async def _status(self, request: web.Request) -> web.Response:
         return web.Response(body=self.board.snapshot_json, content_type="application/json")

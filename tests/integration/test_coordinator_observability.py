@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -107,7 +108,7 @@ def running_run(procs, python, tmp_path, peer_metrics_server):
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing: apt-get install -y chromium")
-def test_status_page_in_headless_chromium(running_run, artifacts_dir):
+def test_status_page_in_headless_chromium(running_run, artifacts_dir, tmp_path):
     from playwright.sync_api import sync_playwright
 
     url = f"http://{running_run['http']}/"
@@ -136,6 +137,23 @@ def test_status_page_in_headless_chromium(running_run, artifacts_dir):
             shot = artifacts_dir / "coordinator-status-page.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
+
+            # The saved copy (what `lila up` keeps when the run ends) draws the same page from a file,
+            # with no request to the coordinator: style and chart are inlined.
+            saved = tmp_path / "status.html"
+            with urllib.request.urlopen(f"http://{running_run['http']}/snapshot.html", timeout=WAIT_S) as r:
+                saved.write_bytes(r.read())
+            offline = browser.new_page(viewport={"width": 1200, "height": 1600})
+            requests: list[str] = []
+            offline.on("pageerror", lambda exc: errors.append(str(exc)))
+            offline.on("request", lambda request: requests.append(request.url))
+            offline.goto(saved.as_uri(), wait_until="load", timeout=WAIT_S * 1000)
+            offline.wait_for_selector("#chart[data-rendered=true] svg", timeout=WAIT_S * 1000)
+            assert offline.inner_text("#outer-step") == "3"
+            assert offline.locator("circle.point-val_bpb").count() == 2
+            assert offline.eval_on_selector("h1", "e => getComputedStyle(e).fontFamily") == \
+                page.eval_on_selector("h1", "e => getComputedStyle(e).fontFamily")
+            assert requests == [saved.as_uri()] and errors == []
         finally:
             browser.close()
 

@@ -16,7 +16,7 @@ from coordinator.plan import synthetic_plan
 from coordinator.state import Hardware, Position, initial_state
 from coordinator.status import RunInfo, StatusBoard, build_snapshot, prometheus_targets
 from coordinator.storage import MetricsRow
-from coordinator.web import StatusWeb, render_page
+from coordinator.web import STATIC_DIR, StatusWeb, render_page
 from tests.helpers.coordinator_service import core_config
 
 RUN = RunInfo("demo-run", "debug", "e8")
@@ -91,6 +91,19 @@ def test_page_escapes_peer_text_and_embeds_history():
     assert 'style="width:30.0%"' in page
 
 
+def test_standalone_page_inlines_style_and_chart_and_does_not_refresh():
+    snap = build_snapshot(_state(), HISTORY, run=RUN, now=6.0, tokens_per_s=0.0)
+    live = render_page(snap, refresh_s=7)
+    static = {name: ((STATIC_DIR / name).read_bytes(), "") for name in ("style.css", "chart.js")}
+    alone = render_page(snap, inline=static)
+    assert '<meta http-equiv="refresh" content="7">' in live and "/static/" in live
+    assert "http-equiv" not in alone and "/static/" not in alone
+    for name in ("style.css", "chart.js"):
+        assert static[name][0].decode() in alone
+    # the same page otherwise: the body between the header and the script is equal
+    assert live[live.index("<body>") : live.index("<script src=")] == alone[alone.index("<body>") : alone.index("<script>\n")]
+
+
 def test_prometheus_targets_list_live_peers_with_addresses_that_the_public_snapshot_hides():
     state = _state()
     assert prometheus_targets(state) == [
@@ -119,6 +132,7 @@ def test_routes_serve_the_cached_snapshot():
             out = {}
             for path in (
                 "/",
+                "/snapshot.html",
                 "/api/status",
                 "/metrics",
                 "/api/prometheus-targets",
@@ -133,6 +147,8 @@ def test_routes_serve_the_cached_snapshot():
 
     out = asyncio.run(scenario())
     assert out["/"][0] == 200 and "alice" in out["/"][2]
+    assert out["/snapshot.html"][0] == 200 and "alice" in out["/snapshot.html"][2]
+    assert out["/snapshot.html"][1].startswith("text/html") and "/static/" not in out["/snapshot.html"][2]
     assert json.loads(out["/api/status"][2])["global_tokens"] == 300
     body = out["/metrics"][2]
     for line in (
