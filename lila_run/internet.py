@@ -15,7 +15,6 @@ the testbed's namespaces; the tests (``tests/integration/test_internet.py``), th
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ PUBLIC = "public"
 HOME = "home"
 KINDS = (PUBLIC, HOME)
 STATUS_SCRIPT = ("import sys, urllib.request; "
-                 "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read().decode())")
+                 "sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read())")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,20 +109,15 @@ class InternetNetwork(LocalNetwork):
         self.hosts.append(host)
         return proc
 
-    def status(self) -> dict[str, Any] | None:
-        """The coordinator's status snapshot, fetched from inside its namespace (None when it does not answer)."""
+    def fetch(self, path: str) -> bytes | None:
+        """GET ``path`` from the coordinator, from inside its namespace (None when it does not answer)."""
         if self.coordinator_host is None:
             return None
-        url = f"http://127.0.0.1:{DEFAULT_HTTP_PORT}/api/status"
+        url = f"http://127.0.0.1:{DEFAULT_HTTP_PORT}{path}"
         try:
             done = self._testbed().run(self.coordinator_host, [sys.executable, "-c", STATUS_SCRIPT, url,
                                                                str(STATUS_TIMEOUT_S)],
-                                       timeout=STATUS_TIMEOUT_S + 10, capture_output=True, text=True)
+                                       timeout=STATUS_TIMEOUT_S + 10, capture_output=True)
         except subprocess.TimeoutExpired:
             return None
-        if done.returncode != 0:
-            return None
-        try:
-            return json.loads(done.stdout)
-        except ValueError:
-            return None
+        return done.stdout if done.returncode == 0 else None

@@ -125,13 +125,31 @@ class LocalNetwork:
             self.start_peer(index)
 
     # ------------------------------------------------------------------ watch
+    def fetch(self, path: str) -> bytes | None:
+        """GET ``path`` (e.g. ``/api/status``) from the coordinator's HTTP side; None when it does not answer."""
+        try:
+            with urllib.request.urlopen(f"http://{self.ready['http']}{path}", timeout=STATUS_TIMEOUT_S) as r:
+                return r.read()
+        except (OSError, KeyError):
+            return None
+
     def status(self) -> dict[str, Any] | None:
         """The coordinator's cached status snapshot, or None when it does not answer."""
+        body = self.fetch("/api/status")
         try:
-            with urllib.request.urlopen(f"http://{self.ready['http']}/api/status", timeout=STATUS_TIMEOUT_S) as r:
-                return json.loads(r.read())
-        except (OSError, ValueError):
+            return None if body is None else json.loads(body)
+        except ValueError:
             return None
+
+    def save_status_page(self, target: Path) -> Path | None:
+        """Save the coordinator's self-contained status page (``/snapshot.html``) to ``target``; None when
+        the coordinator does not answer."""
+        body = self.fetch("/snapshot.html")
+        if body is None:
+            return None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(body)
+        return target
 
     def peers_running(self) -> int:
         return sum(1 for p in self.peers if p.poll() is None)

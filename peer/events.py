@@ -13,7 +13,8 @@ id of this peer, empty before Join). The events and their fields:
 - ``round_start`` / ``group``: averaging round ``round`` began / its group was fixed (``members``:
   libp2p peer ids); a process killed between ``group`` and ``round`` died in the middle of the round.
 - ``round``: how round ``round`` ended (``status``: ok, alone, partial, failed, sat_out; ``seconds``,
-  ``matchmaking_s``, ``allreduce_s``, ``group_size``, ``bytes_sent``, ``bytes_received``).
+  ``matchmaking_s``, ``allreduce_s``, ``group_size``, ``bytes_sent``, ``bytes_received``, ``fp32_bytes``:
+  what the same round would have sent uncompressed, ``peer.averaging.stats.fp32_round_bytes``).
 - ``outer_step``: the peer applied outer step ``outer_step`` through averaging: ``params_sha256`` of
   the new global parameters, ``val_bpb`` (when evaluated), ``group_size``, ``status``, ``tokens``
   trained in the inner period, ``loss``, ``period_s`` (the inner period's seconds) and ``step_s`` (of

@@ -33,7 +33,7 @@ class PeerMetrics:
         self.bytes_sent = Counter("lila_peer_bytes_sent", "Averaging payload bytes sent", registry=r)
         self.bytes_received = Counter("lila_peer_bytes_received", "Averaging payload bytes received", registry=r)
         self.compression_ratio = Gauge("lila_peer_compression_ratio",
-                                       "fp32 size of the pseudo-gradient / encoded size", registry=r)
+                                       "bytes an fp32 round would have sent / bytes sent (last round)", registry=r)
         self.codec_relative_error = Gauge("lila_peer_codec_relative_error",
                                           "‖decode(encode(Δ)) − Δ‖ / ‖Δ‖ of the last round", registry=r)
         self.stable_rank = Gauge("lila_peer_layer_stable_rank", "Stable rank ‖W‖²_F/‖W‖²_2 per weight",

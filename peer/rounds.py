@@ -28,6 +28,7 @@ from lila_net import phases
 from .averaging.averager import STATUS_FAILED, RoundResult
 from .averaging.config import AveragingConfig
 from .averaging.matchmaking import Group
+from .averaging.stats import fp32_round_bytes
 from .events import PhaseTimer
 from .inner import schedule_position
 from .link import exchange_timeout
@@ -237,6 +238,7 @@ def apply_round(peer: Peer, round_index: int, vector: torch.Tensor, result: Roun
                       applied=applied, group_size=result.group_size, seconds=seconds,
                       matchmaking_s=result.matchmaking_s, allreduce_s=result.allreduce_s,
                       bytes_sent=result.bytes_sent, bytes_received=result.bytes_received,
+                      fp32_bytes=fp32_round_bytes(vector.numel(), result.group_size),
                       members=list(result.group.members) if result.group is not None else [])
     if not applied:
         why = f"{result.status} ({result.reason})"
@@ -250,8 +252,8 @@ def apply_round(peer: Peer, round_index: int, vector: torch.Tensor, result: Roun
         if norm > 0:
             peer.metrics.codec_relative_error.set(float(progress.residual.norm()) / norm)
     if result.group_size > 1:
-        peer.metrics.compression_ratio.set(vector.numel() * 4 * (result.group_size - 1)
-                                           / result.group_size / max(result.bytes_sent, 1))
+        peer.metrics.compression_ratio.set(fp32_round_bytes(vector.numel(), result.group_size)
+                                           / max(result.bytes_sent, 1))
     training.outer.step(result.average)
     progress.outer_step, progress.group_size = round_index, result.group_size
     global_params = training.outer.global_params

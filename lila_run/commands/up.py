@@ -1,21 +1,30 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
-"""``lila up``: a local LILA network (coordinator + N peers) on the bundled data, until Ctrl+C or K outer steps."""
+"""``lila up``: a local LILA network (coordinator + N peers) on the bundled data, until Ctrl+C, K outer steps
+or the end of the run's data; it ends with a summary (:mod:`lila_run.summary`): tokens, val bpb at every
+evaluation, bytes sent against fp32, a ``lila generate`` sample, the checkpoint and a saved status page."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 from lila_net.exits import CommandError, ExitStatus
 from lila_run.local_network import LocalNetwork, NetworkOptions
+from lila_run.summary import RunSummary, evaluations, format_summary, traffic
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "runs" / "cpu-demo.toml"
 STATUS_EVERY_S = 5.0
+STATUS_PAGE = "status.html"  # the saved copy of the final status page, in the workdir
+SAMPLE_PROMPT = "The"
+SAMPLE_TOKENS = 24
+SAMPLE_TIMEOUT_S = 120.0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -101,19 +110,37 @@ def _run(args: argparse.Namespace, network: LocalNetwork, start_peer=None) -> in
             if network.peers_running() == 0:
                 break
         codes = [p.poll() for p in network.peers]
+        final = network.status()
+        page = network.save_status_page(args.workdir / STATUS_PAGE)
     finally:
         signal.signal(signal.SIGINT, previous)
         network.stop()
     checkpoint = network.collect_checkpoint()
-    if checkpoint is not None:
-        print(f"checkpoint   {checkpoint}  (lila eval --checkpoint {checkpoint} / lila generate --checkpoint {checkpoint})")
-    else:
-        print("no checkpoint was written (no outer step finished)")
+    peer_dirs = [network.peer_workdir(i) for i in range(len(network.peers))]
+    summary = RunSummary(tokens=None if final is None else int(final["global_tokens"]),
+                         evaluations=evaluations(peer_dirs), traffic=traffic(peer_dirs), checkpoint=checkpoint,
+                         status_page=page, sample=None if checkpoint is None else _sample(checkpoint))
+    print("\n".join(format_summary(summary)), flush=True)
     failed = [i for i, code in enumerate(codes) if code not in (0, None)]
     if failed and not stop.is_set():
         print(f"peers {failed} exited with an error; see {args.workdir}/peer-N.log")
         return ExitStatus.NO
     return 0
+
+
+def _sample(checkpoint: Path) -> str | None:
+    """A short seeded continuation by ``lila generate`` (None, with a warning, when it fails)."""
+    command = [sys.executable, "-m", "lila_run.cli", "generate", "--checkpoint", str(checkpoint),
+               "--prompt", SAMPLE_PROMPT, "--max-new-tokens", str(SAMPLE_TOKENS), "--seed", "0"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=SAMPLE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        logger.warning("lila generate took longer than %.0f s; no sample", SAMPLE_TIMEOUT_S)
+        return None
+    if done.returncode != 0:
+        logger.warning("lila generate failed (exit %d): %s", done.returncode, done.stderr.strip()[-300:])
+        return None
+    return done.stdout.strip()
 
 
 def _status_line(status: dict) -> str:

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
-"""End to end: `lila up --peers 2 --max-outer-steps 2` trains, stops cleanly, and leaves a checkpoint
-that `lila eval` scores better than the untrained model."""
+"""End to end: `lila up --peers 2 --max-outer-steps 3` trains (val bpb falls at every evaluation), stops
+cleanly, prints a summary naming the checkpoint and the saved status page, and leaves a checkpoint that
+`lila eval` scores better than the untrained model."""
 
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ UP_TIMEOUT_S = 420
 EVAL_DOCS = 8
 
 
-def test_lila_up_two_peers_two_outer_steps(tmp_path: Path, procs) -> None:
+OUTER_STEPS = 3
+
+
+def test_lila_up_two_peers_learns_and_sums_up(tmp_path: Path, procs) -> None:
     workdir = tmp_path / "net"
     proc = procs.spawn(
         [
@@ -33,7 +37,7 @@ def test_lila_up_two_peers_two_outer_steps(tmp_path: Path, procs) -> None:
             "--peers",
             "2",
             "--max-outer-steps",
-            "2",
+            str(OUTER_STEPS),
             "--workdir",
             str(workdir),
         ],
@@ -47,15 +51,28 @@ def test_lila_up_two_peers_two_outer_steps(tmp_path: Path, procs) -> None:
     assert "status page  http://127.0.0.1:" in out
     checkpoint = workdir / "checkpoint"
     model, extra = load_checkpoint(checkpoint)
-    assert extra["outer_step"] == 2
+    assert extra["outer_step"] == OUTER_STEPS
     # both peers logged the same global parameters at every outer step (peer/events.py)
     hashes: dict[int, set[str]] = {}
     for index in range(2):
         for record in read_events(workdir / f"peer-{index}" / EVENTS_FILE):
             if record["event"] in ("state", "outer_step"):
                 hashes.setdefault(record["outer_step"], set()).add(record["params_sha256"])
-    assert sorted(hashes) == [0, 1, 2] and all(len(h) == 1 for h in hashes.values()), hashes
-    assert extra["params_sha256"] in hashes[2]
+    assert sorted(hashes) == list(range(OUTER_STEPS + 1)) and all(len(h) == 1 for h in hashes.values()), hashes
+    assert extra["params_sha256"] in hashes[OUTER_STEPS]
+    # val bpb falls at every evaluation: θ₀, then every outer step (every peer evaluates every step)
+    bpb = {r["outer_step"]: r["val_bpb"] for r in read_events(workdir / "peer-0" / EVENTS_FILE)
+           if r["event"] in ("state", "outer_step")}
+    assert sorted(bpb) == list(range(OUTER_STEPS + 1)), bpb
+    assert all(bpb[step + 1] < bpb[step] for step in range(OUTER_STEPS)), bpb
+    # the summary says so, and names the checkpoint and the saved status page
+    summary = out[out.index("\nsummary\n"):]
+    assert f"at the start -> {bpb[OUTER_STEPS]:.4f} at outer step {OUTER_STEPS} (falls at every evaluation" in summary
+    assert f"checkpoint   {checkpoint}" in summary
+    page = workdir / "status.html"
+    assert f"status page  {page}" in summary
+    assert "cpu-demo" in page.read_text() and "/static/" not in page.read_text()
+    assert "sample       'The" in summary and "x more)" in summary
 
     result = subprocess.run(
         [
