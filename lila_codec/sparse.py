@@ -94,6 +94,9 @@ class _SparseCodec(Codec):
 
     value_modes: ClassVar[tuple[int, ...]]
     default_values: ClassVar[str]
+    # A mean of top-k payloads is non-zero on the union of their positions and does not fit one payload:
+    # peers average these codecs by gathering the contributions themselves (peer.averaging.gather).
+    gather: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -143,6 +143,13 @@ class CodecSection(Section):
     measure both). Keep ``error_feedback`` on so nothing is lost over rounds. ``block_size`` is
     coordinates per fp16 scale (64–128); ``hadamard`` rotates each block first (heavy-tailed
     pseudo-gradients quantize much better rotated); ``dither`` adds subtractive dither.
+
+    The sparse codecs (``sparse-e8``, ``sparse-int``) send, per ``chunk`` coordinates, the ``density``
+    share of largest magnitude at ``bits`` bits each (what is left stays in the error-feedback residual,
+    so keep ``error_feedback`` on); ``hadamard`` rotates blocks of ``block_size`` first, which usually
+    hurts top-k (turn it off). At 1 % and 2 bits a contribution is ~300× smaller than fp32; the part
+    owner's answer keeps the union of the group's positions (N·density). ``python -m bench.codec``
+    (``sparse`` rows) and ``python -m bench.network`` (``sparse-*`` configs) measure them.
     """
 
     section = "codec"
@@ -152,13 +159,19 @@ class CodecSection(Section):
     hadamard: bool = setting(True)
     dither: bool = setting(False)
     error_feedback: bool = setting(True)
+    density: float = setting(0.01, gt=0.0, le=1.0, hint="sparse codecs only; 0.01–0.03 is typical")
+    chunk: int = setting(4096, ge=8, multiple_of=8, hint="sparse codecs only: coordinates per top-k chunk")
 
     def options(self) -> dict[str, Any]:
         """The ``lila_codec.get_codec`` options this section asks for. fp32 and fp16 take none; the
         fixed-width int8 and int4 take no ``bits``; ``rotation=None`` lets the codec pick its Hadamard
-        size (the largest power of two dividing the block), 0 turns rotation off."""
+        size (the largest power of two dividing the block), 0 turns rotation off. Sparse codecs take
+        ``density``, ``chunk``, ``bits`` and ``rotation`` (``block_size`` when ``hadamard``, else 0)."""
         if self.name in ("fp32", "fp16"):
             return {}
+        if self.name.startswith("sparse-"):
+            return {"density": self.density, "chunk": self.chunk, "bits": self.bits,
+                    "rotation": self.block_size if self.hadamard else 0}
         options: dict[str, Any] = {"block": self.block_size, "rotation": None if self.hadamard else 0,
                                    "dither": self.dither}
         if self.name not in ("int8", "int4"):

@@ -6,7 +6,8 @@ members that accept streams) owns part ``j``.
 Every member encodes its slice of part ``j`` with the codec and sends it to owner ``j`` on one stream;
 the owner decodes what arrives before ``part_timeout``, aggregates it (its own contribution went through
 the same encode/decode), encodes the aggregate ONCE and answers every contributor on the same stream
-with those bytes. Every member, the owner too, decodes the same bytes, so all members end with
+with those bytes (a sparse codec's owner answers with the included contributions' own bytes instead, and
+every member combines them alike: :mod:`peer.averaging.gather`). Every member, the owner too, decodes the same bytes, so all members end with
 bitwise-identical averages. A contributor that misses the deadline is dropped for that part (and still
 gets the result if it is listening); an owner that vanishes leaves its part missing (NaN), reported in
 ``failed_parts`` — the caller decides whether to skip the outer step or re-sync.
@@ -33,6 +34,7 @@ from lila_net.aggregation import (
 )
 from lila_net.dht.keys import protocol
 from peer.averaging.config import AveragingConfig
+from peer.averaging.gather import GATHER_KEY, Gathered, combine, gathers, pack, unpack
 from peer.averaging.matchmaking import Group, is_peer_id
 from peer.averaging.rpc import Endpoint, Refused, Reply, call
 from peer.averaging.stats import ByteCounter
@@ -98,6 +100,7 @@ class _OwnerPart:
     numel: int
     contributions: dict[str, torch.Tensor] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)  # the contributors' declared weights
+    payloads: dict[str, bytes] = field(default_factory=dict)  # their bytes (gathering codecs only)
     rejections: list[Rejection] = field(default_factory=list)
     received: set[str] = field(default_factory=set)  # arrived (duplicates are refused)
     settled: set[str] = field(default_factory=set)  # decoded or rejected
@@ -195,7 +198,7 @@ class AllReduceSession:
                 own_decoded = await self._in_executor(decode_part, self.codec, own, stop - start)
                 if reconstruction is not None:
                     reconstruction[start:stop] = own_decoded
-            self._add_contribution(self.me, own_decoded, self.weight)
+            self._add_contribution(self.me, own_decoded, self.weight, own)
         senders = [
             asyncio.ensure_future(self._send_part(index, average, reconstruction, failed, evidence))
             for index in range(len(self.group.owners))
@@ -263,10 +266,11 @@ class AllReduceSession:
                 reconstruction[start:stop] = await self._in_executor(
                     decode_part, self.codec, payload, stop - start
                 )
+            gather = gathers(self.codec)  # the reply holds up to N - 1 contributions, not one aggregate
             limits = Limits(
                 self.config.max_credential_bytes,
                 self.config.max_header_bytes,
-                self.config.max_part_payload(stop - start),
+                self.config.max_part_payload(stop - start) * (len(self.group.members) - 1 if gather else 1),
             )
             result = await call(
                 self.endpoint,
@@ -278,7 +282,14 @@ class AllReduceSession:
                 reply_limits=limits,
             )
             self.counter.add(result.bytes_received, result.bytes_sent)
-            decoded = await self._in_executor(decode_part, self.codec, result.frame.payload, stop - start)
+            if gather:
+                entries = unpack(result.frame.header, result.frame.payload, members=self.group.members,
+                                 me=self.me, own=payload)
+                decoded = await self._in_executor(lambda: combine(
+                    entries, decode=lambda entry: decode_part(self.codec, entry.payload, stop - start),
+                    aggregator=self.aggregator, numel=stop - start))
+            else:
+                decoded = await self._in_executor(decode_part, self.codec, result.frame.payload, stop - start)
             evidence.extend(
                 (index, rejection) for rejection in _parse_rejections(result.frame.header, self.group)
             )
@@ -326,8 +337,15 @@ class AllReduceSession:
                     contributions, numel=part.numel, prior_rejections=part.rejections
                 )
             )
-            payload = await self._encode(aggregate.tensor, index, "aggregate")
-            decoded = await self._in_executor(decode_part, self.codec, payload, part.numel)
+            if gathers(self.codec):  # the included payloads themselves (peer.averaging.gather)
+                answer: bytes | list[Gathered] = [
+                    Gathered(peer, part.weights[peer], part.payloads[peer]) for peer in aggregate.included]
+                decoded = await self._in_executor(lambda: combine(
+                    answer, decode=lambda entry: part.contributions[entry.peer_id], aggregator=self.aggregator,
+                    numel=part.numel))
+            else:
+                answer = await self._encode(aggregate.tensor, index, "aggregate")
+                decoded = await self._in_executor(decode_part, self.codec, answer, part.numel)
         except Exception as error:  # every contribution rejected, or the codec failed on the aggregate
             part.result.set_exception(Refused(ERR_PART_FAILED, str(error)))
             part.result.exception()  # retrieved: handlers re-raise it to their callers
@@ -341,11 +359,12 @@ class AllReduceSession:
             "included": list(aggregate.included),
             "rejections": [rejection.to_json() for rejection in aggregate.rejections],
         }
-        part.result.set_result((header, payload))
+        part.result.set_result((header, answer))  # accept() packs a gathered answer per caller
         average[start:stop] = decoded
 
     # ------------------------------------------------------------------ serving contributions
-    def _add_contribution(self, peer_id: str, tensor: torch.Tensor | None, weight: float = 1.0) -> None:
+    def _add_contribution(self, peer_id: str, tensor: torch.Tensor | None, weight: float = 1.0,
+                          payload: bytes = b"") -> None:
         """Record a decoded contribution (None: abstained or rejected before aggregation) with its weight
         and wake the owner once every member's contribution is settled."""
         part = self._part
@@ -353,6 +372,8 @@ class AllReduceSession:
         if tensor is not None:
             part.contributions[peer_id] = tensor
             part.weights[peer_id] = weight
+            if gathers(self.codec):
+                part.payloads[peer_id] = bytes(payload)
         part.received.add(peer_id)
         part.settled.add(peer_id)
         if len(part.settled) == len(self.group.members):
@@ -389,7 +410,7 @@ class AllReduceSession:
             if part.closed:
                 logger.info("round %d: contribution of %s decoded too late", self.group.round_index, peer_id)
             else:
-                self._add_contribution(peer_id, tensor, _declared_weight(frame.header))
+                self._add_contribution(peer_id, tensor, _declared_weight(frame.header), frame.payload)
         timeout = max(self._final_deadline - asyncio.get_running_loop().time(), 0.0)
         self._pending_replies += 1
         self._replies_idle.clear()
@@ -398,6 +419,9 @@ class AllReduceSession:
         except BaseException:
             self._reply_done(0)
             raise
+        if gathers(self.codec):
+            listed, payload = pack(payload, caller=peer_id)
+            header = {**header, GATHER_KEY: listed}
         return Reply(header=header, payload=payload, account=lambda received, sent: self._reply_done(sent))
 
     def _reply_done(self, sent: int) -> None:

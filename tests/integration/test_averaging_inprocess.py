@@ -235,3 +235,41 @@ def test_contributions_count_by_the_tokens_their_peers_trained(transports: list[
         assert result.status == "ok" and result.group_size == 3, result.reason
     assert all(torch.equal(average, averages[0]) for average in averages)
     assert torch.allclose(averages[0], expected, rtol=0, atol=1e-6), averages[0][:4]
+
+
+def test_sparse_contributions_are_gathered_and_averaged_alike_everywhere(transports: list[Transport]) -> None:
+    """Three real peers with the sparse E8 codec (1 % per 512-coordinate chunk, 2 bits) and token weights
+    1, 1, 2: each owner answers with the included contributions' own bytes (peer.averaging.gather), so
+    every peer ends with the same bits, equal to the weighted mean of what the contributions decode to
+    (nothing is quantized twice), non-zero exactly on the union of their kept positions."""
+    from lila_codec import get_codec
+    from peer.averaging.stats import fp32_round_bytes
+
+    numel = 4096
+    authorize = StaticTokenAuthorizer([GOOD])
+    averagers = [Averager(t, run_id=f"{RUN_ID}-sparse", credential=GOOD, authorize=authorize,
+                          max_numel=numel, config=CONFIG) for t in transports]
+    codec, mean = get_codec("sparse-e8", density=0.01, chunk=512, bits=2), get_aggregator("mean")
+    base = torch.randn(numel, generator=torch.Generator().manual_seed(99))
+    vectors = [base + torch.randn(numel, generator=torch.Generator().manual_seed(seed)) for seed in range(3)]
+    weights = (1.0, 1.0, 2.0)
+    results = run_together({
+        str(index): (lambda averager=averager, vector=vector, weight=weight: averager.average(
+            0, vector, codec=codec, aggregator=mean, want_reconstruction=True, weight=weight,
+            expected_peers=[t.peer_id for t in transports if t is not averager.transport]))
+        for index, (averager, vector, weight) in enumerate(zip(averagers, vectors, weights, strict=True))
+    })
+    for result in results.values():
+        assert result.status == "ok" and result.group_size == 3, result.reason
+    averages = [results[str(index)].average for index in range(3)]
+    assert all(torch.equal(average, averages[0]) for average in averages)
+    sent = [results[str(index)].reconstruction for index in range(3)]  # what each contribution decodes to
+    # 3 parts of ~1 365 coordinates = 3 chunks of 512 each (the last one padded), 8 kept per chunk
+    assert [int((s != 0).sum()) for s in sent] == [3 * 3 * 8] * 3
+    union = torch.stack(sent).ne(0).any(dim=0)
+    assert torch.equal(averages[0] != 0, union)
+    expected = (sent[0] + sent[1] + 2 * sent[2]) / 4
+    assert torch.allclose(averages[0], expected, rtol=0, atol=1e-6)
+    # each peer sent its two other slices and, as an owner, one payload to each of the two others (the
+    # caller's own is left out): with frames and credentials still under a fifth of a dense fp32 round
+    assert all(r.bytes_sent < fp32_round_bytes(numel, 3) / 5 for r in results.values()), results
