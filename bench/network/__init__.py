@@ -8,7 +8,10 @@ All in one run, same model, same data, same token budget:
    data-parallel equivalent, the fair reference. They run side by side, one thread each;
 2. the network (coordinator + N ``lila-peer join`` processes on 127.0.0.1, lila_run.local_network) with
    N = 2 and 4 peers and fp32 pseudo-gradients;
-3. the same with the E8 lattice codec at 4 and 2 bits per coordinate.
+3. the same with the E8 lattice codec at 4 and 2 bits per coordinate;
+4. the same with the sparse codecs (1 % top-k per chunk, error feedback): ``sparse-e8`` at 2 and 4 bits
+   per kept value and the SparseLoCo-style scalar baseline ``sparse-int-2``. Their rounds gather the
+   contributions (``peer.averaging.gather``).
 
 Layout: every network trains the run's token budget in the same K = 15 outer steps; the run's
 ``inner_steps`` is H of 4 peers and N peers take H × 4 / N (see ``bench.network.layout.derive_layout``).
@@ -27,7 +30,8 @@ measured with N such processes side by side right before and right after each ne
 host's speed drifts within minutes, so a ratio is only fair against measurements next to it)
 (``throughput_ratio``, the compute utilization); bytes sent per peer per outer step and the communication
 reduction against fp32 per-step data-parallel all-reduce of the same model (the fp32 round's measured
-bytes × H / this round's bytes); where a cycle's time goes (inner period, matchmaking, all-reduce,
+bytes × H / this round's bytes) and per round (``round_reduction``: the fp32 round's bytes at the same
+peer count / this round's; the ``-pareto.png`` plot puts val bpb against bytes per round); where a cycle's time goes (inner period, matchmaking, all-reduce,
 after-round work, split into ``phases``). It also measures the compressed update's relative error per codec on a real
 pseudo-gradient (and inside the network, with error feedback), the time from launching ``lila-peer join``
 to the first training step, and a joiner's state download from a running peer for the ``debug`` and

@@ -38,7 +38,7 @@ from bench.network.measure import (
     measure_state_sync,
     standalone_throughput,
 )
-from bench.network.report import build_report, fmt, plot, print_report
+from bench.network.report import build_report, fmt, plot, plot_pareto, print_report
 from bench.network.run import LOAD_AVG_WINDOW, NetworkResult, run_baselines, run_network
 from lila_data import load_tokenizer
 from lila_net.config import load_run_config
@@ -162,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.out}")
     chart = args.plot or ((args.out.with_suffix(".png")) if args.out else workdir / CHART_NAME)
     plot(report, chart)
-    print(f"plot: {chart}; logs: {workdir}")
+    pareto = chart.with_name(chart.stem + "-pareto.png")
+    plot_pareto(report, pareto)
+    print(f"plots: {chart}, {pareto}; logs: {workdir}")
     return 0
 
 

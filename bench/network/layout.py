@@ -27,20 +27,28 @@ SYNC_MATCHMAKING_S = 1.0
 
 @dataclass(frozen=True)
 class CodecChoice:
-    """A [codec] section of the bench runs: ``label`` names it in tables (fp32, e8-4, e8-2)."""
+    """A [codec] section of the bench runs: ``label`` names it in tables (fp32, e8-4, e8-2, sparse-e8-2);
+    ``settings`` are further [codec] settings (the sparse codecs' density, no rotation)."""
 
     label: str
     name: str
     bits: int
+    settings: tuple[tuple[str, Any], ...] = ()
 
 
+SPARSE = (("density", 0.01), ("hadamard", False))  # SparseLoCo's 1 %, unrotated (rotation hurts top-k)
 CODECS = {
     "fp32": CodecChoice("fp32", "fp32", 32),
     "e8-4": CodecChoice("e8-4", "e8", 4),
     "e8-2": CodecChoice("e8-2", "e8", 2),
+    "sparse-e8-2": CodecChoice("sparse-e8-2", "sparse-e8", 2, SPARSE),
+    "sparse-e8-4": CodecChoice("sparse-e8-4", "sparse-e8", 4, SPARSE),
+    # the SparseLoCo-style baseline: 1 % top-k, 2-bit uniform scalar values
+    "sparse-int-2": CodecChoice("sparse-int-2", "sparse-int", 2, SPARSE),
 }
 # Codecs whose error on a real pseudo-gradient is compared: (label, name, options beyond the run's block,
-# rotation and dither). The Leech codec needs blocks of a multiple of 24 coordinates.
+# rotation and dither; for the sparse codecs their own [codec] settings). The Leech codec needs blocks of a
+# multiple of 24 coordinates.
 LEECH_BLOCK = 96
 ERROR_CODECS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("fp16", "fp16", {}),
@@ -51,6 +59,8 @@ ERROR_CODECS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("e8-2", "e8", {"bits": 2}),
     ("leech-4", "leech", {"bits": 4, "block": LEECH_BLOCK}),
     ("leech-2", "leech", {"bits": 2, "block": LEECH_BLOCK}),
+    ("sparse-e8-2", "sparse-e8", {"bits": 2, **dict(SPARSE)}),
+    ("sparse-int-2", "sparse-int", {"bits": 2, **dict(SPARSE)}),
 )
 
 
@@ -116,7 +126,8 @@ def derive_layout(run: RunConfig, peers: tuple[int, ...]) -> Layout:
 
 def network_run_config(run: RunConfig, codec: CodecChoice, peers: int, *, inner_steps: int) -> RunConfig:
     """The bench run for one configuration: codec section and H replaced, a name of its own."""
-    section = replace(run.codec, name=codec.name, bits=codec.bits if codec.name == "e8" else run.codec.bits)
+    section = replace(run.codec, name=codec.name, bits=run.codec.bits if codec.name == "fp32" else codec.bits,
+                      **dict(codec.settings))
     return replace(run, run=replace(run.run, name=f"{run.run.name}-{peers}p-{codec.label}"), codec=section,
                    diloco=replace(run.diloco, inner_steps=inner_steps))
 

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,9 @@ def codec_errors(run: RunConfig, delta: torch.Tensor, *, labels: tuple[str, ...]
         if label not in labels:
             continue
         options: dict[str, Any] = {}
-        if name != "fp16":
+        if name.startswith("sparse-"):
+            options = replace(run.codec, name=name, **extra).options()
+        elif name != "fp16":
             block = int(extra.get("block", run.codec.block_size))
             # the largest power of two dividing the block: what the lattice codecs pick for rotation=None
             rotation = block & -block if run.codec.hadamard else 0

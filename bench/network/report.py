@@ -41,6 +41,7 @@ def build_report(*, layout: Layout, settings: BenchSettings, baselines: dict[str
                         "bpb_ratio_a": _ratio(res.final_bpb, a), "batch_size": res.batch_size,
                         "tokens": res.tokens, "tokens_per_s_per_peer": res.tokens_per_s, "threads": res.threads,
                         "throughput_ratio": None, "bytes_per_outer_step": 0, "comm_reduction": None,
+                        "round_reduction": None,
                         "curve": [[p.tokens, p.val_bpb] for p in res.curve]})
     fp32_bytes = {runs[0].peers: _median([s.bytes_per_outer_step for n in runs for s in n.stats])
                   for runs in networks if runs[0].codec.name == "fp32"}
@@ -68,6 +69,8 @@ def build_report(*, layout: Layout, settings: BenchSettings, baselines: dict[str
             "bpb_ratio": _ratio(val_bpb, b.final_bpb if b else None), "bpb_ratio_a": _ratio(val_bpb, a),
             "tokens_per_s_per_peer": rate, "throughput_ratio": _ratio(rate, alone),
             "bytes_per_outer_step": sent,
+            # fp32 bytes per round of the same peer count over this config's (one round per outer step)
+            "round_reduction": _ratio(fp32_bytes.get(net.peers), sent),
             "comm_reduction": per_step_fp32 * layout.inner_steps[net.peers] / sent if sent else None,
             "comm_reduction_vs_ring_theory": theory_fp32 * layout.inner_steps[net.peers] / sent if sent else None,
             "inner_steps": layout.inner_steps[net.peers], "val_bpb_runs": [n.final_bpb for n in runs],
@@ -120,14 +123,15 @@ def fmt(value: Any, spec: str) -> str:
 
 def print_report(report: dict[str, Any]) -> None:
     print()
-    print(f"{'config':<12} {'peers':>5} {'bits':>4} {'val bpb':>8} {'/ (b)':>6} {'/ (a)':>6} {'tok/s/peer':>10} "
-          f"{'alone':>7} {'util':>5} {'B/outer step':>12} {'comm red.':>9} {'round s':>7} {'rel err':>7}")
+    print(f"{'config':<16} {'peers':>5} {'bits':>4} {'val bpb':>8} {'/ (b)':>6} {'/ (a)':>6} {'tok/s/peer':>10} "
+          f"{'alone':>7} {'util':>5} {'B/outer step':>12} {'round red.':>10} {'comm red.':>9} {'round s':>7} "
+          f"{'rel err':>7}")
     for c in report["configs"]:
-        print(f"{c['name']:<12} {c['peers']:>5} {c['bits']:>4} {fmt(c['val_bpb'], '.4f'):>8} "
+        print(f"{c['name']:<16} {c['peers']:>5} {c['bits']:>4} {fmt(c['val_bpb'], '.4f'):>8} "
               f"{fmt(c['bpb_ratio'], '.3f'):>6} {fmt(c['bpb_ratio_a'], '.3f'):>6} "
               f"{fmt(c['tokens_per_s_per_peer'], ',.0f'):>10} {fmt(c.get('standalone_tokens_per_s'), ',.0f'):>7} "
               f"{fmt(c['throughput_ratio'], '.2f'):>5} {fmt(c['bytes_per_outer_step'], ',.0f'):>12} "
-              f"{fmt(c['comm_reduction'], ',.0f'):>9} {fmt(c.get('round_s'), '.2f'):>7} "
+              f"{fmt(c.get('round_reduction'), ',.1f'):>10} {fmt(c['comm_reduction'], ',.0f'):>9} {fmt(c.get('round_s'), '.2f'):>7} "
               f"{fmt(c.get('codec_relative_error_in_network'), '.4f'):>7}")
     details = report["details"]
     print()
@@ -196,6 +200,42 @@ def plot(report: dict[str, Any], path: Path) -> None:
     finals = [c["val_bpb"] for c in report["configs"] if c["val_bpb"] is not None]
     if finals:
         ax.set_ylim(min(finals) * 0.97, max(finals) * 1.6)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_pareto(report: dict[str, Any], path: Path) -> None:
+    """Validation bpb against bytes per round (log scale), one point per network, and each peer count's
+    Pareto front (no other config of that peer count is both smaller and better)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for peers, marker in ((2, "o"), (4, "s")):
+        rows = sorted((c for c in report["configs"] if c["peers"] == peers and c["val_bpb"] is not None
+                       and c["bytes_per_outer_step"]), key=lambda c: c["bytes_per_outer_step"])
+        if not rows:
+            continue
+        ax.scatter([c["bytes_per_outer_step"] for c in rows], [c["val_bpb"] for c in rows], marker=marker,
+                   label=f"{peers} peers")
+        for c in rows:
+            ax.annotate(c["name"].split("-", 1)[1], (c["bytes_per_outer_step"], c["val_bpb"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+        front, best = [], math.inf
+        for c in rows:
+            if c["val_bpb"] < best:
+                front.append(c)
+                best = c["val_bpb"]
+        ax.plot([c["bytes_per_outer_step"] for c in front], [c["val_bpb"] for c in front], "--", alpha=0.6)
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes one peer sends per round (log)")
+    ax.set_ylabel("validation bits per byte")
+    ax.set_title("val bpb against bytes per round: Pareto front per peer count (dashed)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

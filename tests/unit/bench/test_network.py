@@ -145,6 +145,11 @@ def test_network_config_sets_codec_and_inner_steps(tiny_run: RunConfig) -> None:
     assert (config.codec.name, config.codec.bits, config.diloco.inner_steps) == ("e8", 2, 7)
     assert config.run.name == "bench-quick-4p-e8-2"
     assert network_run_config(tiny_run, CODECS["fp32"], 2, inner_steps=7).codec.name == "fp32"
+    sparse = network_run_config(tiny_run, CODECS["sparse-e8-2"], 2, inner_steps=7).codec
+    assert (sparse.name, sparse.bits, sparse.density, sparse.hadamard) == ("sparse-e8", 2, 0.01, False)
+    assert sparse.options() == {"density": 0.01, "chunk": 4096, "bits": 2, "rotation": 0}
+    for choice in CODECS.values():  # every bench codec is a valid [codec] section
+        assert network_run_config(tiny_run, choice, 2, inner_steps=7).codec.name == choice.name
 
 
 def test_parse_metrics_keeps_the_samples_the_bench_reads() -> None:
