@@ -105,6 +105,8 @@ def _add_join(subparsers: argparse._SubParsersAction) -> None:
                    help="checkpoints kept in the workdir, newest first (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal)")
     p.add_argument("--throttle", type=float, default=PeerOptions.throttle, help=argparse.SUPPRESS)  # tests, benches
+    p.add_argument("--record-pseudo-gradients", type=int, default=PeerOptions.record_every,
+                   help=argparse.SUPPRESS)  # codec benchmarks: peer.recording
     p.set_defaults(func=_run_join)
 
 
@@ -120,7 +122,8 @@ def _run_join(args: argparse.Namespace) -> int:
                           tls_ca=args.tls_ca,
                           threads=args.threads, straggler_wait_s=args.straggler_wait,
                           eval_every=args.eval_every, keep_checkpoints=args.keep_checkpoints,
-                          progress=False if args.no_progress else None, throttle=args.throttle)  # ConfigError: exit 2
+                          progress=False if args.no_progress else None, throttle=args.throttle,
+                          record_every=args.record_pseudo_gradients)  # ConfigError: exit 2
     stop = GracefulStop().install()
     node = PeerNode(options, stop=stop.event, log_context=args.log_context)
     try:

@@ -27,7 +27,10 @@ class PeerOptions(Section):
     run's ``averaging_timeout_s``); see :mod:`peer.round_sync` for how to tune it. ``progress``: the
     progress bar (None: only when stderr is a terminal). ``throttle``: run at this fraction of the
     machine's speed (tests and benchmarks of peers of different speeds; a hidden flag, never a volunteer's
-    setting: ``peer.rounds.throttle``).
+    setting: ``peer.rounds.throttle``). ``record_every``: every this many rounds, save the vector this
+    peer is about to send (pseudo-gradient plus error-feedback residual, fp32, before encoding) to
+    ``WORKDIR/pseudo-gradients/`` for the codec benchmarks (``python -m bench.codec_truth``; 0: never; about
+    4 bytes per parameter per file; a hidden flag: ``peer.recording``).
 
     ``eval_every``: evaluate the validation texts every this many outer steps (0: never). Every peer of a
     round holds the same parameters, and rounds are synchronous, so an evaluation delays the whole network
@@ -59,6 +62,7 @@ class PeerOptions(Section):
     straggler_wait_s: float | None = setting(None, ge=0, hint="seconds", label="--straggler-wait")
     progress: bool | None = setting(None)
     throttle: float = setting(1.0, gt=0, le=1, label="--throttle")
+    record_every: int = setting(0, ge=0, hint="0: never", label="--record-pseudo-gradients")
 
     def check(self) -> None:
         try:

@@ -34,6 +34,7 @@ from .inner import schedule_position
 from .link import exchange_timeout
 from .outer import flatten_parameters, load_flat_parameters
 from .parts import Peer, Period
+from .recording import maybe_record
 from .sync import CALL_SLACK_S, resync, wait_future
 
 logger = logging.getLogger(__name__)
@@ -213,7 +214,9 @@ def round_vector(peer: Peer, round_index: int) -> torch.Tensor:
     dropped (error feedback). [numel] float32, a new tensor."""
     peer.events.write("round_start", round=round_index)
     delta = peer.training.outer.pseudo_gradient(flatten_parameters(peer.training.model))  # [numel]
-    return delta + peer.progress.residual
+    vector = delta + peer.progress.residual
+    maybe_record(peer, round_index, vector)
+    return vector
 
 
 def apply_round(peer: Peer, round_index: int, vector: torch.Tensor, result: RoundResult, seconds: float, *,
