@@ -147,8 +147,8 @@ class CodecSection(Section):
     The sparse codecs (``sparse-e8``, ``sparse-int``) send, per ``chunk`` coordinates, the ``density``
     share of largest magnitude at ``bits`` bits each (what is left stays in the error-feedback residual,
     so keep ``error_feedback`` on); ``hadamard`` rotates blocks of ``block_size`` first, which usually
-    hurts top-k (turn it off). At 1 % and 2 bits a contribution is ~300× smaller than fp32; the part
-    owner's answer keeps the union of the group's positions (N·density). ``python -m bench.codec``
+    hurts top-k (turn it off). At 1 % and 2 bits a contribution is ~300× smaller than fp32; a round
+    gathers the group's contributions instead of re-encoding their mean (decision 0007). ``python -m bench.codec``
     (``sparse`` rows) and ``python -m bench.network`` (``sparse-*`` configs) measure them.
     """
 
