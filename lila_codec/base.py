@@ -37,10 +37,13 @@ class Codec(ABC):
     # ---- encoding --------------------------------------------------------------------------
     def encode(self, tensor: torch.Tensor, *, seed: int = 0) -> bytes:
         """Encode ``tensor`` (any shape, float dtype, finite values). ``seed`` drives rotation and dither."""
-        flat = self._prepare(tensor)
-        if not isinstance(seed, int) or not 0 <= seed <= wire.MAX_SEED:
-            raise CodecError(f"seed must be an int in 0..2**64-1, got {seed!r}")
+        flat = self._prepare(tensor, seed)
         fields, scales, codes = self._encode_flat(flat, seed)
+        return self._pack(tensor, seed, fields, scales, codes)[1]
+
+    def _pack(self, tensor: torch.Tensor, seed: int, fields: dict, scales: bytes,
+              codes: bytes) -> tuple[wire.Header, bytes]:
+        """The header of ``tensor``'s payload and the payload (header, scales, codes)."""
         header = wire.Header(
             codec_id=self.codec_id,
             dtype=tensor.dtype,
@@ -50,9 +53,10 @@ class Codec(ABC):
             codes_nbytes=len(codes),
             **fields,
         )
-        return wire.pack_payload(header, scales, codes)
+        return header, wire.pack_payload(header, scales, codes)
 
-    def _prepare(self, tensor: torch.Tensor) -> torch.Tensor:
+    def _prepare(self, tensor: torch.Tensor, seed: int) -> torch.Tensor:
+        """``tensor`` checked (type, dtype, size, finite, magnitude) and flattened to float32; ``seed`` checked."""
         if not isinstance(tensor, torch.Tensor):
             raise CodecError(f"codec {self.name!r} encodes torch tensors, got {type(tensor).__name__}")
         if tensor.dtype not in wire.DTYPE_CODES:
@@ -84,6 +88,8 @@ class Codec(ABC):
                     f"input magnitude {peak:.3g} exceeds codec {self.name!r}'s limit {self.max_abs_input:.3g}; "
                     "rescale the tensor or use the fp32 codec"
                 )
+        if not isinstance(seed, int) or not 0 <= seed <= wire.MAX_SEED:
+            raise CodecError(f"seed must be an int in 0..2**64-1, got {seed!r}")
         return flat
 
     @property

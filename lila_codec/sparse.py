@@ -151,23 +151,13 @@ class _SparseCodec(Codec):
         """``(encode(tensor, seed=seed), decode(that payload))`` without decoding: the reconstruction is
         built by the decoder's own arithmetic from the integers the encoder wrote, so it is bitwise equal
         to every receiver's decode (error feedback: residual = tensor − reconstruction)."""
-        flat = self._prepare(tensor)
-        if not isinstance(seed, int) or not 0 <= seed <= wire.MAX_SEED:
-            raise CodecError(f"seed must be an int in 0..2**64-1, got {seed!r}")
+        flat = self._prepare(tensor, seed)
         fields, scales, codes, rec = self._encode_parts(flat, seed)
-        header = wire.Header(
-            codec_id=self.codec_id,
-            dtype=tensor.dtype,
-            shape=tuple(tensor.shape),
-            seed=seed,
-            scales_nbytes=len(scales),
-            codes_nbytes=len(codes),
-            **fields,
-        )
+        header, payload = self._pack(tensor, seed, fields, scales, codes)
         out = rec.reshape(header.shape).to(header.dtype)
         if out.numel() and not bool(torch.isfinite(out).all()):
             raise CodecError(f"the reconstruction overflows {header.dtype}; rescale the tensor")
-        return wire.pack_payload(header, scales, codes), out
+        return payload, out
 
     def _encode_flat(self, flat: torch.Tensor, seed: int) -> tuple[dict, bytes, bytes]:
         fields, scales, codes, _ = self._encode_parts(flat, seed)
