@@ -2,6 +2,7 @@
 """Train the LILA variants at equal parameters and tokens and compare bpb, speed and memory.
 
     python -m bench.model --quick --out model.json [--save-checkpoint DIR]
+    python -m bench.model --seeds 3 --tokens 3000000 --jobs 2 --out model-seeds.json   (bench.model_seeds)
 
 Every variant starts from the same seed and sees the same batches in the same order; the
 variants are trained round-robin (one step each in turn) so that load from other processes
@@ -162,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", default="bundled:fineweb-edu-sample")
     parser.add_argument("--tokenizer", default="fineweb-edu-8192")
     parser.add_argument("--steps", type=int)
+    parser.add_argument("--tokens", type=int, help="training tokens per variant (sets --steps)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="seeds per variant; above 1: mean ± 95%% interval per variant (bench.model_seeds)")
+    parser.add_argument("--jobs", type=int, default=1, help="with --seeds: runs in parallel (one per core)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--seq-len", type=int)
     parser.add_argument("--eval-docs", type=int, help="validation documents to score (default: all)")
@@ -180,9 +185,17 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.tokens is not None:
+        args.steps = max(1, args.tokens // (args.batch_size * args.seq_len))
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if not args.variants or args.variants[0] != "vanilla" or set(args.variants) - set(VARIANTS):
         raise SystemExit(f"--variants must start with vanilla and use only {VARIANTS}; got {args.variants}")
+    if args.seeds < 1 or args.jobs < 1:
+        raise SystemExit(f"--seeds and --jobs must be at least 1; got {args.seeds} and {args.jobs}")
+    if args.seeds > 1:
+        from bench import model_seeds  # it imports this module's helpers
+
+        return model_seeds.run(args)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
