@@ -106,11 +106,14 @@ class LeaseReturned:
 
 @dataclass(frozen=True, slots=True)
 class StageAdvanced:
-    """The curriculum moved from stage ``old`` to ``new`` (``new == len(stages)``: run finished)."""
+    """The curriculum moved from stage ``old`` to ``new`` (``new == len(stages)``: run finished).
+    ``growth_step``: the outer step after whose round every peer grows the model into stage ``new``'s
+    shape (-1: the stage keeps the model)."""
 
     old: int
     new: int
     reason: str
+    growth_step: int = -1
 
 
 @dataclass(frozen=True, slots=True)

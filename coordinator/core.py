@@ -50,6 +50,13 @@ Rules, in short:
   back before they add up to a ban (unless ``strikes_to_ban`` is 1). Not covered: rounds the honest
   peer did not apply (it sends no account), an accused that never gives its account (the reports
   stand), and lies about a group both liars really were in (that needs signed group transcripts).
+* Growth: when a stage begins whose model shape is larger than its predecessor's
+  (:meth:`coordinator.plan.RunPlan.grows_at`), the growth is announced for outer step
+  ``GROWTH_LEAD_STEPS`` after the highest step the run or any live peer reached (``growth_steps``, sent
+  with every Join and Heartbeat answer): every peer grows right after the round that reaches that step, so
+  the state of that step and of every later one has the new shape. The lead covers a peer one round ahead
+  of what it reported; a peer that still misses it holds a smaller shape than the network's state of its
+  step and re-syncs (downloading the grown state).
 """
 
 from __future__ import annotations
@@ -84,6 +91,7 @@ LEASE_ID_PREFIX = "L"
 MAX_IDENTITIES_PER_PEER = 4
 CORROBORATING_TOKENS = 2  # distinct join tokens a step needs while that many take part (one cannot move it)
 STRIKE_WINDOW_ROUNDS = 16
+GROWTH_LEAD_STEPS = 2  # a growth applies this many outer steps after the run's step when its stage begins
 _SIBLING_BAN = "same join token as"
 MAX_LEDGER_INT = 2**63 - 1  # SQLite INTEGER: no stored counter may pass it
 
@@ -335,7 +343,13 @@ def _advance_stages(tx: _Tx) -> None:
             returned = tx.writable("returned")
             for key in stale:
                 del returned[key]
-        tx.emit(act.StageAdvanced(index, index + 1, reason))
+        growth_step = -1
+        if tx.base.plan.grows_at(index + 1):
+            reported = [p.outer_step for p in tx.peers.values() if p.state in LIVE_STATES]
+            growth_step = max([tx.get("outer_step"), *reported]) + GROWTH_LEAD_STEPS
+            steps = tx.get("growth_steps") or (-1,) * len(stages)
+            tx.set("growth_steps", _replace_tuple(steps, index + 1, growth_step))
+        tx.emit(act.StageAdvanced(index, index + 1, reason, growth_step))
 
 
 def _check_seq(tx: _Tx, peer: PeerRecord, lease_id: str, seq: int) -> bool:

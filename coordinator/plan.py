@@ -47,6 +47,10 @@ class StagePlan:
     ``token_budget`` ends the stage once that many tokens were credited to it (``None``: the stage
     runs until every shard is completed). A stage whose shards run out before its budget ends early.
     ``seq_len`` and ``doc_filter`` are handed to peers with each lease (0 / None: the peer decides).
+    ``model_stage``: which model shape the stage trains (``lila_net.config.model_stages``; 0: the
+    ``[model]`` preset); a stage whose model stage is above its predecessor's grows the model when it
+    begins (the core announces the outer step). ``model_params`` / ``model_label``: that shape's trainable
+    parameters and description, for the status page (0 / "": not known).
     """
 
     name: str
@@ -54,6 +58,9 @@ class StagePlan:
     token_budget: int | None = None
     seq_len: int = 0
     doc_filter: str | None = None
+    model_stage: int = 0
+    model_params: int = 0
+    model_label: str = ""
     _index: Mapping[str, ShardSpec] = field(default=None, init=False, repr=False, compare=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -87,6 +94,10 @@ class RunPlan:
         if not stages:
             raise ValueError("a run plan needs at least one curriculum stage")
         return cls(tuple(stages))
+
+    def grows_at(self, stage: int) -> bool:
+        """True when curriculum stage ``stage`` starts a new model shape (a growth)."""
+        return 0 < stage < len(self.stages) and self.stages[stage].model_stage > self.stages[stage - 1].model_stage
 
     def shard(self, key: ShardKey) -> ShardSpec | None:
         """The shard of a (stage, shard id) key, or ``None`` if the plan has no such shard."""

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 from coordinator.plan import RunPlan, ShardSpec, StagePlan
 from lila_data.curriculum import next_source
 from lila_data.shards import ShardAddress, plan_shards
+from lila_data.tokenizer import load_tokenizer
+from lila_net.config.model_stages import model_stage_of, model_stages
 
 if TYPE_CHECKING:
     from lila_net.config import RunConfig
@@ -43,7 +45,8 @@ def interleave(
 
 
 def plan_from_config(config: RunConfig) -> RunPlan:
-    """Plan every stage of ``config``'s curriculum over its data sources (opens each source once)."""
+    """Plan every stage of ``config``'s curriculum over its data sources (opens each source once), with the
+    model shape each stage trains."""
     used = {
         name for stage in config.curriculum.stages for name, weight in stage.mixture.items() if weight > 0
     }
@@ -52,14 +55,19 @@ def plan_from_config(config: RunConfig) -> RunPlan:
         for name, spec in config.data.sources.items()
         if name in used
     }
+    shapes = model_stages(config, vocab_size=load_tokenizer(config.data.tokenizer).vocab_size)
+    params = {shape.index: shape.num_params() for shape in shapes}
     stages = []
-    for stage in config.curriculum.stages:
+    for index, stage in enumerate(config.curriculum.stages):
         order = interleave(stage.mixture, shards_by_name)
         specs = tuple(ShardSpec(a.shard_id, a.source, a.file, a.row_start, a.row_stop) for a in order)
+        shape = model_stage_of(shapes, index)
         stages.append(
             StagePlan(
-                stage.name, specs, token_budget=stage.tokens, seq_len=stage.seq_len, doc_filter=stage.filter
+                stage.name, specs, token_budget=stage.tokens, seq_len=stage.seq_len, doc_filter=stage.filter,
+                model_stage=shape.index, model_params=params[shape.index], model_label=shape.label,
             )
         )
-        logger.info("stage %r: %d shards, budget %d tokens", stage.name, len(specs), stage.tokens)
+        logger.info("stage %r: %d shards, budget %d tokens, model %s (%d parameters)", stage.name, len(specs),
+                    stage.tokens, shape.label, params[shape.index])
     return RunPlan.from_stages(stages)

@@ -333,6 +333,7 @@ class CoordinatorService:
             observed_host=observed_host(context.peer()),
             outer_step_sha256=self.outer_step_sha256(),
             recent_step_hashes=self.recent_step_hashes(),
+            growth_outer_steps=state.announced_growths,
         )
 
     async def _heartbeat(
@@ -352,6 +353,7 @@ class CoordinatorService:
             outer_step_sha256=self.outer_step_sha256(),
             recent_step_hashes=self.recent_step_hashes(),
             peers_taking_part=self.peers_taking_part(),
+            growth_outer_steps=state.announced_growths,
         )
 
     async def _lease_shard(

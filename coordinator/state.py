@@ -213,6 +213,8 @@ class CoordinatorState:
     strikes live on in the peer records. ``splits`` (the parameter hashes of recent outer steps) is
     volatile too: after a restart, split detection and its count start over. ``groups`` (volatile, recent
     rounds only) holds, per (peer id, round), the libp2p ids the peer said it averaged with in that round.
+    ``growth_steps[s]``: the outer step after whose round the model grows into stage ``s``'s shape (-1:
+    stage ``s`` grows nothing, or has not begun); set once, when the stage begins (``coordinator.core``).
     """
 
     plan: RunPlan
@@ -227,6 +229,7 @@ class CoordinatorState:
     stage_index: int = 0
     stage_tokens: tuple[int, ...] = ()
     stage_completed: tuple[int, ...] = ()
+    growth_steps: tuple[int, ...] = ()
     global_tokens: int = 0
     outer_step: int = 0
     lease_counter: int = 0
@@ -236,6 +239,11 @@ class CoordinatorState:
     def finished(self) -> bool:
         """True once every stage is done."""
         return self.stage_index >= len(self.plan.stages)
+
+    @property
+    def announced_growths(self) -> tuple[int, ...]:
+        """The outer steps of the growths announced so far, in curriculum order (what peers are told)."""
+        return tuple(step for step in self.growth_steps if step >= 0)
 
     def leases_of(self, peer_id: str) -> list[Lease]:
         """Leases held by ``peer_id``, oldest first."""
@@ -251,4 +259,5 @@ def initial_state(plan: RunPlan, config: CoreConfig) -> CoordinatorState:
         cursors=(0,) * n,
         stage_tokens=(0,) * n,
         stage_completed=(0,) * n,
+        growth_steps=(-1,) * n,
     )

@@ -88,6 +88,28 @@ def _split(split: Split | None) -> dict[str, Any] | None:
     }
 
 
+def model_summary(state: CoordinatorState) -> dict[str, Any]:
+    """The model stage trained now (its index, description and parameter count) and the next growth point:
+    the next stage that grows the model, the global token count at which it begins, and the outer step
+    announced for it (None until its stage begins; a growth announced but not yet applied is the next)."""
+    plan = state.plan
+    current = plan.stages[min(state.stage_index, len(plan.stages) - 1)]
+    steps = state.growth_steps or (-1,) * len(plan.stages)
+    applied = [i for i in range(len(plan.stages)) if 0 <= steps[i] <= state.outer_step]
+    holding = plan.stages[applied[-1]] if applied else plan.stages[0]
+    upcoming = None
+    start = 0
+    for i, stage in enumerate(plan.stages):
+        if plan.grows_at(i) and not 0 <= steps[i] <= state.outer_step:
+            upcoming = {"stage_index": i, "stage_name": stage.name, "at_tokens": start,
+                        "outer_step": steps[i] if steps[i] >= 0 else None, "model_label": stage.model_label,
+                        "model_params": stage.model_params}
+            break
+        start += stage.token_budget or 0
+    return {"stage": holding.model_stage, "label": holding.model_label, "params": holding.model_params,
+            "curriculum_model_stage": current.model_stage, "next_growth": upcoming}
+
+
 def build_snapshot(
     state: CoordinatorState,
     history: Sequence[MetricsRow],
@@ -125,6 +147,10 @@ def build_snapshot(
                 "shards_leased": leased_by_stage[i],
                 "shards_queued": queued_by_stage[i],
                 "progress": 1.0 if status == "done" else progress,
+                "model_stage": stage.model_stage,
+                "model_params": stage.model_params,
+                "model_label": stage.model_label,
+                "growth_step": state.growth_steps[i] if i < len(state.growth_steps) else -1,
             }
         )
     peers_by_state = {s.value: 0 for s in PeerState}
@@ -180,6 +206,7 @@ def build_snapshot(
         "stage_index": state.stage_index,
         "stage_name": current,
         "stages": stages,
+        "model": model_summary(state),
         "global_tokens": state.global_tokens,
         "tokens_per_s": tokens_per_s,
         "reported_tokens_per_s": sum(p["tokens_per_s"] for p in peers),

@@ -181,7 +181,8 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _META_INT_FIELDS = ("stage_index", "global_tokens", "outer_step", "lease_counter", "queue_counter")
-_META_TUPLE_FIELDS = ("cursors", "stage_tokens", "stage_completed")
+_META_TUPLE_FIELDS = ("cursors", "stage_tokens", "stage_completed", "growth_steps")
+_META_TUPLE_DEFAULTS = {"growth_steps": -1}  # per stage, for a database written before the field existed
 
 
 class StorageError(RuntimeError):
@@ -418,6 +419,8 @@ class Storage:
         n = len(plan.stages)
         values: dict[str, Any] = {name: int(meta[name]) for name in _META_INT_FIELDS}
         for name in _META_TUPLE_FIELDS:
+            if name not in meta and name in _META_TUPLE_DEFAULTS:
+                meta[name] = json.dumps([_META_TUPLE_DEFAULTS[name]] * n)
             values[name] = tuple(json.loads(meta[name]))
             if len(values[name]) != n:
                 raise StorageError(

@@ -123,7 +123,8 @@ def render_page(snapshot: dict[str, Any], *, refresh_s: int = PAGE_REFRESH_S,
             f'<tr class="stage-{_esc(s["status"])}"><td>{s["index"]}</td><td>{_esc(s["name"])}</td><td>{_esc(s["status"])}</td>'
             f'<td><span class="bar" title="{pct:.1f}%"><div style="width:{pct:.1f}%"></div></span> {pct:.1f}%</td>'
             f'<td class="num">{_tokens(s["tokens"])}{budget}</td>'
-            f'<td class="num">{s["shards_completed"]} / {s["shards_leased"]} / {s["shards_total"]}</td></tr>'
+            f'<td class="num">{s["shards_completed"]} / {s["shards_leased"]} / {s["shards_total"]}</td>'
+            f'<td>{_stage_model(s)}</td></tr>'
         )
     peer_rows = [
         f'<tr class="peer"><td>{_esc(p["name"])}</td><td>{_esc(p["device"]) or "–"}</td>'
@@ -161,7 +162,9 @@ def render_page(snapshot: dict[str, Any], *, refresh_s: int = PAGE_REFRESH_S,
         peer_count=snapshot["peer_count"],
         loss=_optional(snapshot["loss"]),
         val_bpb=_optional(snapshot["val_bpb"]),
-        stage_rows=_rows(stage_rows, 6, "no stages"),
+        stage_rows=_rows(stage_rows, 7, "no stages"),
+        model_stage=_esc(_model_card(snapshot["model"])),
+        next_growth=_esc(_growth_card(snapshot["model"]["next_growth"])),
         history_json=history,
         peer_rows=_rows(peer_rows, 10, "no peer has joined yet"),
         splits_count=snapshot["splits"]["count"],
@@ -170,6 +173,32 @@ def render_page(snapshot: dict[str, Any], *, refresh_s: int = PAGE_REFRESH_S,
         leader_rows=_rows(leader_rows, 3, "no contributions yet"),
         banned_rows=_rows(banned_rows, 3, "nobody is banned"),
     )
+
+
+def _stage_model(stage: dict[str, Any]) -> str:
+    """A stage's model cell: its shape and parameters, and the outer step of its growth once announced."""
+    if not stage.get("model_label"):
+        return "–"
+    text = f"{_esc(stage['model_label'])} · {_tokens(stage['model_params'])} params"
+    if stage.get("growth_step", -1) >= 0:
+        text += f" · grows after outer step {stage['growth_step']}"
+    return text
+
+
+def _model_card(model: dict[str, Any]) -> str:
+    """The model stage held now: ``1 · 8 layers × 144 (zero ×2) · 3.17 M params``."""
+    if not model["label"]:
+        return "–"
+    return f"{model['stage']} · {model['label']} · {_tokens(model['params'])} params"
+
+
+def _growth_card(growth: dict[str, Any] | None) -> str:
+    """The next growth point: where (stage, global tokens), the announced outer step once known, the size."""
+    if growth is None:
+        return "none"
+    step = f"outer step {growth['outer_step']}" if growth["outer_step"] is not None else "step not yet announced"
+    return (f"{growth['stage_name']} at {_tokens(growth['at_tokens'])} tokens ({step}) → "
+            f"{_tokens(growth['model_params'])} params")
 
 
 def _stage_heading(snapshot: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ ledger's counts and hands peers shards and learning rates.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,10 +25,12 @@ from typing import Any
 
 from lila_data.errors import DataError
 from lila_data.filters import parse_filter
+from lila_model.growth import GrowthSpec
 
 DEFAULT_MIXTURE_NAME = "default"
 DECAY_SHAPES = ("cosine", "linear")
-_STAGE_KEYS = ("name", "tokens", "seq_len", "filter", "mixture")
+_STAGE_KEYS = ("name", "tokens", "seq_len", "filter", "mixture", "growth")
+GROWTH_KEYS = tuple(f.name for f in dataclasses.fields(GrowthSpec))  # a stage's ``growth`` table
 _SCHEDULE_KEYS = ("peak_lr", "warmup_tokens", "decay_tokens", "min_lr_ratio", "decay")
 _CURRICULUM_KEYS = ("stages", "schedule")
 
@@ -49,6 +52,10 @@ class StageConfig:
     sequence (longer contexts late in training are the usual pattern). ``filter``: a document filter such
     as ``int_score >= 4`` (see :mod:`lila_data.filters`), or None for all documents. ``mixture``:
     relative weights over source names; they need not sum to 1, a weight of 0 excludes a source.
+    ``growth``: grow the model when this stage begins (:class:`lila_model.growth.GrowthSpec`: an
+    ``operator`` — ``zero``/``stack`` for depth, ``widen`` for width — with a ``factor`` or a ``target``
+    preset, and ``zero``'s ``placement``); in TOML ``growth = { operator = "zero", factor = 2 }``. None
+    (the default) keeps the model. When to grow: see docs/decisions/0008-model-growth.md.
     """
 
     name: str
@@ -56,6 +63,7 @@ class StageConfig:
     seq_len: int
     filter: str | None = None
     mixture: dict[str, float] = field(default_factory=_default_mixture)
+    growth: GrowthSpec | None = None
 
     def validate(self, where: str = "stage") -> None:
         """Raise :class:`DataError` naming the bad field and the fix."""
@@ -84,13 +92,17 @@ class StageConfig:
                 )
         if sum(self.mixture.values()) <= 0:
             raise DataError(f"{where}.mixture: all weights are 0; give at least one source a positive weight")
+        if self.growth is not None and not isinstance(self.growth, GrowthSpec):
+            raise DataError(f"{where}.growth is a {type(self.growth).__name__}, not a lila_model.growth.GrowthSpec")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data for TOML (``filter`` omitted when None)."""
+        """Plain data for TOML (``filter`` and ``growth`` omitted when None)."""
         out: dict[str, Any] = {"name": self.name, "tokens": self.tokens, "seq_len": self.seq_len}
         if self.filter is not None:
             out["filter"] = self.filter
         out["mixture"] = dict(self.mixture)
+        if self.growth is not None:
+            out["growth"] = {k: v for k, v in dataclasses.asdict(self.growth).items() if v is not None}
         return out
 
 
@@ -165,6 +177,9 @@ class CurriculumConfig:
             if not isinstance(stage, StageConfig):
                 raise DataError(f"curriculum.stages[{index}] is a {type(stage).__name__}, not a StageConfig")
             stage.validate(f"curriculum.stages[{index}]")
+            if index == 0 and stage.growth is not None:
+                raise DataError("curriculum.stages[0].growth: the first stage trains the [model] preset; name the "
+                                "starting size there and give growth to a later stage")
             if stage.name in names:
                 raise DataError(
                     f"curriculum.stages[{index}].name={stage.name!r} repeats; give each stage its own name"
@@ -199,6 +214,8 @@ class CurriculumConfig:
             values = dict(stage)
             if "mixture" in values and isinstance(values["mixture"], Mapping):
                 values["mixture"] = dict(values["mixture"])
+            if "growth" in values:
+                values["growth"] = _growth_from_dict(f"{where}.growth", values["growth"])
             stages.append(StageConfig(**values))
         schedule_raw = raw["schedule"]
         _check_keys("curriculum.schedule", schedule_raw, _SCHEDULE_KEYS)
@@ -210,6 +227,17 @@ class CurriculumConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain data that :meth:`from_dict` reads back to an equal config."""
         return {"stages": [s.to_dict() for s in self.stages], "schedule": self.schedule.to_dict()}
+
+
+def _growth_from_dict(where: str, raw: Any) -> GrowthSpec:
+    """A stage's ``growth`` table as a :class:`GrowthSpec` (its own checks, reported under ``where``)."""
+    _check_keys(where, raw, GROWTH_KEYS)
+    if "operator" not in raw:
+        raise DataError(f"{where} lacks operator; e.g. growth = {{ operator = \"zero\", factor = 2 }}")
+    try:
+        return GrowthSpec(**raw)
+    except ValueError as exc:
+        raise DataError(f"{where}: {exc}") from exc
 
 
 def _check_keys(where: str, raw: Any, known: tuple[str, ...]) -> None:

@@ -39,7 +39,8 @@ def publish(peer: Peer) -> None:
         return
     snapshot = StateSnapshot(
         tensors={"global_params": outer.global_params, "momentum_buffer": outer.momentum_buffer},
-        metadata={"outer_step": progress.outer_step, "params_sha256": progress.params_hash})
+        metadata={"outer_step": progress.outer_step, "params_sha256": progress.params_hash,
+                  "model_stage": peer.training.model_stage})
     try:
         peer.network.state_sync.publish(snapshot)
     except Exception as exc:  # serving state is a courtesy; training goes on without it
@@ -66,6 +67,7 @@ def checkpoint(peer: Peer, val_bpb: float | None = None) -> None:
         training.store.save(step=step, model=training.model, outer_state=training.outer.state_dict(),
                             inner_state=training.trainer.state_dict(),
                             meta={"outer_step": step, "run": run.run.name, "tokenizer": run.data.tokenizer,
+                                  "model_stage": training.model_stage,
                                   "val_bpb": val_bpb, "params_sha256": peer.progress.params_hash,
                                   # `lila eval` scores the run's own data on its validation split only
                                   "data_sources": sorted(set(run.data.sources.values())),

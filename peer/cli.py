@@ -39,10 +39,14 @@ def _run_plan(args: argparse.Namespace) -> int:
     from lila_model.config import get_preset
 
     preset, variant, batch, seq_len = args.preset, ModelSection.variant, args.batch_size, args.seq_len
+    largest = None
     if args.config:
-        from lila_net.config import load_run_config
+        from lila_net.config import load_run_config, model_stages
 
         run = load_run_config(args.config)
+        stages = model_stages(run)
+        if preset is None and len(stages) > 1:  # a staged run must fit its last (largest) model shape
+            largest = stages[-1].config
         preset = preset or run.model.preset
         variant = run.model.variant
         batch = batch or run.diloco.batch_size
@@ -54,7 +58,7 @@ def _run_plan(args: argparse.Namespace) -> int:
     if args.memory_gb is not None:
         hardware = replace(hardware, device="cuda", name=f"a {args.memory_gb:g} GiB GPU",
                            memory_bytes=int(args.memory_gb * GIB), bf16=True, fp16=True)
-    plan = make_plan(preset, hardware, batch_size=batch, seq_len=seq_len, variant=variant)
+    plan = make_plan(preset, hardware, batch_size=batch, seq_len=seq_len, variant=variant, config=largest)
     print(f"{hardware.name}: batch {batch} × {seq_len} tokens, variant {variant}")
     print(plan.render())
     return ExitStatus.OK if plan.fits else ExitStatus.NO

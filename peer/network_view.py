@@ -34,6 +34,7 @@ class NetworkView:
         self._sha256 = ""
         self._recent: dict[int, str] = {}  # outer step -> the majority's hash (the newest KEEP_STEPS)
         self.taking_part = 0  # live sessions the coordinator counts taking part in rounds (0: not said)
+        self.growth_steps: tuple[int, ...] = ()  # outer steps of the announced model growths (peer.growth)
         self.update(step=step, sha256=sha256)
 
     @property
@@ -76,13 +77,16 @@ class NetworkView:
 
     def on_reply(self, response: Any) -> None:
         """Feed a ``HeartbeatResponse`` or ``JoinResponse`` (``current_outer_step``, ``outer_step_sha256``,
-        ``recent_step_hashes``, ``peers_taking_part``)."""
+        ``recent_step_hashes``, ``peers_taking_part``, ``growth_outer_steps``)."""
         if response is not None:
             recent = {item.outer_step: item.sha256 for item in getattr(response, "recent_step_hashes", ())}
             self.update(step=response.current_outer_step, sha256=getattr(response, "outer_step_sha256", ""),
                         recent=recent)
             if hasattr(response, "peers_taking_part"):  # heartbeats say it; a Join answer does not
                 self.taking_part = max(0, int(response.peers_taking_part))
+            growths = tuple(int(step) for step in getattr(response, "growth_outer_steps", ()))
+            if len(growths) >= len(self.growth_steps):  # announcements are never taken back
+                self.growth_steps = growths
 
 
 def _is_hash(value: object) -> bool:

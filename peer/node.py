@@ -53,6 +53,7 @@ from .sync import (
     DONOR_ANNOUNCE_PERIOD_S,
     IDLE_POLL_S,
     catch_up,
+    catch_up_growth,
     follow_majority,
     network_step,
     restore,
@@ -154,6 +155,7 @@ class PeerNode:
                              "by the other peers too often; see the coordinator's status page): leaving")
             if not in_flight:
                 follow_majority(peer)  # the coordinator said most peers hold other parameters: take theirs
+                catch_up_growth(peer)  # a growth this peer passed before hearing of it: take the grown state
             period = train_period(peer, waiting=overlap.busy if overlap is not None else None)
             if self.stop.is_set():
                 break

@@ -25,7 +25,7 @@ from lila_codec.base import Codec
 from lila_data.tokenizer import LilaTokenizer
 from lila_model.model import LilaLM
 from lila_net.aggregation import Aggregator
-from lila_net.config import RunConfig
+from lila_net.config import ModelStage, RunConfig
 from lila_net.proto import coordinator_pb2 as pb
 
 from .accountability import TrustedAveraging
@@ -59,9 +59,14 @@ class Joined:
     plan: MemoryPlan
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class Training:
-    """The model and everything that trains it; ``outer`` holds θ_global and the outer momentum."""
+    """The model and everything that trains it; ``outer`` holds θ_global and the outer momentum.
+
+    ``model_stages``: the run's model shapes (:func:`lila_net.config.model_stages`, with this peer's vocab
+    and numerics), ``stage_numels`` their trainable parameters; ``model_stage``: the one held now. A growth
+    or a state of another shape replaces ``model``, ``trainer``, ``outer`` and ``model_stage``
+    (:mod:`peer.growth`); nothing else may keep references to them across rounds."""
 
     tokenizer: LilaTokenizer
     model: LilaLM
@@ -73,6 +78,9 @@ class Training:
     aggregator: Aggregator
     val_texts: list[str]
     store: CheckpointStore
+    model_stages: tuple[ModelStage, ...]
+    stage_numels: tuple[int, ...]
+    model_stage: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)

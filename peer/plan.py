@@ -143,11 +143,14 @@ def activation_bytes(config: LilaConfig, *, seq_len: int, micro_batch: int, dtyp
 
 
 def make_plan(preset: str, hardware: Hardware, *, batch_size: int, seq_len: int,
-              variant: str = "vanilla") -> MemoryPlan:
-    """Plan training ``preset`` on ``hardware`` for a per-peer batch of ``batch_size`` sequences."""
+              variant: str = "vanilla", config: LilaConfig | None = None) -> MemoryPlan:
+    """Plan training ``preset`` on ``hardware`` for a per-peer batch of ``batch_size`` sequences; ``config``
+    (a staged run's largest model shape) replaces the preset's."""
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size={batch_size} and seq_len={seq_len} must be >= 1")
-    config = get_preset(preset, variant=variant)
+    if config is not None:
+        preset = f"{preset} grown to {config.n_layers} layers × {config.d_model}"
+    config = config if config is not None else get_preset(preset, variant=variant)
     size = ModelSize.of(config)
     dtype = choose_dtype(hardware)
     weights = FP32_BYTES * (size.trainable + size.frozen)

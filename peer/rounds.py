@@ -30,6 +30,7 @@ from .averaging.config import AveragingConfig
 from .averaging.matchmaking import Group
 from .averaging.stats import fp32_round_bytes
 from .events import PhaseTimer
+from .growth import grow_after_round
 from .inner import schedule_position
 from .link import exchange_timeout
 from .outer import flatten_parameters, load_flat_parameters
@@ -261,6 +262,7 @@ def apply_round(peer: Peer, round_index: int, vector: torch.Tensor, result: Roun
     progress.outer_step, progress.group_size = round_index, result.group_size
     global_params = training.outer.global_params
     load_flat_parameters(training.model, global_params if keep is None else global_params - keep)
+    grow_after_round(peer, round_index)  # a growth announced for this step: the grown state is this step's
     progress.params_hash = training.outer.params_hash()
     with progress.phases.phase("verify"):
         verify(peer, round_index, result)

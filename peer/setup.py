@@ -23,10 +23,9 @@ import torch
 
 from lila_codec import get_codec
 from lila_data import iter_validation_texts, load_tokenizer
-from lila_model.config import get_preset
 from lila_model.model import LilaLM
 from lila_net.aggregation import aggregator_for
-from lila_net.config import loads_run_config
+from lila_net.config import loads_run_config, model_stages
 from lila_net.dht.keys import run_dht_id
 from lila_net.proto import coordinator_pb2 as pb
 
@@ -35,6 +34,7 @@ from .averaging.config import AveragingConfig, StateSyncConfig
 from .checkpoints import CheckpointStore
 from .coordinator_client import CoordinatorClient
 from .data_feed import DataFeed
+from .growth import max_numel, stage_numels
 from .hardware import detect_hardware
 from .inner import InnerTrainer
 from .logs import PeerContext
@@ -70,8 +70,10 @@ def join_run(options: PeerOptions, *, client: CoordinatorClient, metrics: PeerMe
     log_context.peer_id = response.peer_id
     run = loads_run_config(response.run_config_toml, origin="the coordinator's run config")
     logger.info("joined run %s as %s (outer step %d)", run.run.name, response.peer_id, response.current_outer_step)
+    stages = model_stages(run)
+    largest = stages[-1].config if len(stages) > 1 else None  # a staged run must fit its last (largest) shape
     plan = make_plan(run.model.preset, hardware, batch_size=run.diloco.batch_size, seq_len=run.curriculum.max_seq_len,
-                     variant=run.model.variant)
+                     variant=run.model.variant, config=largest)
     logger.info("memory plan:\n%s", plan.render())
     return Joined(run=run, response=response, hardware=hardware, plan=plan)
 
@@ -82,13 +84,10 @@ def build_training(options: PeerOptions, joined: Joined, *, client: CoordinatorC
     if options.threads:
         torch.set_num_threads(options.threads)
     tokenizer = load_tokenizer(run.data.tokenizer)
-    overrides = {"variant": run.model.variant, "activation_checkpointing": plan.activation_checkpointing,
-                 "mixed_precision": plan.dtype == "bf16"}
-    if run.model.lambda_geo is not None:
-        overrides["lambda_geo"] = run.model.lambda_geo
-    config = get_preset(run.model.preset, vocab_size=tokenizer.vocab_size, **overrides)
-    torch.manual_seed(run.run.seed)  # every peer initializes the same θ_0
-    model = LilaLM(config)
+    stages = model_stages(run, vocab_size=tokenizer.vocab_size, activation_checkpointing=plan.activation_checkpointing,
+                          mixed_precision=plan.dtype == "bf16")
+    torch.manual_seed(run.run.seed)  # every peer initializes the same θ_0 (of the first model stage)
+    model = LilaLM(stages[0].config)
     device = torch.device(joined.hardware.device)
     model.to(device)
     diloco = run.diloco
@@ -110,6 +109,8 @@ def build_training(options: PeerOptions, joined: Joined, *, client: CoordinatorC
         val_texts=list(iter_validation_texts(source, fraction=run.data.validation_fraction,
                                              max_docs=run.data.validation_max_docs)),
         store=CheckpointStore(options.workdir / "checkpoints", keep=options.keep_checkpoints),
+        model_stages=stages,
+        stage_numels=stage_numels(stages),
     )
 
 
@@ -136,7 +137,7 @@ def connect_network(options: PeerOptions, joined: Joined, training: Training, *,
                        if reachability.relayed else "client mode", reachability.mode, reachability.detail)
     trust = open_trusted_averaging(
         client, run_name=run.run.name, run_id=run_id, initial_peers=list(joined.response.dht_initial_peers),
-        reachability=reachability, max_numel=training.outer.global_params.numel(),
+        reachability=reachability, max_numel=max_numel(training),
         config=AveragingConfig.for_run(run.diloco),
         state_config=StateSyncConfig(announce_period=DONOR_ANNOUNCE_PERIOD_S))
     wait = options.straggler_wait_s

@@ -9,7 +9,9 @@ the network moved past this peer (it sat a round out, it was late, its part fail
 did not, its hash disagreed): it drops its local work instead of averaging against a stale base, so every
 peer that reports outer step k holds bitwise-identical global parameters. :func:`follow_majority` does it
 when the coordinator compared the hashes peers reported for a step and this peer's is not the majority's
-(the network split): only a state whose bytes hash to the majority's is loaded.
+(the network split): only a state whose bytes hash to the majority's is loaded. A state of another model
+shape (a checkpoint or a download across a curriculum growth) is loaded into parts rebuilt for that shape,
+and :func:`catch_up_growth` re-syncs a peer that passed a growth before hearing of it (:mod:`peer.growth`).
 
 Which state is loaded: a donor announcement is a DHT record any admitted peer can write, so neither its
 step nor its own hash is trusted, and neither is a published group record (any admitted peer can publish
@@ -43,6 +45,7 @@ from lila_net import phases
 from .after_round import checkpoint, evaluate, publish, report_outer_step
 from .averaging.state_sync import DownloadResult, StateSyncError
 from .errors import Stopped
+from .growth import ensure_stage, stage_of
 from .outer import load_flat_parameters, params_sha256
 from .parts import Peer
 
@@ -134,6 +137,7 @@ def restore(peer: Peer, current_outer_step: int) -> None:
     source = "init"
     local = training.store.load_latest()
     if local is not None:
+        ensure_stage(peer, int(local.meta.get("model_stage", 0)))  # a checkpoint written after a growth
         training.outer.load_state_dict(local.outer_state)
         progress.outer_step = training.outer.step_count
         try:
@@ -176,13 +180,17 @@ def download_state(peer: Peer, *, source: str, donors: list[str] | None = None,
     training, progress, state_sync = peer.training, peer.progress, peer.network.state_sync
     peer.heartbeat.phase = phases.SYNCING
     started = time.monotonic()
-    shapes = {k: tuple(training.outer.global_params.shape) for k in STATE_KEYS}
+    wanted = progress.outer_step if min_step is None else min_step
     round_sync = peer.network.round_sync
     try:
-        candidates = donors if donors is not None else [
-            d.peer_id for d in round_sync.donors(progress.outer_step) if not sha256 or d.outer_step == min_step]
+        announced = {} if donors is not None else {
+            d.peer_id: d.outer_step for d in round_sync.donors(progress.outer_step) if not sha256 or d.outer_step == min_step}
+        candidates = donors if donors is not None else list(announced)
         result = None
         for donor in candidates:
+            # the state of the step the donor announces (else the one wanted) has this model shape (peer.growth)
+            stage = stage_of(peer, max(wanted, announced.get(donor, wanted)))
+            shapes = {k: (training.stage_numels[stage],) for k in STATE_KEYS}
             future = peer.network.transport.submit(state_sync.download_async(donors=[donor], expected_shapes=shapes))
             try:
                 got: DownloadResult = wait_future(future, state_sync.config.total_timeout + CALL_SLACK_S,
@@ -190,8 +198,12 @@ def download_state(peer: Peer, *, source: str, donors: list[str] | None = None,
             except (StateSyncError, concurrent.futures.TimeoutError) as exc:
                 logger.warning("state download from %s failed: %r", donor, exc)
                 continue
-            wanted = progress.outer_step if min_step is None else min_step
             served = got.snapshot.metadata.get("outer_step")
+            served_stage = stage_of(peer, served) if isinstance(served, int) else 0
+            if got.snapshot.metadata.get("model_stage", 0) != served_stage:
+                logger.warning("donor %s served model stage %r for outer step %r, whose state has stage %d: refused",
+                               donor, got.snapshot.metadata.get("model_stage"), served, served_stage)
+                continue
             bound = max(round_sync.view.step, progress.outer_step) + 1
             if isinstance(served, int) and round_sync.view.known and served > bound:
                 logger.warning("donor %s served outer step %d, beyond the coordinator's step %d + 1: refused",
@@ -210,6 +222,7 @@ def download_state(peer: Peer, *, source: str, donors: list[str] | None = None,
     except StateSyncError as exc:
         logger.warning("could not download the state: %s", exc)
         return False
+    ensure_stage(peer, int(result.snapshot.metadata.get("model_stage", 0)))  # across a growth this peer missed
     training.outer.load_state_dict({**result.snapshot.tensors,
                                     "step_count": torch.tensor(int(result.snapshot.metadata["outer_step"]))})
     progress.outer_step, progress.group_size = training.outer.step_count, 0
@@ -270,6 +283,17 @@ def follow_majority(peer: Peer) -> bool:
                  "own (%s) and stays split from the others until a later re-sync", step, sha256,
                  progress.params_hash)
     return False
+
+
+def catch_up_growth(peer: Peer) -> bool:
+    """Re-sync when the state held has a smaller model shape than the network's state of the same outer step
+    (the growth was announced after this peer passed it, :mod:`peer.growth`); True when it re-synced."""
+    step, held = peer.progress.outer_step, peer.training.model_stage
+    if stage_of(peer, step) <= held:
+        return False
+    return resync(peer, max(network_step(peer), step),
+                  f"outer step {step} has model stage {stage_of(peer, step)}, this peer holds stage {held} (it "
+                  "passed the growth before hearing of it)")
 
 
 def catch_up(peer: Peer, round_index: int, tokens: int) -> bool:

@@ -6,6 +6,7 @@
 (:mod:`lila_net.config.section`) are the base other config classes derive from.
 """
 
+from lila_net.config.model_stages import ModelStage, base_model_config, model_stages, stage_at_step
 from lila_net.config.run_config import RunConfig, load_run_config, loads_run_config
 from lila_net.config.section import ConfigError, Section, setting
 from lila_net.config.sections import (
@@ -25,11 +26,15 @@ __all__ = [
     "DataSection",
     "DilocoSection",
     "ModelSection",
+    "ModelStage",
     "RunConfig",
     "RunSection",
     "Section",
     "TrustSection",
+    "base_model_config",
     "load_run_config",
     "loads_run_config",
+    "model_stages",
     "setting",
+    "stage_at_step",
 ]

@@ -13,6 +13,7 @@ from typing import Any
 import tomli_w
 
 from lila_data.curriculum import CurriculumConfig
+from lila_net.config.model_stages import model_stages
 from lila_net.config.section import ConfigError, Section, field_types, setting
 from lila_net.config.sections import (
     CodecSection,
@@ -46,7 +47,8 @@ class RunConfig(Section):
         [coordinator]  lease and heartbeat timing, message and rate limits
 
     Every section checks itself on construction; this class adds the rules that span sections (a
-    stage's mixture names only declared sources). The coordinator sends the TOML text to joining peers.
+    stage's mixture names only declared sources; every stage's ``growth`` fits the model shape before it,
+    :mod:`lila_net.config.model_stages`). The coordinator sends the TOML text to joining peers.
     """
 
     run: RunSection = setting()
@@ -66,6 +68,13 @@ class RunConfig(Section):
                     f"curriculum stage {stage.name!r} mixes source(s) {unknown} that [data.sources] does not "
                     f"declare; declared: {sorted(self.data.sources)}"
                 )
+        try:
+            grows = len(model_stages(self)) > 1
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if grows and self.diloco.overlap:
+            raise ConfigError("diloco.overlap = true with a curriculum growth: a round landing one period late "
+                              "would meet a model of another shape; set diloco.overlap = false for staged runs")
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> RunConfig:

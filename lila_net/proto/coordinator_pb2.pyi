@@ -95,7 +95,7 @@ class JoinRequest(_message.Message):
     def __init__(self, join_token: _Optional[str] = ..., peer_name: _Optional[str] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., client_version: _Optional[str] = ..., metrics_address: _Optional[str] = ..., previous_session_token: _Optional[str] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("peer_id", "session_token", "session_ttl_s", "run_config_toml", "dht_initial_peers", "current_outer_step", "start_outer_step", "heartbeat_interval_s", "lease_timeout_s", "last_report_seq", "authority_public_keys", "observed_host", "outer_step_sha256", "recent_step_hashes")
+    __slots__ = ("peer_id", "session_token", "session_ttl_s", "run_config_toml", "dht_initial_peers", "current_outer_step", "start_outer_step", "heartbeat_interval_s", "lease_timeout_s", "last_report_seq", "authority_public_keys", "observed_host", "outer_step_sha256", "recent_step_hashes", "growth_outer_steps")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     SESSION_TTL_S_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,7 @@ class JoinResponse(_message.Message):
     OBSERVED_HOST_FIELD_NUMBER: _ClassVar[int]
     OUTER_STEP_SHA256_FIELD_NUMBER: _ClassVar[int]
     RECENT_STEP_HASHES_FIELD_NUMBER: _ClassVar[int]
+    GROWTH_OUTER_STEPS_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     session_token: str
     session_ttl_s: float
@@ -124,7 +125,8 @@ class JoinResponse(_message.Message):
     observed_host: str
     outer_step_sha256: str
     recent_step_hashes: _containers.RepeatedCompositeFieldContainer[StepHash]
-    def __init__(self, peer_id: _Optional[str] = ..., session_token: _Optional[str] = ..., session_ttl_s: _Optional[float] = ..., run_config_toml: _Optional[str] = ..., dht_initial_peers: _Optional[_Iterable[str]] = ..., current_outer_step: _Optional[int] = ..., start_outer_step: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_timeout_s: _Optional[float] = ..., last_report_seq: _Optional[int] = ..., authority_public_keys: _Optional[_Iterable[bytes]] = ..., observed_host: _Optional[str] = ..., outer_step_sha256: _Optional[str] = ..., recent_step_hashes: _Optional[_Iterable[_Union[StepHash, _Mapping]]] = ...) -> None: ...
+    growth_outer_steps: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, peer_id: _Optional[str] = ..., session_token: _Optional[str] = ..., session_ttl_s: _Optional[float] = ..., run_config_toml: _Optional[str] = ..., dht_initial_peers: _Optional[_Iterable[str]] = ..., current_outer_step: _Optional[int] = ..., start_outer_step: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_timeout_s: _Optional[float] = ..., last_report_seq: _Optional[int] = ..., authority_public_keys: _Optional[_Iterable[bytes]] = ..., observed_host: _Optional[str] = ..., outer_step_sha256: _Optional[str] = ..., recent_step_hashes: _Optional[_Iterable[_Union[StepHash, _Mapping]]] = ..., growth_outer_steps: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StepHash(_message.Message):
     __slots__ = ("outer_step", "sha256")
@@ -141,7 +143,7 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, phase: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("lease_ids", "current_outer_step", "stage_index", "run_finished", "state", "revoked_libp2p_ids", "outer_step_sha256", "recent_step_hashes", "peers_taking_part")
+    __slots__ = ("lease_ids", "current_outer_step", "stage_index", "run_finished", "state", "revoked_libp2p_ids", "outer_step_sha256", "recent_step_hashes", "peers_taking_part", "growth_outer_steps")
     LEASE_IDS_FIELD_NUMBER: _ClassVar[int]
     CURRENT_OUTER_STEP_FIELD_NUMBER: _ClassVar[int]
     STAGE_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +153,7 @@ class HeartbeatResponse(_message.Message):
     OUTER_STEP_SHA256_FIELD_NUMBER: _ClassVar[int]
     RECENT_STEP_HASHES_FIELD_NUMBER: _ClassVar[int]
     PEERS_TAKING_PART_FIELD_NUMBER: _ClassVar[int]
+    GROWTH_OUTER_STEPS_FIELD_NUMBER: _ClassVar[int]
     lease_ids: _containers.RepeatedScalarFieldContainer[str]
     current_outer_step: int
     stage_index: int
@@ -160,7 +163,8 @@ class HeartbeatResponse(_message.Message):
     outer_step_sha256: str
     recent_step_hashes: _containers.RepeatedCompositeFieldContainer[StepHash]
     peers_taking_part: int
-    def __init__(self, lease_ids: _Optional[_Iterable[str]] = ..., current_outer_step: _Optional[int] = ..., stage_index: _Optional[int] = ..., run_finished: _Optional[bool] = ..., state: _Optional[_Union[PeerState, str]] = ..., revoked_libp2p_ids: _Optional[_Iterable[str]] = ..., outer_step_sha256: _Optional[str] = ..., recent_step_hashes: _Optional[_Iterable[_Union[StepHash, _Mapping]]] = ..., peers_taking_part: _Optional[int] = ...) -> None: ...
+    growth_outer_steps: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, lease_ids: _Optional[_Iterable[str]] = ..., current_outer_step: _Optional[int] = ..., stage_index: _Optional[int] = ..., run_finished: _Optional[bool] = ..., state: _Optional[_Union[PeerState, str]] = ..., revoked_libp2p_ids: _Optional[_Iterable[str]] = ..., outer_step_sha256: _Optional[str] = ..., recent_step_hashes: _Optional[_Iterable[_Union[StepHash, _Mapping]]] = ..., peers_taking_part: _Optional[int] = ..., growth_outer_steps: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class LeaseShardRequest(_message.Message):
     __slots__ = ()

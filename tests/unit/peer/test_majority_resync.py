@@ -82,7 +82,8 @@ def _peer(tmp_path, donors: Donors, answer: OuterStepAnswer):
     return SimpleNamespace(
         options=SimpleNamespace(checkpoint_every=0, eval_every=0), stop=threading.Event(), client=Client(answer),
         heartbeat=SimpleNamespace(phase="training"), metrics=PeerMetrics(), events=EventLog(tmp_path / "events.jsonl"),
-        training=SimpleNamespace(model=model, outer=outer, val_texts=[]),
+        training=SimpleNamespace(model=model, outer=outer, val_texts=[], model_stage=0,
+                                 stage_numels=(outer.global_params.numel(),)),
         network=SimpleNamespace(state_sync=donors, transport=SimpleNamespace(submit=_submit), link=LinkMeter(),
                                 round_sync=SimpleNamespace(view=NetworkView(), donors=lambda floor=-1: donors.find_donors())),
         progress=progress)

@@ -76,7 +76,7 @@ def test_a_checkpoint_that_cannot_be_written_is_reported_and_training_goes_on(
         run=load_run_config(RUNS / "cpu-demo.toml"),
         training=SimpleNamespace(store=CheckpointStore(blocked), model=torch.nn.Linear(2, 2),
                                  outer=SimpleNamespace(state_dict=lambda: {"global_params": torch.zeros(6)}),
-                                 trainer=SimpleNamespace(state_dict=lambda: {})),
+                                 trainer=SimpleNamespace(state_dict=lambda: {}), model_stage=0),
         progress=SimpleNamespace(outer_step=3, params_hash=""),
     )
     with caplog.at_level("WARNING", logger="peer.after_round"):
